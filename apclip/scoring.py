@@ -1,0 +1,138 @@
+"""MAKA, AP-CLIP's bidirectional max-mean late interaction (paper eq. 3-6), and baselines.
+
+For a video v [Nv, E] and a class c [P, E] (rows L2-normalised), with s_ij = v_i . c_j:
+
+    MAKA(v, c) = 1/2 * ( mean_i max_j s_ij  +  mean_j max_i s_ij )
+
+over the class's real prompts only: padded prompt rows (beyond counts[k]) never win a maximum and
+never enter a mean. Works on numpy arrays and on torch tensors (torch is never imported here).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+# Classes scored per step: bounds the [B, k, Nv, P] similarity block numpy materialises.
+_CLASS_CHUNK = 64
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _check_shapes(v: Any, c: Any) -> None:
+    if v.ndim != 3 or c.ndim != 3 or v.shape[-1] != c.shape[-1]:
+        raise ValueError(f"expected v [B, Nv, E] and c [K, P, E] with equal E, got {tuple(v.shape)} "
+                         f"and {tuple(c.shape)}")
+
+
+def prompt_mask(counts: Any, num_classes: int, num_prompts: int) -> np.ndarray:
+    """[K, P] bool: True where prompt j of class k is real."""
+    if counts is None:
+        return np.ones((num_classes, num_prompts), dtype=bool)
+    counts = np.asarray(counts.cpu() if _is_torch(counts) else counts).astype(np.int64)
+    if counts.shape != (num_classes,):
+        raise ValueError(f"counts must have shape [{num_classes}], got {counts.shape}")
+    if (counts < 1).any() or (counts > num_prompts).any():
+        raise ValueError(f"counts must lie in [1, {num_prompts}], got min {counts.min()} max {counts.max()}")
+    return np.arange(num_prompts)[None, :] < counts[:, None]
+
+
+def maka_score(v: Any, c: Any, counts: Any = None) -> Any:
+    """[B, Nv, E] frames x [K, P, E] prompts (+ counts [K]) -> [B, K] MAKA scores.
+
+    numpy in, numpy out (computed in the input's float dtype, at least float32); torch in, torch out.
+    """
+    _check_shapes(v, c)
+    mask = prompt_mask(counts, c.shape[0], c.shape[1])
+    if _is_torch(v):
+        return _maka_torch(v, c, mask)
+    v = np.asarray(v)
+    c = np.asarray(c)
+    dtype = np.result_type(v.dtype, c.dtype, np.float32)
+    v, c = v.astype(dtype, copy=False), c.astype(dtype, copy=False)
+    out = np.empty((v.shape[0], c.shape[0]), dtype=dtype)
+    for k0 in range(0, c.shape[0], _CLASS_CHUNK):
+        k1 = min(k0 + _CLASS_CHUNK, c.shape[0])
+        sim = np.einsum("bne,kpe->bknp", v, c[k0:k1])  # [B, k, Nv, P]
+        real = mask[k0:k1][None, :, None, :]  # [1, k, 1, P]
+        best_prompt = np.where(real, sim, -np.inf).max(axis=3).mean(axis=2)  # [B, k]
+        best_frame = sim.max(axis=2)  # [B, k, P]
+        n_real = mask[k0:k1].sum(axis=1)  # [k]
+        mean_best_frame = np.where(mask[k0:k1][None], best_frame, 0).sum(axis=2) / n_real
+        out[:, k0:k1] = 0.5 * (best_prompt + mean_best_frame)
+    return out
+
+
+def _maka_torch(v: Any, c: Any, mask_np: np.ndarray) -> Any:
+    import torch
+
+    mask = torch.from_numpy(mask_np).to(v.device)  # [K, P]
+    dtype = torch.promote_types(torch.promote_types(v.dtype, c.dtype), torch.float32)
+    v, c = v.to(dtype), c.to(dtype)
+    sim = torch.einsum("bne,kpe->bknp", v, c)  # [B, K, Nv, P]
+    best_prompt = sim.masked_fill(~mask[None, :, None, :], float("-inf")).amax(dim=3).mean(dim=2)  # [B, K]
+    best_frame = sim.amax(dim=2).masked_fill(~mask[None], 0.0)  # [B, K, P]
+    mean_best_frame = best_frame.sum(dim=2) / mask.sum(dim=1).to(dtype)  # [B, K]
+    return 0.5 * (best_prompt + mean_best_frame)
+
+
+def maka_score_views(video: Any, c: Any, counts: Any = None, views: str = "pool") -> Any:
+    """[B, V, T, E] -> [B, K]: `pool` scores all V*T frames as one set (the paper's multi-view
+    inference); `mean` scores each view over its T frames and averages over views."""
+    b, nv, t, e = video.shape
+    if views == "pool":
+        return maka_score(video.reshape(b, nv * t, e), c, counts)  # [B, V, T, E] -> [B, V*T, E]
+    if views == "mean":
+        per_view = maka_score(video.reshape(b * nv, t, e), c, counts)  # [B*V, K]
+        return per_view.reshape(b, nv, -1).mean(**({"dim": 1} if _is_torch(per_view) else {"axis": 1}))
+    raise ValueError(f"views must be 'pool' or 'mean', got {views!r}")
+
+
+def mean_pool_score(v: Any, c: Any, counts: Any = None) -> np.ndarray:
+    """Single-prompt baseline: cosine of the mean-pooled video and the mean of the class's prompts."""
+    _check_shapes(v, c)
+    v = np.asarray(v.detach().cpu() if _is_torch(v) else v, dtype=np.float64)
+    c = np.asarray(c.detach().cpu() if _is_torch(c) else c, dtype=np.float64)
+    mask = prompt_mask(counts, c.shape[0], c.shape[1])
+    video = v.mean(axis=1)  # [B, E]
+    video /= np.linalg.norm(video, axis=-1, keepdims=True)
+    cls = (c * mask[..., None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)  # [K, E]
+    cls /= np.linalg.norm(cls, axis=-1, keepdims=True)
+    return video @ cls.T  # [B, K]
+
+
+@dataclass(frozen=True)
+class ClassExplanation:
+    """Why a class scored what it did: the matches MAKA's two directions picked."""
+
+    class_index: int
+    score: float
+    best_prompt_per_frame: list[int]  # [Nv] prompt index (within the class) each frame matched best
+    frame_similarity: list[float]  # [Nv] that prompt's similarity
+    best_frame_per_prompt: list[int]  # [P_k] frame index each real prompt matched best
+    prompt_similarity: list[float]  # [P_k] that frame's similarity
+
+
+def explain(v: Any, c: Any, counts: Any, classes: Sequence[int]) -> list[ClassExplanation]:
+    """For one video v [Nv, E], the best prompt per frame and best frame per prompt of each class."""
+    v = np.asarray(v.detach().cpu() if _is_torch(v) else v, dtype=np.float64)
+    c = np.asarray(c.detach().cpu() if _is_torch(c) else c, dtype=np.float64)
+    if v.ndim != 2:
+        raise ValueError(f"explain takes one video [Nv, E], got {v.shape}")
+    mask = prompt_mask(counts, c.shape[0], c.shape[1])
+    out = []
+    for k in classes:
+        n = int(mask[k].sum())
+        sim = v @ c[k, :n].T  # [Nv, P_k]
+        per_frame = sim.argmax(axis=1)
+        per_prompt = sim.argmax(axis=0)
+        score = 0.5 * (sim.max(axis=1).mean() + sim.max(axis=0).mean())
+        out.append(ClassExplanation(
+            int(k), float(score),
+            per_frame.tolist(), sim[np.arange(len(v)), per_frame].tolist(),
+            per_prompt.tolist(), sim[per_prompt, np.arange(n)].tolist(),
+        ))
+    return out
