@@ -153,7 +153,7 @@ class CLIP(nn.Module):
         """[B, V, T, 3, R, R] clips -> [B, V, T, E] L2-normalised frame embeddings."""
         b, v, t = video.shape[:3]
         frames = video.reshape(b * v * t, *video.shape[3:])  # [B, V, T, 3, R, R] -> [B*V*T, 3, R, R]
-        emb = F.normalize(self.encode_image(frames).float(), dim=-1)
+        emb = l2_normalize(self.encode_image(frames).float())
         return emb.reshape(b, v, t, -1)  # [B*V*T, E] -> [B, V, T, E]
 
     def forward(self, image: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,11 +164,50 @@ class CLIP(nn.Module):
         return logits_per_image, logits_per_image.t()
 
 
+def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Rows scaled to unit L2 norm; spelled with ReduceSum + Sqrt so ONNX opset 17 keeps it simple."""
+    return x / (x * x).sum(dim=-1, keepdim=True).sqrt().clamp_min(eps)
+
+
+class ImageEmbedder(nn.Module):
+    """[N, 3, R, R] -> [N, E] normalised: the graph exported as vision.onnx and run by the torch runner."""
+
+    def __init__(self, clip: CLIP):
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return l2_normalize(self.clip.encode_image(pixels).float())
+
+
+class TextEmbedder(nn.Module):
+    """[M, L] token ids -> [M, E] normalised: the graph exported as text.onnx."""
+
+    def __init__(self, clip: CLIP):
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return l2_normalize(self.clip.encode_text(tokens).float())
+
+
+# The keys whose shapes carry the sizes (openai/CLIP `build_model` reads the same), with their ranks.
+_SIZE_KEYS = {"visual.conv1.weight": 4, "visual.positional_embedding": 2, "visual.proj": 2,
+              "positional_embedding": 2, "token_embedding.weight": 2, "ln_final.weight": 1, "text_projection": 2}
+
+
 def config_from_state_dict(state_dict: dict[str, torch.Tensor]) -> ModelConfig:
-    """Read every size from key names and tensor shapes (as openai/CLIP `build_model` does)."""
+    """Read every size from key names and tensor shapes (as openai/CLIP `build_model` does).
+
+    Raises ValueError naming the keys it needs and lacks (ResNet CLIPs have no `visual.proj`)."""
     sd = state_dict
-    if "visual.proj" not in sd:
-        raise KeyError("visual.proj (only ViT image encoders are supported)")
+    missing = [k for k in _SIZE_KEYS if k not in sd]
+    if missing:
+        raise ValueError(f"missing keys {_short(missing)} that give the model's sizes "
+                         f"(only CLIP ViT state_dicts are supported)")
+    wrong = [f"{k}: rank {sd[k].dim()} != {rank}" for k, rank in _SIZE_KEYS.items() if sd[k].dim() != rank]
+    if wrong:
+        raise ValueError(f"wrong shapes {_short(wrong)}")
     vision_width = sd["visual.conv1.weight"].shape[0]
     patch = sd["visual.conv1.weight"].shape[-1]
     grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)

@@ -1,0 +1,136 @@
+"""The bundle: what export writes and inference reads. File names, tensor names and the manifest.
+
+Defined once here (torch-free) so the exporter, the runners and the tests agree:
+
+    bundle/
+      manifest.json         format, model config, preprocessing, io, labels, hashes, tool versions
+      vision.onnx           pixels  float32 [N, 3, R, R] -> embeddings float32 [N, E] (L2-normalised)
+      text.onnx             tokens  int64   [M, 77]      -> embeddings float32 [M, E] (L2-normalised)
+      classes.safetensors   embeddings float32 [K, P, E] (normalised rows, zero padding), counts int32 [K]
+      scorer.onnx           (optional) frames [B, Nv, E], classes [K, P, E], counts [K] -> scores [B, K]
+      engines/              (optional) TensorRT engines built on the target GPU
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ModelConfig, Normalization
+from .errors import ApclipError
+
+FORMAT = "apclip-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+VISION_FILE = "vision.onnx"
+TEXT_FILE = "text.onnx"
+CLASSES_FILE = "classes.safetensors"
+SCORER_FILE = "scorer.onnx"
+
+VISION_INPUT = "pixels"
+TEXT_INPUT = "tokens"
+EMBEDDINGS_OUTPUT = "embeddings"
+SCORER_INPUTS = ("frames", "classes", "counts")
+SCORER_OUTPUT = "scores"
+CLASS_EMBEDDINGS = "embeddings"
+CLASS_COUNTS = "counts"
+
+
+class BundleError(ApclipError):
+    pass
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How frames must be prepared for this bundle's vision encoder."""
+
+    resolution: int  # R: short side resized to R, then R x R crops
+    normalization: Normalization
+    frames: int  # T frames per clip
+    clips: int  # temporal clips per video
+    crops: int  # spatial crops per frame (1 centre, 2 ends of the long side, 3 left/centre/right)
+
+    @property
+    def views(self) -> int:
+        return self.clips * self.crops
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"resolution": self.resolution, "normalization": self.normalization.to_dict(),
+                "frames": self.frames, "clips": self.clips, "crops": self.crops}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
+        return cls(int(data["resolution"]), Normalization.from_dict(data["normalization"]),
+                   int(data["frames"]), int(data["clips"]), int(data["crops"]))
+
+
+@dataclass
+class Manifest:
+    path: Path  # the bundle directory
+    model: ModelConfig
+    preprocessing: Preprocessing
+    labels: list[str]
+    files: dict[str, dict[str, Any]]  # name -> {"sha256": ..., "bytes": ...}
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.embed_dim
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def has(self, name: str) -> bool:
+        return name in self.files
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
+    """Parse `bundle/manifest.json`; with verify, every listed file must match its sha256."""
+    root = Path(bundle)
+    path = root / MANIFEST
+    if not root.is_dir():
+        raise BundleError(f"bundle {root} does not exist (create one with apclip-export --ckpt ...)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"bundle {root} has no {MANIFEST}; it is not a complete apclip bundle "
+                          f"(re-run apclip-export)") from None
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"bundle manifest {path} is unreadable ({exc}); re-run apclip-export") from None
+    if raw.get("format") != FORMAT:
+        raise BundleError(f"{path} is not an apclip bundle manifest")
+    if int(raw.get("format_version", -1)) > FORMAT_VERSION:
+        raise BundleError(f"bundle {root} has format version {raw.get('format_version')}, newer than this "
+                          f"apclip understands ({FORMAT_VERSION}); upgrade apclip")
+    try:
+        manifest = Manifest(
+            path=root, model=ModelConfig.from_dict(raw["model"]),
+            preprocessing=Preprocessing.from_dict(raw["preprocessing"]),
+            labels=list(raw["labels"]), files=dict(raw["files"]), raw=raw,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"bundle manifest {path} is missing or has a bad field ({exc}); re-run apclip-export") from None
+    if verify:
+        verify_files(manifest)
+    return manifest
+
+
+def verify_files(manifest: Manifest) -> None:
+    for name, info in manifest.files.items():
+        file = manifest.path / name
+        if not file.is_file():
+            raise BundleError(f"bundle file {file} is missing; re-run apclip-export")
+        if sha256_file(file) != info.get("sha256"):
+            raise BundleError(f"bundle file {file} does not match its sha256 in the manifest "
+                              f"(modified or corrupt); re-run apclip-export")

@@ -1,0 +1,125 @@
+"""The class matrix: every class's prompt embeddings, padded into [K, P_max, E] + counts [K].
+
+Torch-free: the text encoder is any callable mapping token ids [M, 77] to normalised embeddings
+[M, E] (the torch reference at export time, text.onnx at run time for new labels).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from .bundle import CLASS_COUNTS, CLASS_EMBEDDINGS
+from .config import PROMPT_PREFIX
+from .errors import ApclipError
+from .tokenizer import get_tokenizer
+
+TextEncoder = Callable[[np.ndarray], np.ndarray]  # tokens [M, L] int64 -> [M, E] float32, normalised
+
+
+class PromptSource(Protocol):
+    def descriptions(self, label: str) -> list[str] | None: ...
+
+
+@dataclass
+class ClassMatrix:
+    embeddings: np.ndarray  # [K, P_max, E] float32, L2-normalised rows, zero padding
+    counts: np.ndarray  # [K] int32, real prompts per class
+    labels: list[str]
+    fallback_labels: list[str]  # labels that had no prompt-bank entry and used the template
+    prompt_texts: list[list[str]] | None = None  # the encoded texts (not stored in the bundle)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    @property
+    def max_prompts(self) -> int:
+        return int(self.embeddings.shape[1])
+
+
+def template_prompt(label: str) -> str:
+    return PROMPT_PREFIX.format(label=label) + "."
+
+
+def class_prompts(labels: Sequence[str], bank: PromptSource | None) -> tuple[list[list[str]], list[str]]:
+    """The prompt texts of each label ("a video of {label}. {description}") and the labels that fell
+    back to the single template "a video of {label}." because the bank has no entry for them."""
+    prompts, fallback = [], []
+    for label in labels:
+        descriptions = bank.descriptions(label) if bank is not None else None
+        if descriptions:
+            prompts.append([f"{PROMPT_PREFIX.format(label=label)}. {d}" for d in descriptions])
+        else:
+            prompts.append([template_prompt(label)])
+            fallback.append(label)
+    return prompts, fallback
+
+
+def encode_class_matrix(labels: Sequence[str], prompts: Sequence[Sequence[str]], encode: TextEncoder,
+                        *, batch_size: int = 256, fallback_labels: Sequence[str] = (),
+                        progress: bool = False, desc: str = "encoding prompts") -> ClassMatrix:
+    """Tokenize and encode every prompt in batches; pad to [K, P_max, E]."""
+    tokenizer = get_tokenizer()
+    flat = [(k, p) for k, texts in enumerate(prompts) for p in range(len(texts))]
+    if not flat:
+        raise ApclipError("no prompts to encode (empty label list)")
+    texts = [prompts[k][p] for k, p in flat]
+    try:
+        tokens = tokenizer.tokenize(texts)
+    except ValueError as exc:
+        raise ApclipError(f"a prompt does not fit in 77 CLIP tokens: {exc}") from None
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(texts), desc=desc, unit="prompt", file=sys.stdout, dynamic_ncols=True)
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        chunks.append(np.asarray(encode(tokens[start:start + batch_size]), dtype=np.float32))
+        if bar is not None:
+            bar.update(len(chunks[-1]))
+    if bar is not None:
+        bar.close()
+    flat_emb = np.concatenate(chunks)  # [sum P_k, E]
+    counts = np.array([len(t) for t in prompts], dtype=np.int32)
+    matrix = np.zeros((len(prompts), int(counts.max()), flat_emb.shape[1]), dtype=np.float32)
+    for row, (k, p) in enumerate(flat):
+        matrix[k, p] = flat_emb[row]
+    return ClassMatrix(matrix, counts, list(labels), list(fallback_labels), [list(t) for t in prompts])
+
+
+def save_class_matrix(path: str | os.PathLike, matrix: ClassMatrix) -> None:
+    """Write classes.safetensors atomically."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({CLASS_EMBEDDINGS: np.ascontiguousarray(matrix.embeddings),
+                   CLASS_COUNTS: np.ascontiguousarray(matrix.counts)}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_class_matrix(path: str | os.PathLike, labels: Sequence[str]) -> ClassMatrix:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(str(path))
+        embeddings, counts = tensors[CLASS_EMBEDDINGS], tensors[CLASS_COUNTS]
+    except (SafetensorError, KeyError, OSError) as exc:
+        raise ApclipError(f"class matrix {path} is unreadable ({exc}); re-run apclip-export") from None
+    if embeddings.ndim != 3 or counts.shape != (embeddings.shape[0],) or embeddings.shape[0] != len(labels):
+        raise ApclipError(f"class matrix {path} has shape {embeddings.shape} / counts {counts.shape}, "
+                          f"which does not fit {len(labels)} labels; re-run apclip-export")
+    return ClassMatrix(embeddings.astype(np.float32, copy=False), counts.astype(np.int32), list(labels), [])

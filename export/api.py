@@ -1,0 +1,239 @@
+"""`export_bundle`: checkpoint -> verified, self-describing bundle directory (atomic)."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from apclip import __version__
+from apclip.bundle import (CLASSES_FILE, EMBEDDINGS_OUTPUT, FORMAT, FORMAT_VERSION, MANIFEST, SCORER_FILE,
+                           SCORER_INPUTS, SCORER_OUTPUT, TEXT_FILE, TEXT_INPUT, VISION_FILE, VISION_INPUT,
+                           Preprocessing, sha256_file)
+from apclip.config import DEFAULT_CLIPS, DEFAULT_CROPS, DEFAULT_FRAMES, normalization
+from apclip.errors import ApclipError
+
+from .verify import VerificationReport
+
+Log = Callable[[str], None]
+
+
+class ExportFailed(ApclipError):
+    pass
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    num_classes: int
+    max_prompts: int
+    fallback_labels: list[str]
+    files: dict[str, int]  # name -> bytes
+    seconds: dict[str, float]
+    verification: VerificationReport | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle", labels: str | os.PathLike | None = None,
+                  prompts: str | os.PathLike | None = None, base: str | os.PathLike | None = None,
+                  opset: int = 17, frames: int | None = None, clips: int | None = None, crops: int | None = None,
+                  normalize: str | None = None, batch_max: int = 1024, verify: bool = True, force: bool = False,
+                  scorer: bool = False, progress: bool = True, log: Log = print,
+                  _before_rename: Callable[[Path], None] | None = None) -> ExportResult:
+    """Export `ckpt` to a bundle at `out`. Defaults come from the checkpoint, else the paper's."""
+    from apclip.checkpoint import load_checkpoint
+    from apclip.class_matrix import class_prompts, encode_class_matrix, save_class_matrix
+    from apclip.labels import labels_sha256, read_labels
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise ExportFailed(f"output {out} already exists; pass --force to replace it")
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    checkpoint = load_checkpoint(ckpt, base=base)
+    model = checkpoint.model
+    seconds["load checkpoint"] = time.perf_counter() - t0
+    log(f"loaded {ckpt} ({checkpoint.format}): {_describe(model.config)}")
+
+    label_list = read_labels(labels) if labels else checkpoint.labels
+    if not label_list:
+        raise ExportFailed(f"checkpoint {ckpt} carries no labels; pass --labels labels.txt")
+    bank = None
+    if prompts:
+        from apclip.prompt_bank import load_prompt_bank
+
+        bank = load_prompt_bank(prompts)
+    pre = checkpoint.preprocessing or {}
+    preprocessing = Preprocessing(
+        resolution=model.config.image_resolution,
+        normalization=normalization(normalize or pre.get("normalize") or "clip"),
+        frames=int(frames or pre.get("frames") or DEFAULT_FRAMES),
+        clips=int(clips or pre.get("clips") or DEFAULT_CLIPS),
+        crops=int(crops or pre.get("crops") or DEFAULT_CROPS),
+    )
+    if preprocessing.crops not in (1, 2, 3):
+        raise ExportFailed(f"--crops must be 1, 2 or 3, got {preprocessing.crops}")
+    if min(preprocessing.frames, preprocessing.clips) < 1:
+        raise ExportFailed("--frames and --clips must be >= 1")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Built next to `out` so the final rename stays on one filesystem; the name is never a bundle path.
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        result = _build(model, checkpoint, work, label_list, bank, preprocessing, opset, batch_max,
+                        verify, scorer, progress, log, seconds, labels_sha256(label_list))
+        if _before_rename is not None:
+            _before_rename(work)
+        _replace_dir(work, out)
+        result.path = out
+        return result
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _build(model, checkpoint, work: Path, labels: list[str], bank, preprocessing: Preprocessing, opset: int,
+           batch_max: int, verify: bool, scorer: bool, progress: bool, log: Log, seconds: dict[str, float],
+           labels_hash: str) -> ExportResult:
+    import torch
+
+    from apclip.class_matrix import class_prompts, encode_class_matrix, save_class_matrix
+    from apclip.model import TextEmbedder
+
+    from .onnx_export import export_scorer, export_text, export_vision, scorer_opset
+
+    t = time.perf_counter()
+    log(f"exporting {VISION_FILE} (opset {opset}) ...")
+    export_vision(model, work / VISION_FILE, opset, batch_max)
+    log(f"exporting {TEXT_FILE} (opset {opset}) ...")
+    export_text(model, work / TEXT_FILE, opset, max(batch_max, 4096))
+    if scorer:
+        log(f"exporting {SCORER_FILE} (opset {scorer_opset(opset)}) ...")
+        export_scorer(work / SCORER_FILE, model.config.embed_dim, opset)
+    seconds["export onnx"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    prompts, fallback = class_prompts(labels, bank)
+    text_encoder = TextEmbedder(model).eval()
+
+    @torch.inference_mode()
+    def encode(tokens: np.ndarray) -> np.ndarray:
+        return text_encoder(torch.from_numpy(tokens)).numpy()
+
+    n_prompts = sum(map(len, prompts))
+    log(f"compiling the class matrix: {len(labels)} classes, {n_prompts} prompts")
+    matrix = encode_class_matrix(labels, prompts, encode, fallback_labels=fallback, progress=progress)
+    save_class_matrix(work / CLASSES_FILE, matrix)
+    seconds["class matrix"] = time.perf_counter() - t
+    if fallback:
+        shown = ", ".join(fallback[:10]) + (", ..." if len(fallback) > 10 else "")
+        log(f"{len(fallback)} label(s) have no prompt-bank entry and use 'a video of {{label}}.': {shown}")
+
+    report = None
+    if verify:
+        t = time.perf_counter()
+        from .verify import verify_bundle_files
+
+        log("verifying ONNX Runtime against the PyTorch reference ...")
+        report = verify_bundle_files(model, work / VISION_FILE, work / TEXT_FILE, matrix,
+                                     _video_pixels(preprocessing), work / SCORER_FILE if scorer else None)
+        seconds["verify"] = time.perf_counter() - t
+        if not report.ok:
+            raise ExportFailed("parity verification failed; nothing was kept:\n" + report.table())
+
+    files = {p.name: p.stat().st_size for p in sorted(work.iterdir()) if p.is_file()}
+    manifest = _manifest(model, checkpoint, labels, labels_hash, bank, preprocessing, opset, scorer,
+                         matrix, work, report)
+    (work / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return ExportResult(work, matrix.num_classes, matrix.max_prompts, fallback, files, seconds, report, manifest)
+
+
+def _video_pixels(pre: Preprocessing) -> np.ndarray:
+    """Preprocessed frames of a generated video, through the engine's own decode and preprocessing."""
+    from apclip.engine.parity_video import generated_video_pixels
+
+    return generated_video_pixels(pre)
+
+
+def _io(file: str, inputs: list[tuple[str, str, list]], outputs: list[tuple[str, str, list]], opset: int) -> dict:
+    spec = lambda items: [{"name": n, "dtype": d, "shape": s} for n, d, s in items]  # noqa: E731
+    return {"file": file, "opset": opset, "inputs": spec(inputs), "outputs": spec(outputs)}
+
+
+def _manifest(model, checkpoint, labels, labels_hash, bank, pre: Preprocessing, opset: int, scorer: bool,
+              matrix, work: Path, report: VerificationReport | None) -> dict[str, Any]:
+    from .onnx_export import scorer_opset
+
+    c = model.config
+    r, e = c.image_resolution, c.embed_dim
+    io = {
+        "vision": _io(VISION_FILE, [(VISION_INPUT, "float32", ["N", 3, r, r])],
+                      [(EMBEDDINGS_OUTPUT, "float32", ["N", e])], opset),
+        "text": _io(TEXT_FILE, [(TEXT_INPUT, "int64", ["M", c.context_length])],
+                    [(EMBEDDINGS_OUTPUT, "float32", ["M", e])], opset),
+    }
+    if scorer:
+        io["scorer"] = _io(SCORER_FILE, [(SCORER_INPUTS[0], "float32", ["B", "Nv", e]),
+                                         (SCORER_INPUTS[1], "float32", ["K", "P", e]),
+                                         (SCORER_INPUTS[2], "int64", ["K"])],
+                           [(SCORER_OUTPUT, "float32", ["B", "K"])], scorer_opset(opset))
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": c.to_dict(),
+        "checkpoint": {"name": checkpoint.path.name, "format": checkpoint.format,
+                       "sha256": sha256_file(checkpoint.path)},
+        "preprocessing": pre.to_dict(),
+        "io": io,
+        "opset": opset,
+        "labels": list(labels),
+        "labels_sha256": labels_hash,
+        "prompt_bank_sha256": bank.sha256 if bank is not None else None,
+        "class_matrix": {"file": CLASSES_FILE, "num_classes": matrix.num_classes,
+                         "max_prompts": matrix.max_prompts, "embed_dim": e,
+                         "fallback_labels": matrix.fallback_labels},
+        "verification": report.to_dict() if report is not None else None,
+        "engines": {},  # TensorRT engines, built on the target GPU, are added here
+        "tools": _versions(),
+        "files": {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                  for p in sorted(work.iterdir()) if p.is_file() and p.name != MANIFEST},
+    }
+
+
+def _versions() -> dict[str, str]:
+    versions = {"apclip": __version__, "python": platform.python_version()}
+    for name in ("torch", "onnx", "onnxruntime", "onnxscript", "numpy"):
+        module = sys.modules.get(name)
+        if module is None:
+            try:
+                module = __import__(name)
+            except ImportError:
+                continue
+        versions[name] = getattr(module, "__version__", "unknown")
+    return versions
+
+
+def _replace_dir(work: Path, out: Path) -> None:
+    """Move the finished bundle into place; an old bundle is removed only after the new one is whole."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(work, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(work, out)
+
+
+def _describe(c) -> str:
+    return (f"ViT {c.vision_width}w/{c.vision_layers}L/p{c.vision_patch_size} @ {c.image_resolution}px, "
+            f"text {c.transformer_width}w/{c.transformer_layers}L, embed {c.embed_dim}")

@@ -1,0 +1,87 @@
+"""apclip-export: checkpoint -> verified ONNX bundle with the precompiled class matrix."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from apclip.errors import ApclipError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="apclip-export",
+        description="Export an AP-CLIP / ViFi-CLIP / CLIP checkpoint to a verified ONNX bundle "
+                    "(vision.onnx, text.onnx, classes.safetensors, manifest.json).")
+    p.add_argument("--ckpt", required=True, help="checkpoint: best.pt (apclip), ViFi-CLIP, or OpenAI CLIP")
+    p.add_argument("--labels", help="labels file (one per line, or CSV id,name); default: the checkpoint's")
+    p.add_argument("--prompts", help="prompt bank JSON from apclip-prompts; labels without an entry use "
+                                     "'a video of {label}.'")
+    p.add_argument("--base", help="OpenAI CLIP file the ViFi-CLIP checkpoint was fine-tuned from "
+                                  "(supplies token_embedding.weight)")
+    p.add_argument("--out", default="bundle", help="bundle directory to write (default: bundle)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
+    p.add_argument("--frames", type=int, help="frames per clip T (default: checkpoint's, else 8)")
+    p.add_argument("--clips", type=int, help="temporal clips per video (default: checkpoint's, else 2)")
+    p.add_argument("--crops", type=int, choices=(1, 2, 3), help="spatial crops (default: checkpoint's, else 2)")
+    p.add_argument("--normalize", choices=("clip", "imagenet255"),
+                   help="pixel normalisation (default: checkpoint's, else clip)")
+    p.add_argument("--batch-max", type=int, default=1024, help="largest vision batch the ONNX graph accepts")
+    p.add_argument("--scorer", action=argparse.BooleanOptionalAction, default=False,
+                   help="also export scorer.onnx (MAKA in ONNX)")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="check ONNX Runtime against PyTorch before keeping the bundle (default: on)")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    try:
+        from apclip.extras import require
+
+        require("torch", "torch", "apclip-export")
+        require("onnx", "torch", "apclip-export")
+        if args.verify:
+            require("onnxruntime", "cpu", "export verification (or pass --no-verify)")
+        from .api import export_bundle
+
+        result = export_bundle(
+            args.ckpt, out=args.out, labels=args.labels, prompts=args.prompts, base=args.base,
+            opset=args.opset, frames=args.frames, clips=args.clips, crops=args.crops,
+            normalize=args.normalize, batch_max=args.batch_max, verify=args.verify, force=args.force,
+            scorer=args.scorer, progress=args.progress,
+        )
+    except ApclipError as exc:
+        if args.debug:
+            raise
+        print(f"apclip-export: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("apclip-export: interrupted; no bundle was written", file=sys.stderr)
+        return 130
+    print(summary(result, time.perf_counter() - start))
+    return 0
+
+
+def summary(result, total: float) -> str:
+    lines = [f"bundle written to {result.path}/"]
+    for name, size in result.files.items():
+        lines.append(f"  {name:22s} {size / 1e6:10.2f} MB")
+    lines.append(f"  classes K={result.num_classes}, prompts per class P_max={result.max_prompts}, "
+                 f"template fallbacks={len(result.fallback_labels)}")
+    if result.verification is not None:
+        lines.append("parity (ONNX Runtime CPU vs PyTorch fp32):")
+        lines.append(result.verification.table())
+    else:
+        lines.append("parity: not verified (--no-verify)")
+    steps = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
+    lines.append(f"time: {total:.1f}s ({steps})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Export the encoders (and optionally the MAKA scorer) to ONNX from the reference torch modules.
+
+The dynamo-based `torch.onnx.export` traces exactly the modules the reference runs (ImageEmbedder,
+TextEmbedder). Opset >= 17 keeps LayerNorm one LayerNormalization node, which TensorRT runs in fp32.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from apclip.bundle import EMBEDDINGS_OUTPUT, SCORER_INPUTS, SCORER_OUTPUT, TEXT_INPUT, VISION_INPUT
+from apclip.errors import ApclipError
+from apclip.model import CLIP, ImageEmbedder, TextEmbedder
+
+MIN_OPSET = 17
+
+
+class ExportError(ApclipError):
+    pass
+
+
+class MakaScorer(nn.Module):
+    """frames [B, Nv, E] x classes [K, P, E] (+ counts [K]) -> MAKA scores [B, K] (apclip.scoring)."""
+
+    def forward(self, frames: torch.Tensor, classes: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        real = torch.arange(classes.shape[1], device=classes.device)[None, :] < counts[:, None]  # [K, P]
+        sim = torch.einsum("bne,kpe->bknp", frames, classes)  # [B, K, Nv, P]
+        best_prompt = sim.masked_fill(~real[None, :, None, :], float("-inf")).amax(dim=3).mean(dim=2)  # [B, K]
+        best_frame = sim.amax(dim=2).masked_fill(~real[None], 0.0)  # [B, K, P]
+        mean_best_frame = best_frame.sum(dim=2) / counts.to(sim.dtype)  # [B, K]
+        return 0.5 * (best_prompt + mean_best_frame)
+
+
+def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
+            dynamic_shapes: dict | tuple, opset: int) -> None:
+    if opset < MIN_OPSET:
+        raise ExportError(f"--opset {opset} is too old: use >= {MIN_OPSET} so LayerNorm stays one node")
+    # The exporter prints progress lines and deprecation chatter; our own progress says what matters.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, args, dynamo=True, opset_version=opset, input_names=input_names,
+            output_names=output_names, dynamic_shapes=dynamic_shapes, external_data=False,
+            optimize=True, verbose=False,
+        )
+    program.save(str(path), external_data=False)
+    model = onnx.load(str(path))
+    got = {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")}
+    if got != {opset}:
+        raise ExportError(f"exporter produced opset {sorted(got)} for {path.name}, not {opset}; "
+                          f"try --opset 18")
+    onnx.checker.check_model(model, full_check=True)
+
+
+def export_vision(model: CLIP, path: Path, opset: int, batch_max: int) -> None:
+    r = model.config.image_resolution
+    n = torch.export.Dim("N", min=1, max=batch_max)
+    sample = torch.randn(2, 3, r, r)
+    _export(ImageEmbedder(model).eval(), (sample,), path, [VISION_INPUT], [EMBEDDINGS_OUTPUT],
+            {"pixels": {0: n}}, opset)
+
+
+def export_text(model: CLIP, path: Path, opset: int, batch_max: int) -> None:
+    length = model.config.context_length
+    m = torch.export.Dim("M", min=1, max=batch_max)
+    sample = torch.randint(1, 40000, (2, length))
+    sample[:, -1] = model.config.vocab_size - 1  # an EOT-like maximum so argmax pooling is exercised
+    _export(TextEmbedder(model).eval(), (sample,), path, [TEXT_INPUT], [EMBEDDINGS_OUTPUT],
+            {"tokens": {0: m}}, opset)
+
+
+def scorer_opset(opset: int) -> int:
+    # torch's exporter emits opset-18 Reduce ops (axes as inputs) for amax/mean that ONNX's version
+    # converter cannot lower to 17, so the optional scorer is written at 18 or newer.
+    return max(opset, 18)
+
+
+def export_scorer(path: Path, embed_dim: int, opset: int) -> None:
+    b, nv, k, p = (torch.export.Dim(name, min=1, max=65536) for name in ("B", "Nv", "K", "P"))
+    frames = torch.nn.functional.normalize(torch.randn(2, 5, embed_dim), dim=-1)
+    classes = torch.nn.functional.normalize(torch.randn(3, 4, embed_dim), dim=-1)
+    counts = torch.tensor([4, 2, 3])
+    _export(MakaScorer().eval(), (frames, classes, counts), path, list(SCORER_INPUTS), [SCORER_OUTPUT],
+            {"frames": {0: b, 1: nv}, "classes": {0: k, 1: p}, "counts": {0: k}}, scorer_opset(opset))

@@ -1,0 +1,123 @@
+"""Parity of the exported ONNX files against the PyTorch reference (DESIGN.md thresholds, fp32).
+
+Run by the exporter before a bundle is kept: ONNX Runtime CPU vs torch on random pixels, on frames
+of a video, and on real prompts; MAKA top-1 over the class matrix must be identical.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from apclip.bundle import EMBEDDINGS_OUTPUT, SCORER_INPUTS, TEXT_INPUT, VISION_INPUT
+from apclip.class_matrix import ClassMatrix
+from apclip.model import CLIP, ImageEmbedder, TextEmbedder
+from apclip.scoring import maka_score
+
+MIN_COSINE = 0.99999
+MAX_ABS_DIFF = 1e-4
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    metric: str
+    value: float
+    threshold: str
+    ok: bool
+
+
+@dataclass
+class VerificationReport:
+    checks: list[Check]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def table(self) -> str:
+        rows = [f"  {'check':34s} {'metric':14s} {'value':>12s}  {'needs':>10s}  result"]
+        for c in self.checks:
+            rows.append(f"  {c.name:34s} {c.metric:14s} {c.value:12.7g}  {c.threshold:>10s}  "
+                        f"{'ok' if c.ok else 'FAILED'}")
+        return "\n".join(rows)
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+
+
+def ort_session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _embedding_checks(name: str, ref: np.ndarray, got: np.ndarray) -> list[Check]:
+    cosine = float(np.min(np.sum(ref * got, axis=-1) /
+                          (np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1))))
+    diff = float(np.max(np.abs(ref - got)))
+    return [Check(name, "min cosine", cosine, f">= {MIN_COSINE}", cosine >= MIN_COSINE),
+            Check(name, "max |diff|", diff, f"<= {MAX_ABS_DIFF:g}", diff <= MAX_ABS_DIFF)]
+
+
+@torch.inference_mode()
+def verify_bundle_files(model: CLIP, vision_path: Path, text_path: Path, matrix: ClassMatrix,
+                        video_pixels: np.ndarray | None, scorer_path: Path | None = None,
+                        seed: int = 0) -> VerificationReport:
+    """video_pixels: preprocessed frames [N, 3, R, R] of a real or generated video (or None)."""
+    rng = np.random.default_rng(seed)
+    r = model.config.image_resolution
+    checks: list[Check] = []
+    vision = ort_session(vision_path)
+    image_ref = ImageEmbedder(model).eval()
+
+    random_pixels = rng.standard_normal((3, 3, r, r)).astype(np.float32)
+    got = vision.run([EMBEDDINGS_OUTPUT], {VISION_INPUT: random_pixels})[0]
+    checks += _embedding_checks("vision, random pixels", image_ref(torch.from_numpy(random_pixels)).numpy(), got)
+
+    if video_pixels is not None:
+        video_pixels = np.ascontiguousarray(video_pixels, dtype=np.float32)
+        ref = image_ref(torch.from_numpy(video_pixels)).numpy()
+        got = vision.run([EMBEDDINGS_OUTPUT], {VISION_INPUT: video_pixels})[0]
+        checks += _embedding_checks("vision, video frames", ref, got)
+        # MAKA over the whole class matrix: the ranking must not move.
+        ref_scores = maka_score(ref[None].astype(np.float64), matrix.embeddings.astype(np.float64), matrix.counts)
+        got_scores = maka_score(got[None].astype(np.float64), matrix.embeddings.astype(np.float64), matrix.counts)
+        same = int(ref_scores.argmax()) == int(got_scores.argmax())
+        checks.append(Check("MAKA top-1, video frames", "same class", float(same), "= 1", same))
+        diff = float(np.abs(ref_scores - got_scores).max())
+        checks.append(Check("MAKA scores, video frames", "max |diff|", diff, f"<= {MAX_ABS_DIFF:g}",
+                            diff <= MAX_ABS_DIFF))
+        if scorer_path is not None:
+            scorer = ort_session(scorer_path)
+            feeds = dict(zip(SCORER_INPUTS, (got[None], matrix.embeddings, matrix.counts.astype(np.int64))))
+            onnx_scores = scorer.run(None, feeds)[0]
+            ref32 = maka_score(got[None], matrix.embeddings, matrix.counts)
+            diff = float(np.abs(onnx_scores - ref32).max())
+            checks.append(Check("scorer.onnx vs reference MAKA", "max |diff|", diff, f"<= {MAX_ABS_DIFF:g}",
+                                diff <= MAX_ABS_DIFF))
+
+    # Text: real prompts' rows of the class matrix (encoded by torch) against text.onnx.
+    text = ort_session(text_path)
+    from apclip.tokenizer import get_tokenizer
+
+    sample = [(k, p) for k in range(matrix.num_classes) for p in range(int(matrix.counts[k]))]
+    picks = rng.choice(len(sample), size=min(16, len(sample)), replace=False)
+    texts = [_prompt_text(matrix, sample[i]) for i in picks]
+    if all(t is not None for t in texts):
+        tokens = get_tokenizer().tokenize(texts)
+        ref = TextEmbedder(model).eval()(torch.from_numpy(tokens)).numpy()
+        got = text.run([EMBEDDINGS_OUTPUT], {TEXT_INPUT: tokens})[0]
+        checks += _embedding_checks("text, class prompts", ref, got)
+        stored = np.stack([matrix.embeddings[sample[i]] for i in picks])
+        checks += _embedding_checks("class matrix rows vs text.onnx", stored, got)
+    return VerificationReport(checks)
+
+
+def _prompt_text(matrix: ClassMatrix, index: tuple[int, int]) -> str | None:
+    texts = getattr(matrix, "prompt_texts", None)
+    return texts[index[0]][index[1]] if texts is not None else None

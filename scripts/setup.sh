@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Creates .venv and installs apclip with the CPU extras every command here needs.
+# torch and triton are pinned in constraints.txt: torch==2.13.0 resolves to the local CPU wheel
+# through pip's find-links, and nothing ever pulls the CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[cpu,torch,llm,triton,test]"
+# The CLIP BPE vocabulary ships inside open_clip_torch; its dependencies (torchvision) are not needed.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt --no-deps "open_clip_torch==3.3.0"
