@@ -70,6 +70,7 @@ def _maka_torch(v: Any, c: Any, mask_np: np.ndarray) -> Any:
     import torch
 
     mask = torch.from_numpy(mask_np).to(v.device)  # [K, P]
+    c = torch.as_tensor(c, device=v.device)  # a numpy class matrix scored against torch frames
     dtype = torch.promote_types(torch.promote_types(v.dtype, c.dtype), torch.float32)
     v, c = v.to(dtype), c.to(dtype)
     sim = torch.einsum("bne,kpe->bknp", v, c)  # [B, K, Nv, P]
@@ -82,6 +83,8 @@ def _maka_torch(v: Any, c: Any, mask_np: np.ndarray) -> Any:
 def maka_score_views(video: Any, c: Any, counts: Any = None, views: str = "pool") -> Any:
     """[B, V, T, E] -> [B, K]: `pool` scores all V*T frames as one set (the paper's multi-view
     inference); `mean` scores each view over its T frames and averages over views."""
+    if video.ndim != 4:
+        raise ValueError(f"expected video [B, V, T, E], got {tuple(video.shape)}")
     b, nv, t, e = video.shape
     if views == "pool":
         return maka_score(video.reshape(b, nv * t, e), c, counts)  # [B, V, T, E] -> [B, V*T, E]
@@ -122,9 +125,13 @@ def explain(v: Any, c: Any, counts: Any, classes: Sequence[int]) -> list[ClassEx
     c = np.asarray(c.detach().cpu() if _is_torch(c) else c, dtype=np.float64)
     if v.ndim != 2:
         raise ValueError(f"explain takes one video [Nv, E], got {v.shape}")
+    if c.ndim != 3 or c.shape[-1] != v.shape[-1]:
+        raise ValueError(f"expected c [K, P, E] with E = {v.shape[-1]}, got {c.shape}")
     mask = prompt_mask(counts, c.shape[0], c.shape[1])
     out = []
     for k in classes:
+        if not 0 <= k < c.shape[0]:
+            raise ValueError(f"class index {k} is outside the {c.shape[0]} classes")
         n = int(mask[k].sum())
         sim = v @ c[k, :n].T  # [Nv, P_k]
         per_frame = sim.argmax(axis=1)
