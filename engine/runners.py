@@ -1,0 +1,107 @@
+"""Encoder runners: one interface over ONNX Runtime (CPU / CUDA) and the torch reference.
+
+A runner maps a batch to L2-normalised float32 embeddings:
+  vision: pixels [N, 3, R, R] float32 -> [N, E];  text: tokens [M, 77] int64 -> [M, E].
+TensorRT (a later backend) implements the same `EncoderRunner` protocol, so callers never change.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from apclip.bundle import EMBEDDINGS_OUTPUT, TEXT_FILE, TEXT_INPUT, VISION_FILE, VISION_INPUT, Manifest
+from apclip.errors import ApclipError
+from apclip.extras import require
+
+
+class BackendUnavailable(ApclipError):
+    pass
+
+
+class EncoderRunner(Protocol):
+    name: str  # e.g. "ort-cpu", "ort-cuda", "torch-cpu"
+    batch_size: int  # preferred batch: callers split larger inputs into batches of this size
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def encode_in_batches(runner: EncoderRunner, data: np.ndarray) -> np.ndarray:
+    outputs = [runner(data[i:i + runner.batch_size]) for i in range(0, len(data), runner.batch_size)]
+    return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
+
+
+class OrtRunner:
+    """An ONNX Runtime session on one file with one input and the `embeddings` output."""
+
+    def __init__(self, path: Path, input_name: str, *, cuda: bool = False, threads: int | None = None,
+                 batch_size: int = 32):
+        ort = require("onnxruntime", "cpu", "the ONNX Runtime backend")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if cuda:
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise BackendUnavailable("backend ort-cuda needs onnxruntime-gpu with CUDA: run pip install "
+                                         "\"apclip[gpu]\" (and uninstall onnxruntime), or use --backend ort")
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.input_name = input_name
+        self.name = "ort-cuda" if cuda else "ort-cpu"
+        self.batch_size = batch_size
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([EMBEDDINGS_OUTPUT], {self.input_name: batch})[0]
+
+
+class TorchRunner:
+    """The PyTorch reference (ImageEmbedder / TextEmbedder) from the checkpoint the bundle came from."""
+
+    def __init__(self, module, *, device: str = "cpu", batch_size: int = 32, is_text: bool = False):
+        self.torch = require("torch", "torch", "the torch backend")
+        self.module = module.to(device).eval()
+        self.device = device
+        self.name = f"torch-{device.split(':')[0]}"
+        self.batch_size = batch_size
+        self.is_text = is_text
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            x = self.torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+            return self.module(x).float().cpu().numpy()
+
+
+def _default_threads(threads: int | None) -> int | None:
+    return threads or (int(os.environ["APCLIP_THREADS"]) if os.environ.get("APCLIP_THREADS") else None)
+
+
+def ort_runners(manifest: Manifest, *, cuda: bool, threads: int | None, batch_size: int):
+    threads = _default_threads(threads)
+    vision = OrtRunner(manifest.file(VISION_FILE), VISION_INPUT, cuda=cuda, threads=threads, batch_size=batch_size)
+    text = OrtRunner(manifest.file(TEXT_FILE), TEXT_INPUT, cuda=cuda, threads=threads, batch_size=256)
+    return vision, text
+
+
+def torch_runners(manifest: Manifest, checkpoint: str | os.PathLike | None, base: str | None, *,
+                  batch_size: int):
+    if checkpoint is None:
+        raise BackendUnavailable("backend torch needs --ckpt, the checkpoint the bundle was exported from")
+    torch = require("torch", "torch", "the torch backend")
+    from apclip.bundle import sha256_file
+    from apclip.checkpoint import load_model
+    from apclip.model import ImageEmbedder, TextEmbedder
+
+    expected = (manifest.raw.get("checkpoint") or {}).get("sha256")
+    if expected and sha256_file(checkpoint) != expected:
+        raise BackendUnavailable(f"checkpoint {checkpoint} is not the one bundle {manifest.path} was exported "
+                                 f"from (sha256 differs); pass the matching --ckpt")
+    model = load_model(checkpoint, base=base)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return (TorchRunner(ImageEmbedder(model), device=device, batch_size=batch_size),
+            TorchRunner(TextEmbedder(model), device=device, batch_size=256, is_text=True))

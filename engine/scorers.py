@@ -1,0 +1,88 @@
+"""MAKA scorers: numpy (default), the bundle's scorer.onnx, and the fused Triton kernel (CUDA).
+
+All take frame embeddings [B, Nv, E] (the pooled views of each video) and the class matrix, and
+return [B, K] float32 scores equal to `apclip.scoring.maka_score` within DESIGN.md tolerances.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from apclip.bundle import SCORER_FILE, SCORER_INPUTS, Manifest
+from apclip.class_matrix import ClassMatrix
+from apclip.errors import ApclipError
+from apclip.extras import require
+from apclip.scoring import maka_score
+
+from .runners import BackendUnavailable
+
+SCORERS = ("auto", "numpy", "onnx", "triton")
+
+
+class Scorer(Protocol):
+    name: str
+
+    def __call__(self, frames: np.ndarray, classes: ClassMatrix) -> np.ndarray: ...
+
+
+class NumpyScorer:
+    name = "numpy"
+
+    def __call__(self, frames: np.ndarray, classes: ClassMatrix) -> np.ndarray:
+        return maka_score(frames, classes.embeddings, classes.counts).astype(np.float32)
+
+
+class OnnxScorer:
+    name = "onnx"
+
+    def __init__(self, manifest: Manifest):
+        if not manifest.has(SCORER_FILE):
+            raise BackendUnavailable(f"bundle {manifest.path} has no {SCORER_FILE}; re-export with --scorer")
+        ort = require("onnxruntime", "cpu", "the ONNX scorer")
+        self.session = ort.InferenceSession(str(manifest.file(SCORER_FILE)), providers=["CPUExecutionProvider"])
+
+    def __call__(self, frames: np.ndarray, classes: ClassMatrix) -> np.ndarray:
+        feeds = dict(zip(SCORER_INPUTS, (np.ascontiguousarray(frames, dtype=np.float32), classes.embeddings,
+                                         classes.counts.astype(np.int64))))
+        return self.session.run(None, feeds)[0]
+
+
+class TritonScorer:
+    """apclip.kernels.maka_score on CUDA; the class matrix stays resident on the device."""
+
+    name = "triton"
+
+    def __init__(self):
+        torch = require("torch", "triton", "the Triton scorer")
+        require("triton", "triton", "the Triton scorer")
+        if not torch.cuda.is_available():
+            raise BackendUnavailable("the triton scorer needs a CUDA GPU; use --scorer numpy")
+        self.torch = torch
+        self._cached: tuple[int, object, object] | None = None
+
+    def __call__(self, frames: np.ndarray, classes: ClassMatrix) -> np.ndarray:
+        from apclip.kernels import maka_score as kernel_maka
+
+        torch = self.torch
+        if self._cached is None or self._cached[0] != id(classes):
+            self._cached = (id(classes), torch.from_numpy(classes.embeddings).cuda().half(),
+                            torch.from_numpy(classes.counts).cuda())
+        _, emb, counts = self._cached
+        video = torch.from_numpy(np.ascontiguousarray(frames)).cuda().half()[:, None]  # [B, Nv, E] -> [B, 1, Nv, E]
+        return kernel_maka(video, emb, counts, views="pool", backend="triton").float().cpu().numpy()
+
+
+def make_scorer(name: str, manifest: Manifest) -> Scorer:
+    if name == "numpy":
+        return NumpyScorer()
+    if name == "onnx":
+        return OnnxScorer(manifest)
+    if name == "triton":
+        return TritonScorer()
+    if name == "auto":
+        try:
+            return TritonScorer()
+        except ApclipError:  # no torch/triton/GPU here: the numpy reference is the CPU default
+            return NumpyScorer()
+    raise BackendUnavailable(f"unknown scorer {name!r}; choose one of {', '.join(SCORERS)}")
