@@ -18,6 +18,8 @@ import ftfy
 import numpy as np
 import regex
 
+from .errors import ApclipError
+
 VOCAB_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 VOCAB_ENV = "APCLIP_BPE_VOCAB"
 CONTEXT_LENGTH = 77
@@ -34,8 +36,8 @@ _SPLIT = regex.compile(
 _WHITESPACE = regex.compile(r"\s+")
 
 
-class VocabularyNotFound(FileNotFoundError):
-    pass
+class VocabularyNotFound(ApclipError, FileNotFoundError):
+    """The BPE merges file is not where it was looked for; the message says how to get it."""
 
 
 def find_vocab(path: str | os.PathLike | None = None) -> Path:
@@ -43,13 +45,13 @@ def find_vocab(path: str | os.PathLike | None = None) -> Path:
     if path is not None:
         candidate = Path(path)
         if not candidate.is_file():
-            raise VocabularyNotFound(f"BPE vocabulary {candidate} does not exist")
+            raise VocabularyNotFound(f"BPE vocabulary {candidate} does not exist (pass the path of {VOCAB_FILENAME})")
         return candidate
     env = os.environ.get(VOCAB_ENV)
     if env:
         candidate = Path(env)
         if not candidate.is_file():
-            raise VocabularyNotFound(f"${VOCAB_ENV}={env} does not exist")
+            raise VocabularyNotFound(f"${VOCAB_ENV}={env} does not exist (point it at {VOCAB_FILENAME} or unset it)")
         return candidate
     try:
         dist = metadata.distribution("open_clip_torch")
