@@ -18,6 +18,7 @@ import os
 import pickle
 import re
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ from .safe_pickle import is_torchscript_archive, load_torch_zip, read_torchscrip
 
 OWN_FORMAT = "apclip-checkpoint"
 OWN_FORMAT_VERSION = 1
+# The pixel normalisation each format was trained with (config.NORMALIZATIONS); apclip checkpoints
+# carry theirs. ViFi-CLIP, and AP-CLIP trained the same way, normalise 0-255 RGB with ImageNet constants.
+_FORMAT_NORMALIZATION = {"openai": "clip", "openai-torchscript": "clip", "vificlip": "imagenet255", "apclip": "clip"}
 # Non-parameter entries OpenAI archives carry (build_model in openai/CLIP deletes the same).
 _OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 
@@ -57,40 +61,60 @@ def _torch_load(path: Path) -> Any:
                 raise
             # Legacy (non-zip) torch.save files cannot be memory-mapped.
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as first:
-        try:
-            return load_torch_zip(str(path))
-        except pickle.UnpicklingError:
-            raise first from None
+    except pickle.UnpicklingError:
+        if not zipfile.is_zipfile(path):
+            raise
+        # A refusal from this reader names the global really at fault, not the first plain-data class.
+        return load_torch_zip(str(path))
 
 
 def read_checkpoint_object(path: str | os.PathLike) -> tuple[Any, bool]:
     """The unpickled object and whether it came from a TorchScript archive. Never runs code."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist (pass the path of a .pt/.pth file)")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file (pass the path of a .pt/.pth file)")
     try:
         if is_torchscript_archive(str(path)):
             return read_torchscript_tensors(str(path)), True
         return _torch_load(path), False
     except pickle.UnpicklingError as exc:
+        refused = _refused_global(exc)
+        if refused is None:
+            raise CheckpointError(f"checkpoint {path} is not a readable torch file (damaged, truncated or "
+                                  f"another format): pickle: {_unpickling_reason(exc)}") from None
         raise CheckpointError(
-            f"checkpoint {path} needs code to unpickle and was refused; nothing in it was run "
-            f"({_refusal_reason(exc)}). Re-save its state_dict with torch.save(model.state_dict(), ...)"
+            f"checkpoint {path} needs code to unpickle ({refused}) and was refused; nothing in it was run. "
+            f"Re-save its state_dict with torch.save(model.state_dict(), ...)"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} is not a readable torch file: {_first_line(exc)}") from None
+    except Exception as exc:  # a damaged or foreign file can fail anywhere inside torch's or our reader
+        raise CheckpointError(
+            f"checkpoint {path} is not a readable torch file (damaged, truncated or another format): "
+            f"{_describe(exc)}"
+        ) from None
 
 
-def _refusal_reason(exc: BaseException) -> str:
-    """The global the unpickler refused, out of torch's long weights_only message."""
-    match = re.search(r"(GLOBAL [\w.]+|refused global [\w.]+|Can only [^\n]+)", str(exc))
-    return match.group(1) if match else _first_line(exc)
+def _refused_global(exc: BaseException) -> str | None:
+    """The global an unpickler refused (torch: 'GLOBAL posix.system ...', ours: 'refused global ...')."""
+    match = re.search(r"(?:GLOBAL|refused global) ([\w.]+)", str(exc))
+    return match.group(1) if match else None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+def _unpickling_reason(exc: BaseException) -> str:
+    """The cause out of torch's long weights_only message (e.g. 'Unsupported operand 200')."""
+    match = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(exc))
+    return match.group(1).strip() if match else _first_sentence(exc)
+
+
+def _first_sentence(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0].split(". ")[0][:300] if lines else ""
+
+
+def _describe(exc: BaseException) -> str:
+    sentence = _first_sentence(exc)
+    return f"{type(exc).__name__}: {sentence}" if sentence else type(exc).__name__
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -133,6 +157,7 @@ def load_checkpoint(path: str | os.PathLike, *, base: str | os.PathLike | None =
         meta = obj
     elif isinstance(obj, dict) and _is_state_dict(obj.get("model")):
         fmt, sd = "vificlip", vificlip_state_dict(obj["model"])
+        meta = _vificlip_metadata(obj.get("config"))
     elif isinstance(obj, dict) and _is_state_dict(obj.get("state_dict")):
         fmt, sd = "openai", openai_state_dict(obj["state_dict"])
     elif _is_state_dict(obj):
@@ -142,17 +167,33 @@ def load_checkpoint(path: str | os.PathLike, *, base: str | os.PathLike | None =
             f"checkpoint {path} is not a CLIP state_dict, a ViFi-CLIP/AP-CLIP training checkpoint "
             f"or an apclip checkpoint (top-level type {type(obj).__name__})")
 
-    if "token_embedding.weight" not in sd:
+    # Only a CLIP-looking state_dict is missing just the token embedding; others get build's key list.
+    if "token_embedding.weight" not in sd and (base is not None or {"visual.proj", "text_projection"} <= set(sd)):
         sd = dict(sd)
         sd["token_embedding.weight"] = _token_embedding_from_base(path, base)
     model = _build(path, sd, meta.get("model_config"))
     return Checkpoint(
         model=model, format=fmt, path=path,
         labels=list(meta["labels"]) if meta.get("labels") else None,
-        preprocessing=dict(meta["preprocessing"]) if meta.get("preprocessing") else None,
+        preprocessing=dict(meta.get("preprocessing") or {"normalize": _FORMAT_NORMALIZATION[fmt]}),
         prompt_bank_sha256=meta.get("prompt_bank_sha256"),
         train_config=dict(meta.get("train_config") or {}),
     )
+
+
+def _vificlip_metadata(config: Any) -> dict[str, Any]:
+    """ViFi-CLIP's yacs config (if pickled alongside) as plain dicts, and the preprocessing it implies."""
+    config = _plain_dict(config) if isinstance(config, dict) else {}
+    preprocessing: dict[str, Any] = {"normalize": _FORMAT_NORMALIZATION["vificlip"]}
+    data = config.get("DATA")
+    frames = data.get("NUM_FRAMES") if isinstance(data, dict) else None
+    if isinstance(frames, int) and frames > 0:
+        preprocessing["frames"] = frames
+    return {"preprocessing": preprocessing, "train_config": config}
+
+
+def _plain_dict(node: dict) -> dict[str, Any]:
+    return {str(k): _plain_dict(v) if isinstance(v, dict) else v for k, v in node.items()}
 
 
 def load_model(path: str | os.PathLike, *, base: str | os.PathLike | None = None) -> CLIP:
@@ -165,22 +206,23 @@ def _token_embedding_from_base(path: Path, base: str | os.PathLike | None) -> to
         raise CheckpointError(
             f"checkpoint {path} has no token_embedding.weight (ViFi-CLIP checkpoints omit it): pass the "
             f"OpenAI CLIP file it was fine-tuned from with --base (e.g. ViT-B-16.pt)")
+    if not Path(base).is_file():
+        raise CheckpointError(f"base checkpoint {base} does not exist (pass the OpenAI CLIP file, e.g. ViT-B-16.pt)")
     base_obj, scripted = read_checkpoint_object(base)
-    if isinstance(base_obj, dict) and not scripted:
-        base_obj = base_obj.get("state_dict", base_obj) if not _is_state_dict(base_obj) else base_obj
+    if isinstance(base_obj, dict) and not scripted and not _is_state_dict(base_obj):
+        base_obj = base_obj.get("state_dict")  # an apclip checkpoint or a {"state_dict": ...} wrapper
     weight = base_obj.get("token_embedding.weight") if isinstance(base_obj, dict) else None
     if not isinstance(weight, torch.Tensor):
-        raise CheckpointError(f"base checkpoint {base} has no token_embedding.weight (is it an OpenAI CLIP file?)")
+        raise CheckpointError(f"base checkpoint {base} has no token_embedding.weight (pass an OpenAI CLIP file)")
     return weight
 
 
 def _build(path: Path, sd: dict[str, torch.Tensor], config: dict[str, Any] | None) -> CLIP:
+    """build_model with its errors (missing, unexpected, wrong-shape keys) as one-line CheckpointErrors."""
     try:
         cfg = ModelConfig.from_dict(config) if config else config_from_state_dict(sd)
         return build_model(sd, cfg)
-    except KeyError as exc:
-        raise CheckpointError(f"checkpoint {path} lacks {exc.args[0]}; is it a CLIP ViT checkpoint?") from None
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {path} does not fit the CLIP model: {exc}") from None
 
 

@@ -33,8 +33,10 @@ class _StorageType:
 class _ScriptObject:
     """Stand-in for a TorchScript module or object: holds its attributes, runs nothing."""
 
+    state: Any = None  # a class default: NEWOBJ skips __init__, and an object may never get a BUILD
+
     def __init__(self, *args: Any, **kwargs: Any):
-        self.state: Any = None
+        pass
 
     def __setstate__(self, state: Any) -> None:
         self.state = state
