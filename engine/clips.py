@@ -1,0 +1,316 @@
+"""Source -> clip: decode once, sample, preprocess; what the inference engine and training call.
+
+`load_clip(source, spec)` samples a whole video (test or train mode, see sampling.py) and returns a
+`Clip` with views [V, T, 3, R, R]. With a known frame count the sampled indices are fixed before
+decoding and only those frames are converted and resized. Without one (or with
+`trust_frame_count=False`, for variable-frame-rate files whose header count is wrong) a
+`StridedReservoir` of resized frames stands in, and the indices for the decoded count are served by
+the nearest kept frames (`Clip.approximate`). When a file ends before its announced count
+(truncated or corrupted), the indices are recomputed for the frames that decoded, likewise.
+
+`iter_window_clips(source, spec, span=, stride=, unit=)` yields one `Clip` per sliding window of a
+stream or long video; only frames some open window still needs are held (at most
+`(ceil(span / stride) + 1) * T * N` resized frames), never the whole video.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..config import DEFAULT_CLIPS, DEFAULT_CROPS, DEFAULT_FRAMES, NORMALIZATIONS, ModelConfig, Normalization
+from ..config import normalization as normalization_by_name
+from .errors import NoFramesError, SourceError
+from .preprocess import CROP_COUNTS, make_views, resize_short_side
+from .sampling import StridedReservoir, WindowPlan, nearest_kept, sample_segment_indices, sample_train_indices
+from .sources import SourceInfo, SourceSpec, VideoSource, open_source
+
+# Frames the reservoir keeps for a source of unknown length: at least this, and 4 per sampled frame.
+_MIN_KEPT = 64
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """What a clip is made of; export records it in the bundle manifest and inference reads it back."""
+
+    frames: int = DEFAULT_FRAMES  # T, frames per temporal clip
+    clips: int = DEFAULT_CLIPS  # N, temporal clips per video (or per window)
+    crops: int = DEFAULT_CROPS  # C, spatial crops per frame: 1 centre, 2 ends, 3 start/centre/end
+    resolution: int = ModelConfig().image_resolution  # R, crop side in pixels
+    normalization: Normalization = NORMALIZATIONS["clip"]  # or a preset name, e.g. "imagenet255"
+
+    def __post_init__(self) -> None:
+        if self.frames < 1 or self.clips < 1 or self.resolution < 1:
+            raise ValueError(f"frames, clips and resolution must be >= 1, got {self}")
+        if self.crops not in CROP_COUNTS:
+            raise ValueError(f"crops must be one of {CROP_COUNTS}, got {self.crops}")
+        if isinstance(self.normalization, str):
+            object.__setattr__(self, "normalization", normalization_by_name(self.normalization))
+
+    @property
+    def views(self) -> int:
+        """V = clips * crops."""
+        return self.clips * self.crops
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"frames": self.frames, "clips": self.clips, "crops": self.crops,
+                "resolution": self.resolution, "normalization": self.normalization.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ClipSpec":
+        norm = data["normalization"]
+        return cls(int(data["frames"]), int(data["clips"]), int(data["crops"]), int(data["resolution"]),
+                   norm if isinstance(norm, str) else Normalization.from_dict(norm))
+
+
+@dataclass(frozen=True, eq=False)
+class Clip:
+    """One sampled, preprocessed clip (a whole video, or one window of a stream)."""
+
+    views: np.ndarray  # [V, T, 3, R, R] float32; view v = clip * crops + crop
+    frame_indices: np.ndarray  # [V, T] int64, index (among decoded frames) of every view frame
+    timestamps: np.ndarray  # [V, T] float64 seconds of every view frame
+    spec: ClipSpec
+    source: SourceInfo
+    start: float  # seconds: start of the video or window the clip was sampled from
+    end: float  # seconds: its end
+    decoded_frames: int  # frames the source had decoded when the clip was made
+    skipped_frames: int  # frames lost to corruption or truncation (whole-video clips)
+    approximate: bool = False  # True when nearest kept frames stood in for the formula's indices
+
+
+class _Resizer:
+    """Resize frames to the short side R inline, or on a small thread pool (cv2 releases the GIL).
+
+    At most 2 * workers frames wait for the pool, so full-resolution frames never pile up.
+    """
+
+    def __init__(self, size: int, workers: int) -> None:
+        self._size = size
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers) if workers > 0 else None
+        self._pending: collections.deque[concurrent.futures.Future] = collections.deque()
+        self._limit = 2 * workers
+
+    def submit(self, image: np.ndarray) -> Any:
+        if self._pool is None:
+            return resize_short_side(image, self._size)
+        future = self._pool.submit(resize_short_side, image, self._size)
+        self._pending.append(future)
+        while len(self._pending) > self._limit:
+            self._pending.popleft().result()
+        return future
+
+    @staticmethod
+    def get(handle: Any) -> np.ndarray:
+        return handle.result() if isinstance(handle, concurrent.futures.Future) else handle
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _assemble(kept: dict[int, tuple[Any, float]], indices: np.ndarray, spec: ClipSpec) -> tuple[np.ndarray, ...]:
+    """[N, T] indices into kept frames -> views [V, T, 3, R, R], indices [V, T], timestamps [V, T]."""
+    frames = [[_Resizer.get(kept[int(i)][0]) for i in row] for row in indices]
+    times = np.array([[kept[int(i)][1] for i in row] for row in indices], dtype=np.float64)  # [N, T]
+    views = make_views(frames, spec.resolution, spec.crops, spec.normalization)
+    # [N, T] -> [V, T]: every clip's row repeated once per crop, matching the clip-major view order
+    return views, np.repeat(indices, spec.crops, axis=0), np.repeat(times, spec.crops, axis=0)
+
+
+def load_clip(source: SourceSpec, spec: ClipSpec = ClipSpec(), *, mode: str = "test",
+              rng: np.random.Generator | None = None, trust_frame_count: bool = True,
+              max_frames: int | None = None, workers: int = 0, fps: float | None = None) -> Clip:
+    """Decode `source` once and return its clip: spec.clips temporal clips x spec.crops crops.
+
+    mode: "test" (deterministic segment centres) or "train" (random frame per segment; needs rng).
+    max_frames: decode at most this many frames (required for live sources such as cameras).
+    workers: threads that resize frames while the next ones decode (0: resize inline).
+    fps: frame rate of an image folder. Raises SourceError / NoFramesError naming the source.
+    """
+    if mode not in ("test", "train"):
+        raise ValueError(f"mode must be 'test' or 'train', got {mode!r}")
+    if mode == "train" and rng is None:
+        raise ValueError("train mode needs rng=np.random.default_rng(seed)")
+
+    def draw(count: int) -> np.ndarray:  # [N, T]
+        if mode == "train":
+            return sample_train_indices(count, spec.frames, spec.clips, rng=rng)
+        return sample_segment_indices(count, spec.frames, spec.clips)
+
+    src = open_source(source, fps=fps)
+    resizer = _Resizer(spec.resolution, workers)
+    try:
+        info = src.info
+        if info.live and max_frames is None:
+            raise SourceError(f"{info.name} is a live source without an end: use iter_window_clips, "
+                              "or pass max_frames to sample its first frames")
+        count = info.frame_count if trust_frame_count else None
+        if count is not None and max_frames is not None:
+            count = min(count, max_frames)
+        planned = draw(count) if count is not None else None
+        wanted = set(planned.ravel().tolist()) if planned is not None else set()
+        reservoir: StridedReservoir[tuple[Any, float]] = StridedReservoir(max(_MIN_KEPT, 4 * spec.frames * spec.clips))
+        kept: dict[int, tuple[Any, float]] = {}
+        times = _TimeRange()
+
+        def select(index: int, timestamp: float) -> bool:
+            times.see(timestamp)
+            return index in wanted if planned is not None else reservoir.wants(index)
+
+        for frame in src.frames(select, limit=max_frames):
+            entry = (resizer.submit(frame.image), frame.timestamp)
+            if planned is not None:
+                kept[frame.index] = entry
+            else:
+                reservoir.add(frame.index, entry)
+            del frame  # release the full-resolution image before the next one decodes
+        kept = kept if planned is not None else reservoir.items
+        decoded = src.decoded_frames
+        if not kept:
+            raise NoFramesError(f"no decodable frames in {info.name}")
+        indices, approximate = planned, False
+        if planned is None or not wanted.issubset(kept):
+            # Unknown count, or the file ended early: sample what decoded, served by the nearest kept frames.
+            indices = nearest_kept(draw(decoded), kept)
+            approximate = planned is not None or reservoir.stride > 1
+        views, frame_indices, timestamps = _assemble(kept, indices, spec)
+        return Clip(views, frame_indices, timestamps, spec, info, times.first, times.end(info.fps),
+                    decoded, src.skipped_frames, approximate)
+    finally:
+        resizer.close()
+        if src is not source:
+            src.close()
+
+
+@dataclass
+class _TimeRange:
+    """First and last timestamp seen, for a clip's start and end."""
+
+    first: float = float("nan")
+    last: float = float("nan")
+
+    def see(self, timestamp: float) -> None:
+        if self.first != self.first:  # nan: nothing seen yet
+            self.first = timestamp
+        self.last = timestamp
+
+    def end(self, fps: float | None) -> float:
+        return self.last + (1.0 / fps if fps else 0.0)
+
+
+@dataclass
+class _OpenWindow:
+    number: int  # k: the window starts at origin + k * stride
+    targets: np.ndarray  # [N * T] positions to fill, in plan units
+    start_seconds: float
+    frames: np.ndarray = field(init=False)  # [N * T] decoded-frame index serving each target, -1: none yet
+
+    def __post_init__(self) -> None:
+        self.frames = np.full(self.targets.shape, -1, dtype=np.int64)
+
+
+class WindowClips:
+    """Iterator of `Clip`s, one per sliding window; see iter_window_clips."""
+
+    def __init__(self, source: SourceSpec, spec: ClipSpec, plan: WindowPlan, workers: int = 0,
+                 fps: float | None = None) -> None:
+        self.spec, self.plan = spec, plan
+        self.peak_buffered_frames = 0  # most resized frames held at once
+        self._source_spec, self._workers, self._fps = source, workers, fps
+
+    @property
+    def buffer_bound(self) -> int:
+        """Resized frames held at most: every window that can be open at once, T * N frames each."""
+        return (self.plan.max_open_windows + 1) * self.spec.frames * self.spec.clips
+
+    def __iter__(self) -> Iterator[Clip]:
+        src = open_source(self._source_spec, fps=self._fps)
+        resizer = _Resizer(self.spec.resolution, self._workers)
+        try:
+            yield from self._windows(src, resizer)
+        finally:
+            resizer.close()
+            if src is not self._source_spec:
+                src.close()
+
+    def _windows(self, src: VideoSource, resizer: _Resizer) -> Iterator[Clip]:
+        plan, info = self.plan, src.info
+        by_frames = plan.unit == "frames"
+        # A target is served by the frame on screen at it: the first frame with position + period > target.
+        period = 1.0 if by_frames else (1.0 / info.fps if info.fps else 1e-6)
+        windows: collections.deque[_OpenWindow] = collections.deque()
+        held: dict[int, tuple[Any, float]] = {}
+        users: collections.Counter[int] = collections.Counter()  # open-window targets served per frame
+        state = {"origin": None, "next": 0, "awaited": None, "emitted": 0}
+
+        def select(index: int, timestamp: float) -> bool:
+            position = float(index) if by_frames else timestamp
+            if state["origin"] is None:
+                state["origin"] = 0.0 if by_frames else timestamp
+            awaited = state["awaited"]
+            if awaited is not None and awaited not in held:  # selected but failed to convert: unassign
+                for window in windows:
+                    window.frames[window.frames == awaited] = -1
+                users.pop(awaited, None)
+            while plan.start(state["next"], state["origin"]) < position + period:
+                k = state["next"]
+                windows.append(_OpenWindow(k, plan.targets(k, state["origin"]).ravel(),
+                                           timestamp if by_frames else plan.start(k, state["origin"])))
+                state["next"] += 1
+            served = 0
+            for window in windows:
+                due = (window.frames < 0) & (window.targets < position + period)
+                window.frames[due] = index
+                served += int(due.sum())
+            if served:
+                users[index] += served
+            state["awaited"] = index if served else None
+            return served > 0
+
+        for frame in src.frames(select):
+            now = frame.timestamp
+            held[frame.index] = (resizer.submit(frame.image), now)
+            del frame  # release the full-resolution image before the next one decodes
+            self.peak_buffered_frames = max(self.peak_buffered_frames, len(held))
+            while windows and (windows[0].frames >= 0).all() and all(int(i) in held for i in windows[0].frames):
+                window = windows.popleft()
+                yield self._clip(window, held, info, src, now)
+                state["emitted"] += 1
+                for i in window.frames:
+                    users[int(i)] -= 1
+                    if users[int(i)] <= 0:
+                        held.pop(int(i), None)
+                        del users[int(i)]
+        if src.decoded_frames == 0:
+            raise NoFramesError(f"no decodable frames in {info.name}")
+        if state["emitted"] == 0:
+            raise NoFramesError(
+                f"{info.name} ended after {src.decoded_frames} frames, before its first window of "
+                f"{plan.span:g} {plan.unit} was complete: use load_clip for the whole video or a shorter span"
+            )
+
+    def _clip(self, window: _OpenWindow, held: dict[int, tuple[Any, float]], info: SourceInfo,
+              src: VideoSource, now: float) -> Clip:
+        indices = window.frames.reshape(self.spec.clips, self.spec.frames)  # [N * T] -> [N, T]
+        views, frame_indices, timestamps = _assemble(held, indices, self.spec)
+        if self.plan.unit == "seconds":
+            end = window.start_seconds + self.plan.span
+        else:
+            end = window.start_seconds + self.plan.span / info.fps if info.fps else now
+        return Clip(views, frame_indices, timestamps, self.spec, info, window.start_seconds, end,
+                    src.decoded_frames, src.skipped_frames)
+
+
+def iter_window_clips(source: SourceSpec, spec: ClipSpec = ClipSpec(clips=1), *, span: float = 2.0,
+                      stride: float = 1.0, unit: str = "seconds", workers: int = 0,
+                      fps: float | None = None) -> WindowClips:
+    """Sliding windows of `span` every `stride` (seconds or frames), each a Clip of spec.clips x T frames.
+
+    Windows are emitted as soon as their last frame decodes; a trailing window the source ends
+    inside is dropped, and a source shorter than one window raises NoFramesError.
+    """
+    return WindowClips(source, spec, WindowPlan(span, stride, unit, spec.frames, spec.clips), workers, fps)

@@ -1,0 +1,114 @@
+"""Spatial views and normalisation: decoded BGR frames -> float32 [V, T, 3, R, R].
+
+Per frame, as soon as it is decoded (so that 8K frames never pile up at full resolution):
+  resize the short side to R, the long side to round(long * R / short) (mmcv's rounding).
+  Downscaling uses cv2.INTER_AREA and upscaling cv2.INTER_CUBIC: CLIP resizes with PIL's bicubic,
+  which low-pass filters when it shrinks; INTER_AREA comes closest to it (about 48 dB PSNR against
+  an antialiased bicubic on 720p -> 224, where cv2's plain INTER_CUBIC aliases, about 32 dB).
+
+Per clip:
+  crops of R x R along the long side (the short side is R already), offsets 0, (L - R) // 2, L - R:
+    1 crop: centre;  2 crops: the two ends (the paper's default);  3 crops: start, centre, end
+    (ViFi-CLIP's ThreeCrop, which places its last crop at 2 * ((L - R) // 2): one pixel apart when
+    L - R is odd). "Start" is the left of a landscape frame, the top of a portrait one.
+  BGR -> RGB, (pixel * scale - mean) / std with an apclip.config.Normalization, channels first.
+
+View order is clip-major: view v = clip * crops + crop, so views [0, crops) are temporal clip 0.
+`flatten_views` gives the encoder [V * T, 3, R, R]; `unflatten_views` restores [V, T, ...] from any
+per-image output (images or embeddings).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from ..config import Normalization
+
+CROP_COUNTS = (1, 2, 3)
+
+
+def resized_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(height, width) with the short side = short_side and the aspect ratio kept (rounded half up)."""
+    if height <= width:
+        return short_side, max(short_side, int(width * short_side / height + 0.5))
+    return max(short_side, int(height * short_side / width + 0.5)), short_side
+
+
+def resize_short_side(image: np.ndarray, short_side: int) -> np.ndarray:
+    """[H, W, C] -> [h, w, C] with min(h, w) = short_side; area filter down, bicubic up."""
+    height, width = image.shape[:2]
+    new_height, new_width = resized_size(height, width, short_side)
+    if (new_height, new_width) == (height, width):
+        return image
+    shrinking = new_height * new_width < height * width
+    return cv2.resize(image, (new_width, new_height),
+                      interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+
+
+def crop_offsets(height: int, width: int, size: int, crops: int) -> list[tuple[int, int]]:
+    """(top, left) of each size x size crop of a frame whose short side is `size`, in view order."""
+    if crops not in CROP_COUNTS:
+        raise ValueError(f"crops must be one of {CROP_COUNTS}, got {crops}")
+    if min(height, width) < size:
+        raise ValueError(f"frame {height}x{width} is smaller than the {size} px crop")
+    extra = max(height, width) - size  # room along the long side
+    along = {1: [extra // 2], 2: [0, extra], 3: [0, extra // 2, extra]}[crops]
+    top_margin, left_margin = (height - size) // 2, (width - size) // 2  # centre the short side
+    if width >= height:
+        return [(top_margin, x) for x in along]
+    return [(y, left_margin) for y in along]
+
+
+def crop_views(image: np.ndarray, size: int, crops: int) -> np.ndarray:
+    """[h, w, 3] resized frame -> [crops, size, size, 3], same dtype."""
+    return np.stack([image[y:y + size, x:x + size] for y, x in crop_offsets(*image.shape[:2], size, crops)])
+
+
+def normalize(images_bgr: np.ndarray, norm: Normalization) -> np.ndarray:
+    """[..., H, W, 3] uint8 BGR -> [..., 3, H, W] float32 RGB, (pixel * scale - mean) / std."""
+    mean = np.asarray(norm.mean, dtype=np.float64)
+    std = np.asarray(norm.std, dtype=np.float64)
+    gain = (norm.scale / std).astype(np.float32)  # folded into one multiply-add per pixel
+    bias = (-mean / std).astype(np.float32)
+    out = np.empty(images_bgr.shape[:-3] + (3,) + images_bgr.shape[-3:-1], dtype=np.float32)
+    for rgb in range(3):
+        plane = out[..., rgb, :, :]  # [..., H, W]
+        np.multiply(images_bgr[..., 2 - rgb], gain[rgb], out=plane)  # BGR channel 2 - c is RGB channel c
+        plane += bias[rgb]
+    return out
+
+
+def make_views(clips: Sequence[Sequence[np.ndarray]], size: int, crops: int, norm: Normalization) -> np.ndarray:
+    """N clips of T resized frames ([h, w, 3] uint8 BGR) -> [N * crops, T, 3, R, R] float32, clip-major.
+
+    Frames may differ in size (image folders); each is cropped from its own shape.
+    """
+    num_clips, num_frames = len(clips), len(clips[0])
+    views = np.empty((num_clips, crops, num_frames, size, size, 3), dtype=np.uint8)
+    for j, clip in enumerate(clips):
+        if len(clip) != num_frames:
+            raise ValueError(f"clip {j} has {len(clip)} frames, clip 0 has {num_frames}")
+        for t, frame in enumerate(clip):
+            views[j, :, t] = crop_views(frame, size, crops)  # [crops, R, R, 3]
+    # [N, C, T, R, R, 3] -> [V = N * C, T, R, R, 3]: clip-major view order
+    views = views.reshape(num_clips * crops, num_frames, size, size, 3)
+    return normalize(views, norm)  # [V, T, 3, R, R]
+
+
+def preprocess_frames(frames: Sequence[np.ndarray], size: int, crops: int, norm: Normalization) -> np.ndarray:
+    """One clip of decoded BGR frames (any size) -> [crops, T, 3, R, R]: resize, crop, normalise."""
+    return make_views([[resize_short_side(f, size) for f in frames]], size, crops, norm)
+
+
+def flatten_views(views: np.ndarray) -> np.ndarray:
+    """[V, T, ...] -> [V * T, ...]: the encoder's batch (view-major, frame-minor)."""
+    return views.reshape((views.shape[0] * views.shape[1],) + views.shape[2:])
+
+
+def unflatten_views(batch: np.ndarray, views: int) -> np.ndarray:
+    """[V * T, ...] -> [V, T, ...]; inverse of flatten_views for images or per-image embeddings."""
+    if batch.shape[0] % views:
+        raise ValueError(f"batch of {batch.shape[0]} is not a multiple of {views} views")
+    return batch.reshape((views, batch.shape[0] // views) + batch.shape[1:])

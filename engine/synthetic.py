@@ -1,0 +1,119 @@
+"""Generated videos and image folders for tests, demos and benchmarks (cv2.VideoWriter; no downloads).
+
+Every frame differs from the others and from black: a moving square over a shifting gradient. The
+top quarter of every frame is a flat band whose colour encodes the frame number (4 bits per BGR
+channel, 16 levels apart), so `read_frame_index` recovers it from a decoded, resized, cropped frame
+even after lossy compression: tests use it to check which frames a clip really holds.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+_LEVEL = 16  # intensity step between the 16 levels of one index digit
+MAX_FRAMES = _LEVEL ** 3  # indices the band can encode
+
+
+def band_color(index: int) -> tuple[int, int, int]:
+    """BGR colour of the index band: one base-16 digit per channel, at the centre of its level."""
+    return tuple((index // _LEVEL ** k) % _LEVEL * _LEVEL + _LEVEL // 2 for k in range(3))  # type: ignore[return-value]
+
+
+def band_height(height: int) -> int:
+    return max(1, height // 4)
+
+
+def frame_pattern(index: int, width: int, height: int) -> np.ndarray:
+    """Frame `index` of the generated video: [height, width, 3] uint8 BGR."""
+    if not 0 <= index < MAX_FRAMES:
+        raise ValueError(f"frame index must lie in [0, {MAX_FRAMES}), got {index}")
+    # Built from 1-D ramps so that 8K frames take milliseconds, not seconds.
+    x = np.arange(width, dtype=np.int64)
+    y = np.arange(height, dtype=np.int64)
+    image = np.empty((height, width, 3), dtype=np.uint8)
+    image[..., 0] = ((x * 255 // max(1, width - 1) + 7 * index) % 256).astype(np.uint8)  # [W] over rows
+    image[..., 1] = ((y * 255 // max(1, height - 1) + 3 * index) % 256).astype(np.uint8)[:, None]  # [H, 1]
+    diagonal = ((np.arange(width + height) * 2 + 11 * index) % 256).astype(np.uint8)  # value of x + y
+    for row in range(height):
+        image[row, :, 2] = diagonal[row:row + width]
+    side = max(2, min(width, height) // 5)
+    left = (index * max(1, width // 40)) % max(1, width - side)
+    top = band_height(height) + (index * 3) % max(1, height - band_height(height) - side)
+    image[top:top + side, left:left + side] = (255, 255, 255)
+    image[:band_height(height)] = band_color(index)
+    return image
+
+
+def read_frame_index(image_bgr: np.ndarray) -> int:
+    """The frame number encoded in the band of a decoded (possibly resized or cropped) BGR frame."""
+    band = image_bgr[: band_height(image_bgr.shape[0])]
+    margin = band.shape[0] // 4  # skip the rows where compression blurs the band into the pattern
+    core = band[margin: band.shape[0] - margin] if band.shape[0] > 2 * margin + 1 else band
+    levels = np.median(core.reshape(-1, 3), axis=0) // _LEVEL
+    return int(sum(int(level) * _LEVEL ** k for k, level in enumerate(levels)))
+
+
+def write_test_video(path: str | Path, frames: int = 64, size: tuple[int, int] = (320, 240), fps: float = 25.0,
+                     codec: str = "MJPG", color: bool = True) -> Path:
+    """Write `frames` generated frames of size (width, height) with a FOURCC codec; returns the path.
+
+    The container follows the suffix (.avi, .mp4, .mkv, ...). Raises RuntimeError when this OpenCV
+    build cannot write that codec/container pair (see codec_available).
+    """
+    path = Path(path)
+    width, height = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), float(fps), (width, height), color)
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write {codec} into {path.suffix} here")
+    try:
+        for index in range(frames):
+            image = frame_pattern(index, width, height)
+            writer.write(image if color else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+    finally:
+        writer.release()
+    return path
+
+
+def write_image_folder(folder: str | Path, frames: int = 16, size: tuple[int, int] = (64, 48),
+                       ext: str = ".png", mode: str = "bgr") -> list[Path]:
+    """Write frames as frame_1.ext ... frame_N.ext (unpadded, to exercise natural ordering).
+
+    mode: "bgr" (8-bit colour), "gray" (8-bit single channel), "gray16" (16-bit, PNG/TIFF only),
+    "bgra" (8-bit with an alpha channel, PNG/TIFF/WebP only).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(frames):
+        image = frame_pattern(index, *size)
+        if mode == "gray":
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        elif mode == "gray16":
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.uint16) * 257  # full 16-bit range
+        elif mode == "bgra":
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2BGRA)
+            image[..., 3] = 128
+        elif mode != "bgr":
+            raise ValueError(f"unknown mode {mode!r}")
+        path = folder / f"frame_{index + 1}{ext}"
+        if not cv2.imwrite(str(path), image):
+            raise RuntimeError(f"OpenCV cannot write {path}")
+        paths.append(path)
+    return paths
+
+
+def codec_available(codec: str, suffix: str) -> bool:
+    """Whether this OpenCV build writes and reads back `codec` in a `suffix` container."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"probe{suffix}"
+        try:
+            write_test_video(path, frames=2, size=(64, 48), codec=codec)
+        except RuntimeError:
+            return False
+        capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        ok, _ = capture.read()
+        capture.release()
+        return bool(ok)
