@@ -1,0 +1,121 @@
+"""The package imports without torch, lists its commands, and builds a wheel holding every subpackage."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Root folders that pyproject maps to apclip.<name>.
+SUBPACKAGES = ("engine", "export", "kernels", "train", "benchmarks")
+
+# A meta-path finder that makes torch (and everything under it) unimportable, as on a runtime-only install.
+BLOCK_TORCH = """
+import sys
+class BlockTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(f"torch is blocked in this test ({name})")
+        return None
+sys.meta_path.insert(0, BlockTorch())
+"""
+
+
+def run_python(code: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def test_import_without_torch():
+    code = BLOCK_TORCH + """
+import apclip, apclip.engine, apclip.config, apclip.tokenizer, apclip.scoring, apclip.errors
+assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))
+try:
+    apclip.load_model
+except apclip.MissingExtraError as exc:
+    print(exc)
+else:
+    raise SystemExit("apclip.load_model resolved without torch")
+"""
+    message = run_python(code).stdout
+    assert 'pip install "apclip[torch]"' in message
+
+
+def test_python_m_apclip_lists_console_scripts():
+    declared = {ep.name for ep in metadata.distribution("apclip").entry_points if ep.group == "console_scripts"}
+    assert {"apclip-export", "apclip-infer"} <= declared
+    result = subprocess.run([sys.executable, "-m", "apclip"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    listed = {line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ")}
+    assert listed == declared
+
+
+def copy_source_tree(target: Path) -> Path:
+    """The repository without build outputs, so the build neither sees nor leaves stale files here."""
+    ignore = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
+                                    "out", "demo", "*.onnx", "*.pt")
+    return Path(shutil.copytree(ROOT, target, ignore=ignore))
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("wheel")
+    source = copy_source_tree(work / "src")
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+         "-w", str(work / "dist"), str(source)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (built,) = (work / "dist").glob("apclip-*.whl")
+    return built
+
+
+def test_wheel_holds_every_module_of_every_subpackage(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    required = {"apclip/__init__.py", "apclip/engine/__init__.py", "apclip/export/__init__.py",
+                "apclip/kernels/__init__.py"}
+    assert required <= names, sorted(required - names)
+    expected = {f"apclip/{p.relative_to(ROOT / 'apclip').as_posix()}" for p in (ROOT / "apclip").rglob("*.py")}
+    for sub in SUBPACKAGES:
+        expected |= {f"apclip/{sub}/{p.relative_to(ROOT / sub).as_posix()}" for p in (ROOT / sub).rglob("*.py")}
+    expected |= {f"apclip/data/{p.name}" for p in (ROOT / "apclip" / "data").glob("*.json")}
+    expected = {name for name in expected if "__pycache__" not in name}
+    assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
+    stray = sorted(n for n in names if n.split("/")[0] in (*SUBPACKAGES, "tests"))
+    assert not stray, f"top-level folders leaked into the wheel: {stray}"
+
+
+def test_wheel_declares_the_console_scripts(wheel):
+    with zipfile.ZipFile(wheel) as zf:
+        (entry_points,) = [n for n in zf.namelist() if n.endswith(".dist-info/entry_points.txt")]
+        text = zf.read(entry_points).decode()
+    declared = {ep.name for ep in metadata.distribution("apclip").entry_points if ep.group == "console_scripts"}
+    for name in declared:
+        assert f"{name} = " in text
+
+
+def test_installed_wheel_imports_without_torch(wheel, tmp_path):
+    """A non-editable install of the wheel (pip install . without extras) imports with torch absent."""
+    site = tmp_path / "site"
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
+                             "--target", str(site), str(wheel)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    code = BLOCK_TORCH + """
+import json, apclip, apclip.engine, apclip.tokenizer, apclip.scoring
+assert "torch" not in sys.modules
+print(json.dumps({"apclip": apclip.__file__, "engine": apclip.engine.__file__}))
+"""
+    env = dict(os.environ, PYTHONPATH=str(site))
+    where = json.loads(run_python(code, cwd=tmp_path, env=env).stdout.strip().splitlines()[-1])
+    for module, path in where.items():
+        assert Path(path).is_relative_to(site), f"{module} imported from {path}, not the installed wheel"
