@@ -169,8 +169,10 @@ def _capability(device: torch.device) -> tuple[int, int]:
 
 
 def is_interpreted() -> bool:
-    """True when the kernel was built by the Triton interpreter (TRITON_INTERPRET=1 set before import)."""
-    return not isinstance(_maka_kernel, triton.runtime.JITFunction)
+    """True when Triton and this kernel were both set up for the interpreter: @triton.jit reads
+    TRITON_INTERPRET when it decorates, so it must be set before anything imports triton."""
+    return not isinstance(_maka_kernel, triton.runtime.JITFunction) and not isinstance(
+        tl.zeros, triton.runtime.JITFunction)
 
 
 def maka_score_triton(video: torch.Tensor, classes: torch.Tensor, counts: Any = None, *,
@@ -240,7 +242,7 @@ def _check_inputs(video: Any, classes: Any) -> None:
     if video.device.type == "cpu" and not is_interpreted():
         raise KernelUnavailableError(
             "backend='triton' got CPU tensors, but the kernel was compiled for a GPU: move the tensors "
-            "to CUDA, or set TRITON_INTERPRET=1 before importing triton to run it (slowly) on CPU")
+            "to CUDA, or set TRITON_INTERPRET=1 before anything imports triton to run it (slowly) on CPU")
     if video.device.type not in ("cpu", "cuda"):
         raise KernelUnavailableError(f"the MAKA kernel runs on CUDA (or the CPU interpreter), not "
                                      f"{video.device.type}: use backend='reference'")

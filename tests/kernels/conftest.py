@@ -1,16 +1,15 @@
 """Kernel tests: the Triton kernel on CUDA tensors when a GPU is present, else on CPU tensors through
 Triton's interpreter.
 
-@triton.jit picks the interpreter when it decorates a function, so TRITON_INTERPRET must be set before
-apclip.kernels.maka is imported. It is set here, when pytest collects this folder, and only on machines
-without a CUDA GPU: there Triton can run nothing but the interpreter, so leaving the variable set for the
-rest of the session changes no other test's behaviour. On a GPU machine it is never set.
+@triton.jit picks the interpreter when it decorates a function (triton's own library included), so
+TRITON_INTERPRET must be set before anything imports triton. It is set here, when pytest collects this
+folder, and only on machines without a CUDA GPU: there Triton can run nothing but the interpreter, so
+leaving the variable set for the rest of the session changes no other test's behaviour. On a GPU
+machine it is never set.
 """
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 
 import pytest
 
@@ -19,12 +18,16 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-# A module collected before this folder may have imported the kernel compiled for a GPU that is absent.
-if "apclip.kernels.maka" in sys.modules and os.environ.get("TRITON_INTERPRET") == "1":
-    if not sys.modules["apclip.kernels.maka"].is_interpreted():
-        importlib.reload(sys.modules["apclip.kernels.maka"])
-
 
 @pytest.fixture(scope="session")
 def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """Where the kernel runs: "cuda", or "cpu" through the interpreter."""
+    if torch.cuda.is_available():
+        return "cuda"
+    from apclip.kernels.maka import is_interpreted
+
+    if not is_interpreted():
+        pytest.fail("triton was imported before tests/kernels/conftest.py could set TRITON_INTERPRET=1 "
+                    "(a test module collected earlier imports it at module level): import triton lazily "
+                    "there, or run TRITON_INTERPRET=1 pytest", pytrace=False)
+    return "cpu"
