@@ -148,9 +148,9 @@ def load_clip(source: SourceSpec, spec: ClipSpec = ClipSpec(), *, mode: str = "t
         if info.live and max_frames is None:
             raise SourceError(f"{info.name} is a live source without an end: use iter_window_clips, "
                               "or pass max_frames to sample its first frames")
-        count = info.frame_count if trust_frame_count else None
-        if count is not None and max_frames is not None:
-            count = min(count, max_frames)
+        # Plan with the smallest count known in advance; None: learn it by decoding.
+        known = [n for n in (info.frame_count if trust_frame_count else None, max_frames) if n]
+        count = min(known) if known else None
         planned = draw(count) if count is not None else None
         wanted = set(planned.ravel().tolist()) if planned is not None else set()
         reservoir: StridedReservoir[tuple[Any, float]] = StridedReservoir(max(_MIN_KEPT, 4 * spec.frames * spec.clips))
