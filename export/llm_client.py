@@ -274,13 +274,18 @@ class ChatClient:
                 attempt += 1
                 self.usage.add(retries=1)
                 continue
+            except openai.APIError as exc:  # e.g. a 200 whose body is not a chat completion (a proxy page)
+                raise LLMError(f"unusable response from the server: {_message(exc)}") from None
             usage = getattr(response, "usage", None)
             if usage is not None:
                 self.usage.add(prompt_tokens=usage.prompt_tokens or 0,
                                completion_tokens=usage.completion_tokens or 0)
             if not response.choices:
                 return None
-            return response.choices[0].message.content
+            message = response.choices[0].message
+            if message.content is None and getattr(message, "refusal", None):
+                return f"(the model refused: {message.refusal})"  # not JSON: goes through the repair path
+            return message.content
 
     def _retry_delay(self, attempt: int, retry_after: float | None) -> float:
         """Exponential backoff with equal jitter; a server's Retry-After is a floor."""

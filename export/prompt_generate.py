@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -38,7 +38,6 @@ class GenerationReport:
     truncated: int  # descriptions shortened to the token limit
     usage: Usage | None = None
     structured_output: bool | None = None  # None when no request was sent
-    failures: list[str] = field(default_factory=list)
 
 
 def read_labels(path: str | Path) -> list[str]:
@@ -173,11 +172,11 @@ def _ask(client: ChatClient, strategy: Strategy, request: LLMRequest) -> Any:
     return client.complete_json(request.messages, request.schema, request.schema_name, strategy.validate)
 
 
-def dry_run(strategy: Strategy, labels: list[str], llm: LLMSettings,
-            journal_path: str | Path) -> Iterator[tuple[dict[str, Any], int, int]]:
+def dry_run(strategy: Strategy, labels: list[str], llm: LLMSettings, journal_path: str | Path,
+            max_tokens: int = MAX_DESCRIPTION_TOKENS) -> Iterator[tuple[dict[str, Any], int, int]]:
     """(request, estimated input tokens, estimated output tokens) for every missing pair; sends nothing."""
     for label in labels:
-        check_label_fits(label)
+        check_label_fits(label, max_tokens)
     done = read_journal(journal_path, settings_sha256(strategy, llm))
     for request in plan_requests(strategy, labels, done):
         body = request_body(llm, request.messages, request.schema, request.schema_name)

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from apclip.errors import ApclipError
 from apclip.prompt_bank import load_prompt_bank, save_prompt_bank, write_json_atomic
+from apclip.tokenizer import CONTEXT_LENGTH
 
 from .llm_client import LLMSettings, estimate_cost, price_per_mtok
 from .prompt_postprocess import MAX_DESCRIPTION_TOKENS
@@ -125,6 +126,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if args.concurrency < 1:
         raise ApclipError(f"--concurrency must be at least 1, got {args.concurrency}")
+    if not 4 <= args.max_description_tokens <= CONTEXT_LENGTH:
+        # 4 = SOT, one word, the final period, EOT.
+        raise ApclipError(f"--max-description-tokens must be between 4 and {CONTEXT_LENGTH}, "
+                          f"got {args.max_description_tokens}")
     labels = read_labels(args.labels)
     graph = load_graph(args.graph) if args.strategy == "action-centric" else None
     strategy = make_strategy(args.strategy, args.llm_prompts, graph, args.descriptions_per_prompt)
@@ -136,7 +141,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             _say(f"dry run: the {strategy.name} strategy sends no requests ({len(labels)} labels)")
             return 0
         count = total_in = total_out = 0
-        for request, tokens_in, tokens_out in dry_run(strategy, labels, llm, journal):
+        for request, tokens_in, tokens_out in dry_run(strategy, labels, llm, journal, args.max_description_tokens):
             print(json.dumps(request, ensure_ascii=False))
             count, total_in, total_out = count + 1, total_in + tokens_in, total_out + tokens_out
         _say(f"dry run: {count} requests for {len(labels)} labels x {strategy.llm_prompts} LLM-prompts "

@@ -125,6 +125,21 @@ def test_missing_api_key_is_a_clear_error(monkeypatch, server):
         ChatClient.from_env(LLMSettings(base_url=server.base_url))
 
 
+def test_missing_openai_names_the_extra(monkeypatch, tmp_path, capsys):
+    import sys
+
+    from apclip.errors import MissingExtraError
+    from apclip.export.prompts_cli import main
+
+    monkeypatch.setitem(sys.modules, "openai", None)  # as if not installed
+    monkeypatch.setenv("OPENAI_API_KEY", "test-dummy-key")
+    with pytest.raises(MissingExtraError, match=r'pip install "apclip\[llm\]"'):
+        ChatClient(LLMSettings(), "test-key")
+    (tmp_path / "labels.txt").write_text("archery\n", encoding="utf-8")
+    assert main(["generate", "--labels", str(tmp_path / "labels.txt"), "--out", str(tmp_path / "b.json")]) == 1
+    assert 'apclip[llm]' in capsys.readouterr().err
+
+
 def test_run_bounded_limits_concurrency_and_returns_every_result():
     lock = threading.Lock()
     active, peak = [0], [0]
