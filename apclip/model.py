@@ -19,10 +19,12 @@ from .config import ModelConfig
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32 whatever the input dtype (fp16 LayerNorm overflows in CLIP)."""
+    """LayerNorm computed in fp32 whatever the input and weight dtypes (fp16 LayerNorm overflows in CLIP;
+    weights are cast too, so a model.half() still runs: torch has no float-input, half-weight kernel)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).to(x.dtype)
+        out = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
+        return out.to(x.dtype)
 
 
 class QuickGELU(nn.Module):

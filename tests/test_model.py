@@ -6,6 +6,7 @@ so a wrong transpose, scale, mask, pooling or block order in apclip.model shows 
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -175,6 +176,20 @@ def test_encode_video_is_normalised_frame_embeddings_in_order():
     expected = frames / frames.norm(dim=-1, keepdim=True)
     torch.testing.assert_close(emb, expected.reshape(2, 3, 4, -1), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(emb[1, 2, 3], expected[23], rtol=1e-5, atol=1e-6)
+
+
+def test_half_model_runs_and_stays_close():
+    """model.half() must run (LayerNorm upcasts its fp16 weights too) and track the fp32 model."""
+    config = PRESETS["tiny"]
+    model = perturbed_model(config, seed=14)
+    images, tokens = random_images(config, 2, seed=15), random_tokens(config, [7, 30], seed=16)
+    with torch.no_grad():
+        image32, text32 = model.encode_image(images), model.encode_text(tokens)
+        half = copy.deepcopy(model).half()
+        image16, text16 = half.encode_image(images), half.encode_text(tokens)
+    assert image16.dtype == text16.dtype == torch.float16
+    assert relative_error(image16.float(), image32.double()) <= 1e-2
+    assert relative_error(text16.float(), text32.double()) <= 1e-2
 
 
 # ---- sizes from shapes --------------------------------------------------------------------------
