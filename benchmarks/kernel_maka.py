@@ -1,0 +1,202 @@
+"""GPU benchmark of the fused Triton MAKA kernel against PyTorch, torch.compile, the bare matmul and
+the memory floor.
+
+    python -m apclip.benchmarks.kernel_maka [--k 400 600] [--b 1 8 64 256] [--views pool]
+                                            [--no-compile] [--json kernel_maka.json]
+
+Shapes: K classes of P = 36 prompts, E = 512, V x T = 4 x 8 = 32 frames per video, B videos. Each method
+is timed with the class matrix hot in L2 (back-to-back calls) and cold (L2 flushed before every call,
+triton.testing.do_bench); medians with 20th/80th percentiles over the runs. The memory floor is the bytes
+the kernel must move (class matrix + videos + counts + output) over the copy bandwidth measured here.
+Goals from the issue: >= 3x faster than eager fp16 at every B, faster than torch.compile, <= 1.5x the
+floor at B = 1. This script reports; it never asserts a time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+from typing import Any, Callable, Sequence
+
+P, E, V, T = 36, 512, 4, 8
+QUANTILES = (0.5, 0.2, 0.8)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--k", type=int, nargs="+", default=[400, 600], help="numbers of classes")
+    parser.add_argument("--b", type=int, nargs="+", default=[1, 8, 64, 256], help="batch sizes (videos)")
+    parser.add_argument("--views", default="pool", choices=("pool", "mean"))
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="include torch.compile(mode='max-autotune') (minutes of autotuning per shape)")
+    parser.add_argument("--warmup-ms", type=float, default=25.0)
+    parser.add_argument("--rep-ms", type=float, default=200.0)
+    parser.add_argument("--json", default="kernel_maka.json", help="where to write the results")
+    args = parser.parse_args(argv)
+
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is None or not torch.cuda.is_available():
+        print("kernel_maka: this benchmark needs a CUDA GPU and a CUDA build of torch; none here. "
+              "The kernel's CPU tests are `pytest tests/kernels` (TRITON_INTERPRET=1).", file=sys.stderr)
+        return 2
+    import triton
+
+    bandwidth = copy_bandwidth_gbs(torch)
+    rows = []
+    for k in args.k:
+        for b in args.b:
+            rows += bench_shape(torch, b, k, args.views, args.compile, args.warmup_ms, args.rep_ms, bandwidth)
+    print_table(rows, bandwidth)
+    props = torch.cuda.get_device_properties(0)
+    report = {
+        "device": torch.cuda.get_device_name(0), "capability": list(torch.cuda.get_device_capability(0)),
+        "sm_count": props.multi_processor_count, "memory_gib": round(props.total_memory / 2**30, 1),
+        "l2_bytes": getattr(props, "L2_cache_size", None), "copy_bandwidth_gbs": bandwidth,
+        "torch": torch.__version__, "cuda": torch.version.cuda, "triton": triton.__version__,
+        "python": platform.python_version(), "platform": platform.platform(),
+        "shape": {"P": P, "E": E, "V": V, "T": T, "views": args.views, "dtype": "float16"},
+        "rows": rows,
+    }
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"wrote {args.json}")
+    return 0
+
+
+def copy_bandwidth_gbs(torch: Any) -> float:
+    """Device-to-device copy bandwidth (read + write bytes per second), 1 GiB, median of do_bench."""
+    import triton.testing
+
+    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
+    return 2 * src.numel() / (ms * 1e-3) / 1e9
+
+
+def make_eager_maka(torch: Any, counts: Any, num_prompts: int, views: str) -> Callable[[Any, Any], Any]:
+    """The reference math in plain torch (matmul + amax + mean), in the inputs' dtype."""
+    k, p = counts.shape[0], num_prompts
+    real = torch.arange(p, device=counts.device)[None, :] < counts[:, None]  # [K, P]
+    pad_bias = {dtype: torch.zeros(k, p, dtype=dtype, device=counts.device).masked_fill(~real, float("-inf"))
+                for dtype in (torch.float16, torch.float32)}  # [K, P]: -inf on padded prompts
+
+    def eager_maka(video: Any, classes: Any) -> Any:
+        b, v, t, e = video.shape
+        groups = 1 if views == "pool" else v
+        frames = video.reshape(b * v * t, e)  # [B, V, T, E] -> [B*V*T, E]
+        sim = (frames @ classes.reshape(k * p, e).T).view(b, groups, v * t // groups, k, p)  # [B, G, F, K, P]
+        best_prompt = (sim + pad_bias[sim.dtype]).amax(dim=4).float().mean(dim=(1, 2))  # [B, K]
+        best_frame = sim.amax(dim=2).float().masked_fill(~real, 0.0)  # [B, G, K, P]
+        mean_best_frame = (best_frame.sum(dim=3) / counts).mean(dim=1)  # [B, K]
+        return 0.5 * (best_prompt + mean_best_frame)
+
+    return eager_maka
+
+
+def bench_shape(torch: Any, b: int, k: int, views: str, with_compile: bool, warmup_ms: float, rep_ms: float,
+                bandwidth_gbs: float) -> list[dict]:
+    import triton.testing
+
+    from apclip.benchmarks.kernel_maka_check import Case, make_inputs, reference, relative_l2
+    from apclip.kernels.maka import choose_blocks, maka_score_triton
+
+    video, classes, counts = make_inputs(Case(b, V, T, k, P, E, views, "float16"), seed=b * 1000 + k,
+                                         device="cuda")
+    video32, classes32 = video.float(), classes.float()
+    eager = make_eager_maka(torch, counts, P, views)
+    out = torch.empty(b, k, device="cuda")
+    methods: dict[str, Callable[[], Any]] = {
+        "triton": lambda: maka_score_triton(video, classes, counts, views=views, out=out),
+        "eager_fp32": lambda: eager(video32, classes32),
+        "eager_fp16": lambda: eager(video, classes),
+        "matmul_fp16": lambda: video.view(-1, E) @ classes.view(-1, E).T,
+    }
+    if with_compile:
+        compiled = torch.compile(eager, mode="max-autotune", dynamic=False)
+        methods["compile_fp16"] = lambda: compiled(video, classes)
+
+    ref = reference(video, classes, counts, views)
+    errors = {name: relative_l2(methods[name](), ref) for name in methods if name != "matmul_fp16"}
+    floor_bytes = (classes.numel() * classes.element_size() + video.numel() * video.element_size()
+                   + counts.numel() * counts.element_size() + b * k * 4)
+    blocks = choose_blocks(torch.cuda.get_device_capability(), b, V, T, k, P, E, 2)
+    rows = []
+    for l2 in ("hot", "cold"):
+        row = {"K": k, "B": b, "l2": l2, "floor_ms": floor_bytes / (bandwidth_gbs * 1e9) * 1e3,
+               "floor_bytes": floor_bytes, "gflop": 2 * b * V * T * k * P * E / 1e9, "blocks": blocks.__dict__,
+               "rel_l2_vs_float64": errors}
+        for name, fn in methods.items():
+            median, p20, p80 = time_ms(torch, fn, flush_l2=(l2 == "cold"), warmup_ms=warmup_ms, rep_ms=rep_ms)
+            row[name] = {"median_ms": median, "p20_ms": p20, "p80_ms": p80, "videos_per_s": b / (median * 1e-3),
+                         "peak_extra_mib": peak_extra_mib(torch, fn)}
+        if l2 == "hot":  # replayed from a CUDA graph, as a serving loop would: no launch overhead
+            median = triton.testing.do_bench_cudagraph(methods["triton"], rep=rep_ms, return_mode="median")
+            row["triton_cudagraph"] = {"median_ms": median, "videos_per_s": b / (median * 1e-3)}
+        rows.append(row)
+    return rows
+
+
+def time_ms(torch: Any, fn: Callable[[], Any], flush_l2: bool, warmup_ms: float, rep_ms: float
+            ) -> tuple[float, float, float]:
+    """(median, p20, p80) milliseconds of one call, timed with CUDA events around each call."""
+    import triton.testing
+
+    if flush_l2:  # do_bench zeroes a 256 MB buffer before every call
+        return tuple(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=list(QUANTILES)))
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    estimate = max(start.elapsed_time(end) / 5, 1e-3)
+    for _ in range(max(1, int(warmup_ms / estimate))):
+        fn()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(max(5, int(rep_ms / estimate)))]
+    for begin, finish in events:  # back to back: whatever the last call left in L2 is still there
+        begin.record()
+        fn()
+        finish.record()
+    torch.cuda.synchronize()
+    times = sorted(begin.elapsed_time(finish) for begin, finish in events)
+    quantiles = statistics.quantiles(times, n=10)  # deciles: [1] is p20, [7] is p80
+    return statistics.median(times), quantiles[1], quantiles[7]
+
+
+def peak_extra_mib(torch: Any, fn: Callable[[], Any]) -> float:
+    """Device memory one call allocates beyond what is already held (the similarity matrix, for eager)."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def print_table(rows: list[dict], bandwidth_gbs: float) -> None:
+    names = [n for n in ("triton", "eager_fp32", "eager_fp16", "compile_fp16", "matmul_fp16") if n in rows[0]]
+    print(f"copy bandwidth {bandwidth_gbs:.0f} GB/s; times are medians in microseconds")
+    header = f"{'K':>4} {'B':>4} {'L2':>4} " + " ".join(f"{n:>12}" for n in names)
+    header += f" {'trit graph':>10} {'floor':>8} {'fp16/trit':>9} {'comp/trit':>9} {'trit/floor':>10}"
+    print(header)
+    for r in rows:
+        t = {n: r[n]["median_ms"] * 1e3 for n in names}
+        line = f"{r['K']:>4} {r['B']:>4} {r['l2']:>4} " + " ".join(f"{t[n]:>12.1f}" for n in names)
+        line += (f" {r['triton_cudagraph']['median_ms'] * 1e3:>10.1f}" if "triton_cudagraph" in r
+                 else f" {'-':>10}")
+        compile_ratio = f"{t['compile_fp16'] / t['triton']:>9.2f}" if "compile_fp16" in t else f"{'-':>9}"
+        line += (f" {r['floor_ms'] * 1e3:>8.1f} {t['eager_fp16'] / t['triton']:>9.2f} {compile_ratio}"
+                 f" {t['triton'] / (r['floor_ms'] * 1e3):>10.2f}")
+        print(line)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
