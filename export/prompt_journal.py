@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from apclip.errors import ApclipError
 
@@ -106,9 +106,6 @@ class Journal:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-    def __iter__(self) -> Iterator[AnswerKey]:
-        return iter(self.answers)
 
 
 def _fsync_directory(path: Path) -> None:

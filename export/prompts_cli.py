@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--concurrency", type=int, default=4, help="requests in flight (default: %(default)s)")
     gen.add_argument("--journal", type=Path, default=None,
                      help="answer journal for resuming (default: OUT.journal.jsonl)")
-    gen.add_argument("--dry-run", action="store_true",
+    gen.add_argument("--dry-run", action=argparse.BooleanOptionalAction, default=False,
                      help="print the requests as JSON lines and estimate tokens and cost; send nothing")
     gen.add_argument("--price-in", type=float, default=None, help="USD per 1M input tokens, for the estimate")
     gen.add_argument("--price-out", type=float, default=None, help="USD per 1M output tokens, for the estimate")
