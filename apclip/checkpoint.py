@@ -14,6 +14,7 @@ Everything else is read only with `torch.load(weights_only=True)`: a pickle that
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -154,6 +155,9 @@ def load_checkpoint(path: str | os.PathLike, *, base: str | os.PathLike | None =
         fmt, sd = "apclip", obj.get("state_dict")
         if not _is_state_dict(sd):
             raise CheckpointError(f"checkpoint {path} is an apclip checkpoint without a state_dict")
+        if not isinstance(obj.get("version"), int) or obj["version"] > OWN_FORMAT_VERSION:
+            raise CheckpointError(f"checkpoint {path} has apclip checkpoint version {obj.get('version')!r}; this "
+                                  f"apclip reads up to {OWN_FORMAT_VERSION}: upgrade apclip")
         meta = obj
     elif isinstance(obj, dict) and _is_state_dict(obj.get("model")):
         fmt, sd = "vificlip", vificlip_state_dict(obj["model"])
@@ -226,6 +230,12 @@ def _build(path: Path, sd: dict[str, torch.Tensor], config: dict[str, Any] | Non
         raise CheckpointError(f"checkpoint {path} does not fit the CLIP model: {exc}") from None
 
 
+def _plain_data(data: dict[str, Any]) -> dict[str, Any]:
+    """JSON types only (Paths and other objects become strings, tuples lists): anything else would make
+    torch.load(weights_only=True) refuse the checkpoint when it is read back."""
+    return json.loads(json.dumps(data, default=str))
+
+
 def save_checkpoint(path: str | os.PathLike, model: CLIP, *, labels: list[str] | None = None,
                     preprocessing: dict[str, Any] | None = None, prompt_bank_sha256: str | None = None,
                     train_config: dict[str, Any] | None = None) -> Path:
@@ -236,10 +246,10 @@ def save_checkpoint(path: str | os.PathLike, model: CLIP, *, labels: list[str] |
         "version": OWN_FORMAT_VERSION,
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "model_config": model.config.to_dict(),
-        "labels": list(labels) if labels else None,
-        "preprocessing": dict(preprocessing) if preprocessing else None,
+        "labels": [str(label) for label in labels] if labels else None,
+        "preprocessing": _plain_data(preprocessing) if preprocessing else None,
         "prompt_bank_sha256": prompt_bank_sha256,
-        "train_config": dict(train_config or {}),
+        "train_config": _plain_data(train_config or {}),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -32,9 +32,12 @@ def prompt_mask(counts: Any, num_classes: int, num_prompts: int) -> np.ndarray:
     """[K, P] bool: True where prompt j of class k is real."""
     if counts is None:
         return np.ones((num_classes, num_prompts), dtype=bool)
-    counts = np.asarray(counts.cpu() if _is_torch(counts) else counts).astype(np.int64)
+    raw = np.asarray(counts.cpu() if _is_torch(counts) else counts)
+    counts = raw.astype(np.int64)
     if counts.shape != (num_classes,):
         raise ValueError(f"counts must have shape [{num_classes}], got {counts.shape}")
+    if (counts != raw).any():
+        raise ValueError(f"counts must be whole numbers of prompts, got {raw.tolist()}")
     if (counts < 1).any() or (counts > num_prompts).any():
         raise ValueError(f"counts must lie in [1, {num_prompts}], got min {counts.min()} max {counts.max()}")
     return np.arange(num_prompts)[None, :] < counts[:, None]

@@ -285,6 +285,22 @@ def test_own_format_round_trip(model, inputs, files):
     assert_identical(checkpoint.model, model, inputs)
 
 
+def test_own_format_metadata_is_stored_as_plain_data(model, files):
+    """A Path or tuple in the training config must not make the checkpoint unloadable (weights_only)."""
+    path = save_checkpoint(files / "paths.pt", model, labels=["a"], preprocessing={"size": (224, 224)},
+                           train_config={"output": files / "run", "betas": (0.9, 0.98)})
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.train_config == {"output": str(files / "run"), "betas": [0.9, 0.98]}
+    assert checkpoint.preprocessing == {"size": [224, 224]}
+
+
+def test_own_format_from_a_newer_apclip_is_refused(model, files):
+    path = files / "future.pt"
+    torch.save({"format": "apclip-checkpoint", "version": 99, "state_dict": model.state_dict()}, path)
+    with pytest.raises(CheckpointError, match="version 99.*upgrade apclip"):
+        load_checkpoint(path)
+
+
 def test_own_format_carries_sizes_shapes_cannot_tell(inputs, files):
     """Text heads are not visible in shapes: 4 heads of 32 survive only because the config travels."""
     config = ModelConfig(**dict(TINY.to_dict(), transformer_heads=4))

@@ -183,6 +183,7 @@ def test_mean_pool_score_is_cosine_of_means(case):
     ((1, 4, 8), (2, 3, 8), [1, 2, 3], "counts must have shape \\[2\\]"),
     ((1, 4, 8), (2, 3, 8), [0, 2], "counts must lie in \\[1, 3\\]"),
     ((1, 4, 8), (2, 3, 8), [1, 4], "counts must lie in \\[1, 3\\]"),
+    ((1, 4, 8), (2, 3, 8), [1.5, 2], "whole numbers"),
 ])
 def test_bad_shapes_and_counts_raise(v_shape, c_shape, counts, match):
     with pytest.raises(ValueError, match=match):
