@@ -7,6 +7,7 @@ Defined once here (torch-free) so the exporter, the runners and the tests agree:
       vision.onnx           pixels  float32 [N, 3, R, R] -> embeddings float32 [N, E] (L2-normalised)
       text.onnx             tokens  int64   [M, 77]      -> embeddings float32 [M, E] (L2-normalised)
       classes.safetensors   embeddings float32 [K, P, E] (normalised rows, zero padding), counts int32 [K]
+      prompts.json          {label: [prompt text of each row]}
       scorer.onnx           (optional) frames [B, Nv, E], classes [K, P, E], counts [K] -> scores [B, K]
       engines/              (optional) TensorRT engines built on the target GPU
 """
@@ -28,6 +29,7 @@ MANIFEST = "manifest.json"
 VISION_FILE = "vision.onnx"
 TEXT_FILE = "text.onnx"
 CLASSES_FILE = "classes.safetensors"
+PROMPTS_FILE = "prompts.json"  # the text of every class-matrix row, for explanations
 SCORER_FILE = "scorer.onnx"
 
 VISION_INPUT = "pixels"

@@ -15,8 +15,8 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from .bundle import CLASS_COUNTS, CLASS_EMBEDDINGS
-from .config import PROMPT_PREFIX
 from .errors import ApclipError
+from .prompt_bank import format_prompt
 from .tokenizer import get_tokenizer
 
 TextEncoder = Callable[[np.ndarray], np.ndarray]  # tokens [M, L] int64 -> [M, E] float32, normalised
@@ -44,7 +44,7 @@ class ClassMatrix:
 
 
 def template_prompt(label: str) -> str:
-    return PROMPT_PREFIX.format(label=label) + "."
+    return format_prompt(label)
 
 
 def class_prompts(labels: Sequence[str], bank: PromptSource | None) -> tuple[list[list[str]], list[str]]:
@@ -54,7 +54,7 @@ def class_prompts(labels: Sequence[str], bank: PromptSource | None) -> tuple[lis
     for label in labels:
         descriptions = bank.descriptions(label) if bank is not None else None
         if descriptions:
-            prompts.append([f"{PROMPT_PREFIX.format(label=label)}. {d}" for d in descriptions])
+            prompts.append([format_prompt(label, d) for d in descriptions])
         else:
             prompts.append([template_prompt(label)])
             fallback.append(label)
@@ -123,3 +123,20 @@ def load_class_matrix(path: str | os.PathLike, labels: Sequence[str]) -> ClassMa
         raise ApclipError(f"class matrix {path} has shape {embeddings.shape} / counts {counts.shape}, "
                           f"which does not fit {len(labels)} labels; re-run apclip-export")
     return ClassMatrix(embeddings.astype(np.float32, copy=False), counts.astype(np.int32), list(labels), [])
+
+
+def save_prompt_texts(path: str | os.PathLike, labels: Sequence[str], texts: Sequence[Sequence[str]] | None) -> None:
+    import json
+
+    document = {label: list(t) for label, t in zip(labels, texts or [[] for _ in labels])}
+    Path(path).write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def load_prompt_texts(path: str | os.PathLike, labels: Sequence[str]) -> list[list[str]] | None:
+    import json
+
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        return [list(document[label]) for label in labels]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
