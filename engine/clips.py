@@ -82,7 +82,7 @@ class Clip:
     approximate: bool = False  # True when nearest kept frames stood in for the formula's indices
 
 
-class _Resizer:
+class FrameResizer:
     """Resize frames to the short side R inline, or on a small thread pool (cv2 releases the GIL).
 
     At most 2 * workers frames wait for the pool, so full-resolution frames never pile up.
@@ -109,16 +109,32 @@ class _Resizer:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=True)
 
 
 def _assemble(kept: dict[int, tuple[Any, float]], indices: np.ndarray, spec: ClipSpec) -> tuple[np.ndarray, ...]:
     """[N, T] indices into kept frames -> views [V, T, 3, R, R], indices [V, T], timestamps [V, T]."""
-    frames = [[_Resizer.get(kept[int(i)][0]) for i in row] for row in indices]
+    frames = [[FrameResizer.get(kept[int(i)][0]) for i in row] for row in indices]
     times = np.array([[kept[int(i)][1] for i in row] for row in indices], dtype=np.float64)  # [N, T]
     views = make_views(frames, spec.resolution, spec.crops, spec.normalization)
     # [N, T] -> [V, T]: every clip's row repeated once per crop, matching the clip-major view order
     return views, np.repeat(indices, spec.crops, axis=0), np.repeat(times, spec.crops, axis=0)
+
+
+@dataclass
+class _TimeRange:
+    """First and last timestamp seen, for a clip's start and end."""
+
+    first: float = float("nan")
+    last: float = float("nan")
+
+    def see(self, timestamp: float) -> None:
+        if self.first != self.first:  # nan: nothing seen yet
+            self.first = timestamp
+        self.last = timestamp
+
+    def end(self, fps: float | None) -> float:
+        return self.last + (1.0 / fps if fps else 0.0)
 
 
 def load_clip(source: SourceSpec, spec: ClipSpec = ClipSpec(), *, mode: str = "test",
@@ -142,7 +158,7 @@ def load_clip(source: SourceSpec, spec: ClipSpec = ClipSpec(), *, mode: str = "t
         return sample_segment_indices(count, spec.frames, spec.clips)
 
     src = open_source(source, fps=fps)
-    resizer = _Resizer(spec.resolution, workers)
+    resizer = FrameResizer(spec.resolution, workers)
     try:
         info = src.info
         if info.live and max_frames is None:
@@ -187,22 +203,6 @@ def load_clip(source: SourceSpec, spec: ClipSpec = ClipSpec(), *, mode: str = "t
 
 
 @dataclass
-class _TimeRange:
-    """First and last timestamp seen, for a clip's start and end."""
-
-    first: float = float("nan")
-    last: float = float("nan")
-
-    def see(self, timestamp: float) -> None:
-        if self.first != self.first:  # nan: nothing seen yet
-            self.first = timestamp
-        self.last = timestamp
-
-    def end(self, fps: float | None) -> float:
-        return self.last + (1.0 / fps if fps else 0.0)
-
-
-@dataclass
 class _OpenWindow:
     number: int  # k: the window starts at origin + k * stride
     targets: np.ndarray  # [N * T] positions to fill, in plan units
@@ -213,8 +213,66 @@ class _OpenWindow:
         self.frames = np.full(self.targets.shape, -1, dtype=np.int64)
 
 
+class _WindowAssembler:
+    """Serves the targets of open windows with decoded frames and holds each frame until no window needs it.
+
+    A target is served by the frame on screen at it: the first frame with position + period > target
+    (position: frame index, period 1, in "frames" units; timestamp and 1 / fps in "seconds").
+    """
+
+    def __init__(self, plan: WindowPlan, fps: float | None) -> None:
+        self.plan = plan
+        self.by_frames = plan.unit == "frames"
+        self.period = 1.0 if self.by_frames else (1.0 / fps if fps else 1e-6)
+        self.windows: collections.deque[_OpenWindow] = collections.deque()
+        self.held: dict[int, tuple[Any, float]] = {}  # frame index -> (resized frame or future, timestamp)
+        self.users: collections.Counter[int] = collections.Counter()  # open-window targets per held frame
+        self.origin: float | None = None
+        self.next_window = 0
+        self.awaited: int | None = None  # last frame selected; not held by the next call: it failed
+
+    def select(self, index: int, timestamp: float) -> bool:
+        position = float(index) if self.by_frames else timestamp
+        if self.origin is None:
+            self.origin = 0.0 if self.by_frames else timestamp
+        if self.awaited is not None and self.awaited not in self.held:  # selected but not converted
+            for window in self.windows:
+                window.frames[window.frames == self.awaited] = -1
+            self.users.pop(self.awaited, None)
+        horizon = position + self.period
+        while self.plan.start(self.next_window, self.origin) < horizon:  # windows this frame may serve
+            k = self.next_window
+            start_seconds = timestamp if self.by_frames else self.plan.start(k, self.origin)
+            self.windows.append(_OpenWindow(k, self.plan.targets(k, self.origin).ravel(), start_seconds))
+            self.next_window += 1
+        served = 0
+        for window in self.windows:
+            due = (window.frames < 0) & (window.targets < horizon)
+            window.frames[due] = index
+            served += int(due.sum())
+        if served:
+            self.users[index] += served
+        self.awaited = index if served else None
+        return served > 0
+
+    def hold(self, index: int, handle: Any, timestamp: float) -> None:
+        self.held[index] = (handle, timestamp)
+
+    def complete(self) -> Iterator[_OpenWindow]:
+        """Pop the windows whose frames are all held, oldest first (windows complete in order)."""
+        while self.windows and all(int(i) in self.held for i in self.windows[0].frames):
+            yield self.windows.popleft()
+
+    def release(self, window: _OpenWindow) -> None:
+        for i in window.frames.tolist():
+            self.users[i] -= 1
+            if self.users[i] <= 0:
+                del self.users[i]
+                self.held.pop(i, None)
+
+
 class WindowClips:
-    """Iterator of `Clip`s, one per sliding window; see iter_window_clips."""
+    """Iterable of `Clip`s, one per sliding window; see iter_window_clips."""
 
     def __init__(self, source: SourceSpec, spec: ClipSpec, plan: WindowPlan, workers: int = 0,
                  fps: float | None = None) -> None:
@@ -229,7 +287,7 @@ class WindowClips:
 
     def __iter__(self) -> Iterator[Clip]:
         src = open_source(self._source_spec, fps=self._fps)
-        resizer = _Resizer(self.spec.resolution, self._workers)
+        resizer = FrameResizer(self.spec.resolution, self._workers)
         try:
             yield from self._windows(src, resizer)
         finally:
@@ -237,71 +295,36 @@ class WindowClips:
             if src is not self._source_spec:
                 src.close()
 
-    def _windows(self, src: VideoSource, resizer: _Resizer) -> Iterator[Clip]:
-        plan, info = self.plan, src.info
-        by_frames = plan.unit == "frames"
-        # A target is served by the frame on screen at it: the first frame with position + period > target.
-        period = 1.0 if by_frames else (1.0 / info.fps if info.fps else 1e-6)
-        windows: collections.deque[_OpenWindow] = collections.deque()
-        held: dict[int, tuple[Any, float]] = {}
-        users: collections.Counter[int] = collections.Counter()  # open-window targets served per frame
-        state = {"origin": None, "next": 0, "awaited": None, "emitted": 0}
-
-        def select(index: int, timestamp: float) -> bool:
-            position = float(index) if by_frames else timestamp
-            if state["origin"] is None:
-                state["origin"] = 0.0 if by_frames else timestamp
-            awaited = state["awaited"]
-            if awaited is not None and awaited not in held:  # selected but failed to convert: unassign
-                for window in windows:
-                    window.frames[window.frames == awaited] = -1
-                users.pop(awaited, None)
-            while plan.start(state["next"], state["origin"]) < position + period:
-                k = state["next"]
-                windows.append(_OpenWindow(k, plan.targets(k, state["origin"]).ravel(),
-                                           timestamp if by_frames else plan.start(k, state["origin"])))
-                state["next"] += 1
-            served = 0
-            for window in windows:
-                due = (window.frames < 0) & (window.targets < position + period)
-                window.frames[due] = index
-                served += int(due.sum())
-            if served:
-                users[index] += served
-            state["awaited"] = index if served else None
-            return served > 0
-
-        for frame in src.frames(select):
+    def _windows(self, src: VideoSource, resizer: FrameResizer) -> Iterator[Clip]:
+        info = src.info
+        windows = _WindowAssembler(self.plan, info.fps)
+        emitted = 0
+        for frame in src.frames(windows.select):
             now = frame.timestamp
-            held[frame.index] = (resizer.submit(frame.image), now)
+            windows.hold(frame.index, resizer.submit(frame.image), now)
             del frame  # release the full-resolution image before the next one decodes
-            self.peak_buffered_frames = max(self.peak_buffered_frames, len(held))
-            while windows and (windows[0].frames >= 0).all() and all(int(i) in held for i in windows[0].frames):
-                window = windows.popleft()
-                yield self._clip(window, held, info, src, now)
-                state["emitted"] += 1
-                for i in window.frames:
-                    users[int(i)] -= 1
-                    if users[int(i)] <= 0:
-                        held.pop(int(i), None)
-                        del users[int(i)]
+            self.peak_buffered_frames = max(self.peak_buffered_frames, len(windows.held))
+            for window in windows.complete():
+                yield self._clip(window, windows.held, src, now)
+                windows.release(window)
+                emitted += 1
         if src.decoded_frames == 0:
             raise NoFramesError(f"no decodable frames in {info.name}")
-        if state["emitted"] == 0:
+        if emitted == 0:
             raise NoFramesError(
                 f"{info.name} ended after {src.decoded_frames} frames, before its first window of "
-                f"{plan.span:g} {plan.unit} was complete: use load_clip for the whole video or a shorter span"
+                f"{self.plan.span:g} {self.plan.unit} was complete: use load_clip for the whole video or a shorter span"
             )
 
-    def _clip(self, window: _OpenWindow, held: dict[int, tuple[Any, float]], info: SourceInfo,
-              src: VideoSource, now: float) -> Clip:
+    def _clip(self, window: _OpenWindow, held: dict[int, tuple[Any, float]], src: VideoSource, now: float) -> Clip:
         indices = window.frames.reshape(self.spec.clips, self.spec.frames)  # [N * T] -> [N, T]
         views, frame_indices, timestamps = _assemble(held, indices, self.spec)
+        fps = src.info.fps
         if self.plan.unit == "seconds":
             end = window.start_seconds + self.plan.span
-        else:
-            end = window.start_seconds + self.plan.span / info.fps if info.fps else now
-        return Clip(views, frame_indices, timestamps, self.spec, info, window.start_seconds, end,
+        else:  # in frames: the span at the nominal rate, or up to the frame that completed the window
+            end = window.start_seconds + self.plan.span / fps if fps else now
+        return Clip(views, frame_indices, timestamps, self.spec, src.info, window.start_seconds, end,
                     src.decoded_frames, src.skipped_frames)
 
 
