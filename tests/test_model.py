@@ -7,7 +7,11 @@ so a wrong transpose, scale, mask, pooling or block order in apclip.model shows 
 from __future__ import annotations
 
 import copy
+import importlib
+import importlib.util
 import math
+import sys
+import types
 
 import pytest
 import torch
@@ -135,6 +139,49 @@ def test_encoders_match_explicit_implementation(config):
     assert text_emb.shape == (4, config.embed_dim) and text_emb.dtype == torch.float32
     assert relative_error(image_emb, ref_encode_image(sd, config, images.double())) <= 1e-5
     assert relative_error(text_emb, ref_encode_text(sd, config, tokens)) <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def open_clip_model_module():
+    """open_clip's port of OpenAI's model.py, imported without open_clip/__init__.py. Its utils import
+    torchvision for a ResNet-only class, so an inert stand-in is installed when torchvision is absent."""
+    touched = ("open_clip", "torchvision")
+    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] in touched}
+    try:
+        spec = importlib.util.find_spec("open_clip")
+        if spec is None or not spec.submodule_search_locations:
+            pytest.skip("open_clip_torch is not installed")
+        package = types.ModuleType("open_clip")
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules["open_clip"] = package
+        if importlib.util.find_spec("torchvision") is None:
+            torchvision, ops, misc = (types.ModuleType(n) for n in ("torchvision", "torchvision.ops",
+                                                                    "torchvision.ops.misc"))
+            misc.FrozenBatchNorm2d = type("FrozenBatchNorm2d", (torch.nn.Module,), {})
+            torchvision.ops, ops.misc = ops, misc
+            sys.modules.update({"torchvision": torchvision, "torchvision.ops": ops, "torchvision.ops.misc": misc})
+        yield importlib.import_module("open_clip.model")
+    except ImportError as exc:
+        pytest.skip(f"cannot import open_clip.model on its own: {exc}")
+    finally:
+        for name in [k for k in sys.modules if k.split(".")[0] in touched]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+
+
+@pytest.mark.parametrize("config", [PRESETS["tiny"], CUSTOM], ids=["tiny", "custom"])
+def test_encoders_match_openai_clip_as_ported_by_open_clip(open_clip_model_module, config):
+    model = perturbed_model(config, seed=17)
+    state_dict = {k: v.clone() for k, v in model.state_dict().items()}
+    original = open_clip_model_module.build_model_from_openai_state_dict(
+        dict(state_dict), quick_gelu=True, cast_dtype=torch.float32)
+    original = original.float().eval()  # it rounds weights to fp16 as OpenAI's build_model does: reload fp32
+    original.load_state_dict(state_dict, strict=True)
+    images = random_images(config, 3, seed=18)
+    tokens = random_tokens(config, [config.context_length - 1, 3, 1], seed=19)
+    with torch.no_grad():
+        assert relative_error(model.encode_image(images), original.encode_image(images).double()) <= 1e-5
+        assert relative_error(model.encode_text(tokens), original.encode_text(tokens).double()) <= 1e-5
 
 
 def test_text_is_causal_and_pooled_at_eot():
