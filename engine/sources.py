@@ -211,7 +211,7 @@ class _Clock:
         self._period = 1.0 / info.fps if info.fps else None
         self._from_first = info.kind in ("camera", "stream")
         self._origin: float | None = None
-        self._wall_origin = time.monotonic()
+        self._wall_origin = 0.0  # wall-clock time of the first frame
         self._last: float | None = None
 
     def timestamp(self, pos_msec: float) -> float:
@@ -220,6 +220,8 @@ class _Clock:
             if self._origin is None:
                 self._origin = seconds
             seconds -= self._origin
+        if self._last is None:
+            self._wall_origin = time.monotonic()
         if seconds is None or (self._last is not None and seconds <= self._last):
             if self._last is None:
                 seconds = 0.0

@@ -1,0 +1,168 @@
+"""apclip-infer: recognise actions in a video file, image folder, camera or stream (no torch needed)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO, Iterable
+
+from apclip.errors import ApclipError
+
+from .predictions import Prediction, WindowPrediction
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="apclip-infer",
+                                description="Recognise actions with an apclip bundle (from apclip-export).")
+    p.add_argument("source", help="video file, image folder, camera index (0) or rtsp/http(s) URL")
+    p.add_argument("--bundle", default="bundle", help="bundle directory (default: bundle)")
+    p.add_argument("--labels", help="labels file; labels not in the bundle are encoded at run time")
+    p.add_argument("--prompts", help="prompt bank JSON for labels not in the bundle (else the template)")
+    p.add_argument("--backend", default="auto", choices=("auto", "ort", "ort-cuda", "trt", "torch"),
+                   help="vision/text runner (default auto: TensorRT > ORT CUDA > ORT CPU)")
+    p.add_argument("--scorer", default="auto", choices=("auto", "numpy", "onnx", "triton"),
+                   help="MAKA scorer (default auto: Triton kernel on CUDA, else numpy)")
+    p.add_argument("--ckpt", help="checkpoint the bundle was exported from (only for --backend torch)")
+    p.add_argument("--base", help="base OpenAI CLIP file for a ViFi-CLIP --ckpt")
+    p.add_argument("--topk", type=int, default=5, help="classes to show (default 5)")
+    p.add_argument("--mode", choices=("clip", "stream"),
+                   help="clip: one multi-view prediction (default for files and folders); "
+                        "stream: a prediction per sliding window (default for cameras and URLs)")
+    p.add_argument("--window", type=float, default=2.0, help="stream window span in seconds (default 2)")
+    p.add_argument("--stride", type=float, default=1.0, help="stream window stride in seconds (default 1)")
+    p.add_argument("--json", dest="json_out", help="write one JSON object per prediction (JSON lines)")
+    p.add_argument("--out-video", help="write the input with the current top-k drawn on each frame")
+    p.add_argument("--explain", action="store_true", help="best-matching prompt of every frame per top class")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="cache encoded run-time labels on disk (default on; $APCLIP_CACHE_DIR)")
+    p.add_argument("--quiet", action="store_true", help="print only predictions")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def is_live(source: str) -> bool:
+    return (source.isdigit() and not os.path.exists(source)) or ("://" in source and not source.startswith("file://"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
+    mode = args.mode or ("stream" if is_live(args.source) else "clip")
+    predictions: list[Prediction] = []
+    json_file = None
+    interrupted = False
+    start = time.perf_counter()
+    try:
+        if args.topk < 1 or args.window <= 0 or args.stride <= 0:
+            raise ApclipError("--topk, --window and --stride must be positive")
+        from apclip.labels import read_labels
+
+        from .recognizer import Recognizer
+
+        labels = read_labels(args.labels) if args.labels else None
+        rec = Recognizer.from_bundle(args.bundle, args.backend, labels, prompts=args.prompts, scorer=args.scorer,
+                                     threads=args.threads, ckpt=args.ckpt, base=args.base, topk=args.topk,
+                                     use_cache=args.cache, log=log)
+        log(f"bundle {args.bundle}: {len(rec.labels)} classes, runner {rec.backend}, scorer {rec.scorer.name}, "
+            f"mode {mode}")
+        json_file = _AtomicLines(args.json_out) if args.json_out else None
+        try:
+            if mode == "clip":
+                pred = rec.predict(args.source, explain=args.explain)
+                predictions.append(pred)
+                print(format_prediction(pred, explain=args.explain))
+                if json_file:
+                    json_file.write(pred.to_dict())
+            else:
+                for pred in _with_progress(rec.stream(args.source, window=args.window, stride=args.stride,
+                                                      explain=args.explain), args, mode):
+                    predictions.append(pred)
+                    print(format_window(pred), flush=True)
+                    if json_file:
+                        json_file.write(pred.to_dict())
+        except KeyboardInterrupt:
+            interrupted = True
+        if json_file:
+            json_file.commit()
+        if args.out_video and predictions:
+            from .overlay import write_overlay
+
+            frames = write_overlay(args.source, args.out_video, predictions, args.topk)
+            log(f"wrote {args.out_video} ({frames} frames)")
+    except ApclipError as exc:
+        if json_file:
+            json_file.discard()
+        if args.debug:
+            raise
+        print(f"apclip-infer: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ImportError) else 1
+    except KeyboardInterrupt:
+        interrupted = True
+    if mode == "stream":
+        elapsed = time.perf_counter() - start
+        log(f"{'interrupted: ' if interrupted else ''}{len(predictions)} window(s) in {elapsed:.1f}s"
+            + (f", covering {predictions[-1].end:.1f}s of {args.source}" if predictions else ""))
+    return 130 if interrupted and mode == "clip" else 0
+
+
+def format_prediction(pred: Prediction, explain: bool = False) -> str:
+    approx = " (approximate sampling: frame count unknown)" if pred.approximate else ""
+    timings = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in pred.timings.items())
+    lines = [f"{pred.source}: {pred.frames} frames, {pred.backend} + {pred.scorer}{approx} [{timings}]",
+             f"  {'rank':>4s}  {'score':>8s}  label"]
+    lines += [f"  {i + 1:4d}  {t.score:8.4f}  {t.label}" for i, t in enumerate(pred.top)]
+    if explain and pred.explanations:
+        for e in pred.explanations:
+            lines.append(f"  why '{e.label}' ({e.score:.4f}): best prompt per frame")
+            for f in e.frames:
+                lines.append(f"    view {f.view} frame {f.frame:5d} @ {f.time:7.2f}s  {f.similarity:.3f}  {f.prompt}")
+    return "\n".join(lines)
+
+
+def format_window(pred: WindowPrediction) -> str:
+    top = " | ".join(f"{t.label} {t.score:.3f}" for t in pred.top)
+    return f"[{pred.start:8.2f}s - {pred.end:8.2f}s]  {top}"
+
+
+def _with_progress(preds: Iterable[WindowPrediction], args, mode: str) -> Iterable[WindowPrediction]:
+    """A progress bar (on stderr, so stdout stays parseable) for files when stdout is a terminal."""
+    if args.quiet or is_live(args.source) or not sys.stdout.isatty():
+        yield from preds
+        return
+    from tqdm import tqdm
+
+    with tqdm(desc="windows", unit="win", file=sys.stderr, leave=False) as bar:
+        for pred in preds:
+            bar.update(1)
+            yield pred
+
+
+class _AtomicLines:
+    """JSON lines written to a temporary file and renamed into place when the run ends."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        self.file: IO[str] = os.fdopen(fd, "w", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.file.flush()
+
+    def commit(self) -> None:
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.file.close()
+        Path(self.tmp).unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""What the engine returns: typed predictions, and their JSON form (one object per prediction)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class FrameMatch:
+    """One frame's best prompt within a class (the paper's interpretability view)."""
+
+    view: int  # view index (clip-major: clip * crops + crop)
+    frame: int  # decoded frame index
+    time: float  # seconds
+    prompt: str  # text of the class prompt this frame matched best
+    similarity: float
+
+
+@dataclass(frozen=True)
+class Explanation:
+    label: str
+    score: float
+    frames: list[FrameMatch]
+
+
+@dataclass
+class Prediction:
+    """The multi-view prediction for a whole video (clip mode)."""
+
+    source: str
+    top: list[LabelScore]
+    scores: np.ndarray = field(repr=False)  # [K] MAKA score of every class, in label order
+    backend: str = ""
+    scorer: str = ""
+    frames: int = 0  # frame embeddings scored together (views x T)
+    approximate: bool = False  # sampled from an unknown or wrong frame count (nearest kept frames)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    explanations: list[Explanation] | None = None
+
+    @property
+    def label(self) -> str:
+        return self.top[0].label
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "source": self.source,
+            "top": [{"label": t.label, "score": round(t.score, 6)} for t in self.top],
+            "backend": self.backend, "scorer": self.scorer, "frames": self.frames,
+            "approximate": self.approximate,
+            "timings_ms": {k: round(v * 1000, 3) for k, v in self.timings.items()},
+        }
+        if self.explanations is not None:
+            out["explain"] = [
+                {"label": e.label, "score": round(e.score, 6),
+                 "frames": [{"view": f.view, "frame": f.frame, "time": round(f.time, 3), "prompt": f.prompt,
+                             "similarity": round(f.similarity, 6)} for f in e.frames]}
+                for e in self.explanations
+            ]
+        return out
+
+
+@dataclass
+class WindowPrediction(Prediction):
+    """The prediction for one sliding window of a stream or long video (stream mode)."""
+
+    index: int = 0  # window number, from 0
+    start: float = 0.0  # seconds
+    end: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out = {"source": out.pop("source"), "window": self.index, "start": round(self.start, 3),
+               "end": round(self.end, 3), **out}
+        return out

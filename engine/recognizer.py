@@ -1,0 +1,254 @@
+"""The engine: a bundle, a vision runner, a scorer and a class matrix -> predictions for videos.
+
+    rec = Recognizer.from_bundle("bundle/", backend="auto", labels=["surfing", "juggling"])
+    pred = rec.predict("video.mp4")              # clip mode: the paper's multi-view inference
+    for window in rec.stream("rtsp://..."):      # stream mode: one prediction per sliding window
+        print(window.start, window.top[0].label)
+
+Clip mode samples T frames x N temporal clips x C crops (the bundle's numbers), encodes all V*T
+frames and scores them together with MAKA. Stream mode samples each window with one temporal clip
+and the bundle's crops. Decoding and preprocessing run in a producer thread, a window ahead of the
+encoder, so neither waits while both are busy.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from apclip.bundle import Manifest, PROMPTS_FILE, read_manifest
+from apclip.class_matrix import ClassMatrix, load_prompt_texts
+from apclip.errors import ApclipError
+
+from .clips import Clip, iter_window_clips, load_clip
+from .parity_video import clip_spec
+from .predictions import Explanation, FrameMatch, LabelScore, Prediction, WindowPrediction
+from .preprocess import flatten_views
+from .runners import BackendUnavailable, EncoderRunner, ort_runners, torch_runners
+from .scorers import Scorer, make_scorer
+from .vocabulary import resolve_classes
+
+BACKENDS = ("auto", "ort", "ort-cuda", "trt", "torch")
+Log = Callable[[str], None]
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def select_backend(backend: str, manifest: Manifest) -> str:
+    """`auto`: TensorRT when engines and tensorrt are present, else ORT CUDA when available, else ORT CPU."""
+    if backend not in BACKENDS:
+        raise BackendUnavailable(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    if manifest.raw.get("engines") and _importable("tensorrt"):
+        return "trt"
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        if _importable("torch"):
+            return "torch"
+        raise BackendUnavailable("no inference backend installed: run pip install \"apclip[cpu]\" "
+                                 "(or \"apclip[gpu]\" on a CUDA machine)") from None
+    return "ort-cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "ort"
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+class Recognizer:
+    def __init__(self, manifest: Manifest, vision: EncoderRunner, text: EncoderRunner, classes: ClassMatrix,
+                 scorer: Scorer, *, topk: int = 5, workers: int = 1):
+        self.manifest = manifest
+        self.vision = vision
+        self.text = text
+        self.classes = classes
+        self.scorer = scorer
+        self.topk = topk
+        self.workers = workers
+        self.spec = clip_spec(manifest.preprocessing)
+
+    @classmethod
+    def from_bundle(cls, path: str | os.PathLike, backend: str = "auto", labels: Sequence[str] | None = None, *,
+                    prompts: str | os.PathLike | None = None, scorer: str = "auto", threads: int | None = None,
+                    batch_size: int = 32, ckpt: str | os.PathLike | None = None, base: str | None = None,
+                    topk: int = 5, use_cache: bool = True, log: Log = _quiet) -> "Recognizer":
+        manifest = read_manifest(path)
+        chosen = select_backend(backend, manifest)
+        if chosen == "trt":
+            raise BackendUnavailable("the TensorRT runner is not part of this release: use --backend ort "
+                                     "(or ort-cuda with pip install \"apclip[gpu]\")")
+        if chosen in ("ort", "ort-cuda"):
+            vision, text = ort_runners(manifest, cuda=chosen == "ort-cuda", threads=threads, batch_size=batch_size)
+        else:
+            vision, text = torch_runners(manifest, ckpt, base, batch_size=batch_size)
+        if backend == "auto":
+            log(f"backend auto -> {vision.name}")
+        bank = None
+        if prompts is not None:
+            from apclip.prompt_bank import load_prompt_bank
+
+            bank = load_prompt_bank(prompts)
+        classes, stats = resolve_classes(manifest, labels, bank, text, use_cache=use_cache, log=log)
+        if classes.prompt_texts is None:
+            classes.prompt_texts = _prompt_texts(manifest, classes, bank)
+        return cls(manifest, vision, text, classes, make_scorer(scorer, manifest), topk=topk,
+                   workers=1 if (os.cpu_count() or 1) > 1 else 0)
+
+    @property
+    def backend(self) -> str:
+        return self.vision.name
+
+    @property
+    def labels(self) -> list[str]:
+        return self.classes.labels
+
+    # -- one clip -> scores -------------------------------------------------------------------
+    def encode_clip(self, clip: Clip) -> np.ndarray:
+        """[V, T, 3, R, R] views -> [V*T, E] normalised frame embeddings."""
+        batch = flatten_views(clip.views)  # [V, T, 3, R, R] -> [V*T, 3, R, R]
+        return np.concatenate([self.vision(batch[i:i + self.vision.batch_size])
+                               for i in range(0, len(batch), self.vision.batch_size)])
+
+    def score(self, embeddings: np.ndarray) -> np.ndarray:
+        """[Nv, E] -> [K] MAKA scores of all classes (all frames pooled into one set)."""
+        return self.scorer(embeddings[None], self.classes)[0]
+
+    def _fill(self, pred: Prediction, clip: Clip, timings: dict[str, float], topk: int, explain: bool) -> None:
+        t = time.perf_counter()
+        emb = self.encode_clip(clip)
+        timings["encode"] = time.perf_counter() - t
+        t = time.perf_counter()
+        scores = self.score(emb)
+        timings["score"] = time.perf_counter() - t
+        order = np.argsort(-scores, kind="stable")[:topk]
+        pred.top = [LabelScore(self.labels[k], float(scores[k])) for k in order]
+        pred.scores = scores
+        pred.backend, pred.scorer = self.backend, self.scorer.name
+        pred.frames, pred.approximate, pred.timings = len(emb), bool(clip.approximate), timings
+        if explain:
+            pred.explanations = self.explain(emb, clip, order)
+
+    def explain(self, emb: np.ndarray, clip: Clip, classes: Iterable[int]) -> list[Explanation]:
+        """For each class, the prompt every frame matched best, with its similarity."""
+        from apclip.scoring import explain as explain_scores
+
+        frames = clip.frame_indices.reshape(-1)  # [V, T] -> [V*T]
+        times = clip.timestamps.reshape(-1)
+        t = clip.frame_indices.shape[1]
+        out = []
+        for ex in explain_scores(emb, self.classes.embeddings, self.classes.counts, list(classes)):
+            texts = self.classes.prompt_texts[ex.class_index] if self.classes.prompt_texts else None
+            matches = [FrameMatch(i // t, int(frames[i]), float(times[i]),
+                                  texts[p] if texts else f"prompt {p}", sim)
+                       for i, (p, sim) in enumerate(zip(ex.best_prompt_per_frame, ex.frame_similarity))]
+            out.append(Explanation(self.labels[ex.class_index], ex.score, matches))
+        return out
+
+    # -- whole video ----------------------------------------------------------------------------
+    def predict(self, source, *, topk: int | None = None, explain: bool = False,
+                max_frames: int | None = None) -> Prediction:
+        """Clip mode: one multi-view prediction for the whole video."""
+        t = time.perf_counter()
+        clip = load_clip(source, self.spec, max_frames=max_frames, workers=self.workers)
+        timings = {"decode+preprocess": time.perf_counter() - t}
+        pred = Prediction(source=clip.source.name, top=[], scores=np.zeros(0))
+        self._fill(pred, clip, timings, topk or self.topk, explain)
+        return pred
+
+    def predict_many(self, sources: Iterable, *, topk: int | None = None, explain: bool = False) -> Iterator[Prediction]:
+        """Clip mode over many videos; the next video decodes while the current one encodes."""
+        clips = _prefetch(lambda: (load_clip(s, self.spec, workers=self.workers) for s in sources))
+        for clip, decode_s in clips:
+            pred = Prediction(source=clip.source.name, top=[], scores=np.zeros(0))
+            self._fill(pred, clip, {"decode+preprocess": decode_s}, topk or self.topk, explain)
+            yield pred
+
+    # -- stream -----------------------------------------------------------------------------------
+    def stream(self, source, *, window: float = 2.0, stride: float = 1.0, unit: str = "seconds",
+               topk: int | None = None, explain: bool = False) -> Iterator[WindowPrediction]:
+        """Stream mode: a prediction per sliding window, yielded as soon as the window completes."""
+        spec = clip_spec(self.manifest.preprocessing, clips=1)
+        windows = iter_window_clips(source, spec, span=window, stride=stride, unit=unit, workers=self.workers)
+        for index, (clip, decode_s) in enumerate(_prefetch(lambda: iter(windows))):
+            pred = WindowPrediction(source=clip.source.name, top=[], scores=np.zeros(0), index=index,
+                                    start=float(clip.start), end=float(clip.end))
+            self._fill(pred, clip, {"decode+preprocess": decode_s}, topk or self.topk, explain)
+            yield pred
+
+
+def _prompt_texts(manifest: Manifest, classes: ClassMatrix, bank) -> list[list[str]] | None:
+    if not manifest.has(PROMPTS_FILE):
+        return None
+    from apclip.class_matrix import class_prompts
+
+    stored = load_prompt_texts(manifest.file(PROMPTS_FILE), [l for l in classes.labels if l in manifest.labels])
+    stored_map = dict(zip([l for l in classes.labels if l in manifest.labels], stored or []))
+    new = [l for l in classes.labels if l not in stored_map]
+    new_texts, _ = class_prompts(new, bank)
+    stored_map.update(zip(new, new_texts))
+    return [stored_map.get(label, []) for label in classes.labels]
+
+
+_DONE = object()
+
+
+def _prefetch(make: Callable[[], Iterator[Clip]], depth: int = 1) -> Iterator[tuple[Clip, float]]:
+    """Run a clip iterator in a producer thread, `depth` clips ahead; re-raise its errors here.
+
+    Yields (clip, seconds the producer spent making it)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            iterator = make()
+            while not stop.is_set():
+                t = time.perf_counter()
+                try:
+                    clip = next(iterator)
+                except StopIteration:
+                    break
+                _put(q, (clip, time.perf_counter() - t), stop)
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+        except BaseException as exc:  # handed to the consumer, which raises it
+            _put(q, exc, stop)
+        _put(q, _DONE, stop)
+
+    thread = threading.Thread(target=produce, name="apclip-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+def _put(q: queue.Queue, item: object, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
