@@ -7,6 +7,7 @@ so a wrong transpose, scale, mask, pooling or block order in apclip.model shows 
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import importlib.util
 import math
@@ -28,6 +29,7 @@ CUSTOM = ModelConfig(embed_dim=96, image_resolution=48, vision_layers=3, vision_
                      transformer_layers=3)
 
 
+@functools.lru_cache(maxsize=None)  # shared across tests, which therefore never modify it
 def perturbed_model(config: ModelConfig, seed: int) -> CLIP:
     """A random model whose every parameter (LayerNorm gains, zero-initialised biases) is non-trivial."""
     torch.manual_seed(seed)
@@ -171,7 +173,7 @@ def open_clip_model_module():
 
 @pytest.mark.parametrize("config", [PRESETS["tiny"], CUSTOM], ids=["tiny", "custom"])
 def test_encoders_match_openai_clip_as_ported_by_open_clip(open_clip_model_module, config):
-    model = perturbed_model(config, seed=17)
+    model = perturbed_model(config, seed=1)
     state_dict = {k: v.clone() for k, v in model.state_dict().items()}
     original = open_clip_model_module.build_model_from_openai_state_dict(
         dict(state_dict), quick_gelu=True, cast_dtype=torch.float32)
@@ -186,7 +188,7 @@ def test_encoders_match_openai_clip_as_ported_by_open_clip(open_clip_model_modul
 
 def test_text_is_causal_and_pooled_at_eot():
     config = PRESETS["tiny"]
-    model = perturbed_model(config, seed=4)
+    model = perturbed_model(config, seed=1)
     tokens = random_tokens(config, [6], seed=5).repeat(2, 1)
     tokens[1, 7:20] = torch.arange(100, 113)  # differs only after the EOT
     changed_before = tokens[:1].clone()
@@ -199,7 +201,7 @@ def test_text_is_causal_and_pooled_at_eot():
 
 def test_forward_gives_clip_logits():
     config = PRESETS["tiny"]
-    model = perturbed_model(config, seed=6)
+    model = perturbed_model(config, seed=1)
     images, tokens = random_images(config, 2, seed=7), random_tokens(config, [4, 9, 12], seed=8)
     with torch.no_grad():
         per_image, per_text = model(images, tokens)
@@ -212,7 +214,7 @@ def test_forward_gives_clip_logits():
 
 def test_encode_video_is_normalised_frame_embeddings_in_order():
     config = PRESETS["tiny"]
-    model = perturbed_model(config, seed=9)
+    model = perturbed_model(config, seed=1)
     gen = torch.Generator().manual_seed(10)
     video = torch.randn(2, 3, 4, 3, config.image_resolution, config.image_resolution, generator=gen)
     with torch.no_grad():
@@ -228,7 +230,7 @@ def test_encode_video_is_normalised_frame_embeddings_in_order():
 def test_half_model_runs_and_stays_close():
     """model.half() must run (LayerNorm upcasts its fp16 weights too) and track the fp32 model."""
     config = PRESETS["tiny"]
-    model = perturbed_model(config, seed=14)
+    model = perturbed_model(config, seed=1)
     images, tokens = random_images(config, 2, seed=15), random_tokens(config, [7, 30], seed=16)
     with torch.no_grad():
         image32, text32 = model.encode_image(images), model.encode_text(tokens)
@@ -270,7 +272,7 @@ def test_presets_hold_clip_vit_b16_sizes():
 
 
 def test_build_model_loads_exact_weights_as_float32():
-    source = perturbed_model(CUSTOM, seed=11)
+    source = perturbed_model(CUSTOM, seed=1)
     half = {k: v.half() for k, v in source.state_dict().items()}
     model = build_model(half)
     assert model.config == CUSTOM
