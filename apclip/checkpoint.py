@@ -2,15 +2,17 @@
 
 Formats, detected automatically:
 - `openai`: a plain OpenAI CLIP state_dict (`visual.*`, `transformer.*`, ...).
-- `openai-torchscript`: OpenAI's released TorchScript archives (ViT-B-16.pt), read by
-  `torchscript_reader` without running the archive's code.
+- `openai-torchscript`: OpenAI's released TorchScript archives (ViT-B-16.pt), whose tensors
+  `safe_pickle` reads without running the archive's code.
 - `vificlip`: ViFi-CLIP / AP-CLIP training checkpoints, `{"model": state_dict, ...}` with `module.`,
   `image_encoder.`, `text_encoder.`, `prompt_learner.` prefixes and no `token_embedding.weight`
   (that comes from the base OpenAI CLIP file passed as `base=`).
 - `apclip`: this project's own checkpoint (`save_checkpoint`): state_dict + model config + labels +
   preprocessing + prompt-bank hash + training config.
 
-Everything else is read only with `torch.load(weights_only=True)`: a pickle that needs code is refused.
+Everything else is read with `torch.load(weights_only=True)`, or, for zips that pickle a known plain-data
+class (ViFi-CLIP's yacs config), with `safe_pickle`'s allow-list reader: a pickle that needs code is refused
+before any of it runs. Each format also implies a pixel normalisation, reported in `preprocessing`.
 """
 from __future__ import annotations
 
