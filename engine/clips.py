@@ -143,9 +143,12 @@ def load_clip(source: SourceSpec, spec: ClipSpec = ClipSpec(), *, mode: str = "t
     """Decode `source` once and return its clip: spec.clips temporal clips x spec.crops crops.
 
     mode: "test" (deterministic segment centres) or "train" (random frame per segment; needs rng).
+    trust_frame_count: plan with the container's frame count (False: count by decoding, for
+      variable-frame-rate files whose header is wrong; indices are then approximate past max(64, 4 * T * N) frames).
     max_frames: decode at most this many frames (required for live sources such as cameras).
     workers: threads that resize frames while the next ones decode (0: resize inline).
-    fps: frame rate of an image folder. Raises SourceError / NoFramesError naming the source.
+    fps: frame rate of an image folder. A VideoSource passed in is left open for the caller.
+    Raises SourceError / NoFramesError naming the source.
     """
     if mode not in ("test", "train"):
         raise ValueError(f"mode must be 'test' or 'train', got {mode!r}")
@@ -334,6 +337,8 @@ def iter_window_clips(source: SourceSpec, spec: ClipSpec = ClipSpec(clips=1), *,
     """Sliding windows of `span` every `stride` (seconds or frames), each a Clip of spec.clips x T frames.
 
     Windows are emitted as soon as their last frame decodes; a trailing window the source ends
-    inside is dropped, and a source shorter than one window raises NoFramesError.
+    inside is dropped, and a source shorter than one window raises NoFramesError. Window start/end
+    are seconds (in "frames" units: the start frame's timestamp, plus span / fps). A VideoSource
+    passed in is left open for the caller.
     """
     return WindowClips(source, spec, WindowPlan(span, stride, unit, spec.frames, spec.clips), workers, fps)

@@ -255,3 +255,17 @@ def test_to_bgr8_conversions() -> None:
     assert to_bgr8(bgr) is bgr
     with pytest.raises(ValueError, match="unsupported"):
         to_bgr8(np.zeros((2, 2, 2), np.uint8))
+
+
+def test_clock_keeps_container_time_and_repairs_bad_timestamps() -> None:
+    from apclip.engine.sources import _Clock, SourceInfo
+
+    file_clock = _Clock(SourceInfo("f", "file", 25.0, 10, 8, 8))
+    # container time kept; a repeated or missing time becomes the previous one plus a frame period
+    assert [file_clock.timestamp(ms) for ms in (40.0, 80.0, 80.0, float("nan"), 240.0)] == [
+        0.04, 0.08, 0.12, 0.16, 0.24]
+    live_clock = _Clock(SourceInfo("s", "stream", 25.0, None, 8, 8))
+    assert [round(live_clock.timestamp(ms), 6) for ms in (5000.0, 5040.0, 5080.0)] == [0.0, 0.04, 0.08]
+    camera_clock = _Clock(SourceInfo("c", "camera", None, None, 8, 8))
+    times = [camera_clock.timestamp(0.0) for _ in range(3)]  # cameras reporting no time: wall clock
+    assert times[0] == 0.0 and times[0] < times[1] < times[2]
