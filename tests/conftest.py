@@ -1,0 +1,28 @@
+"""Session fixtures shared by the export and inference tests: a tiny checkpoint, its exported bundle,
+a labels file, a prompt bank and a generated video (all made here; nothing is downloaded)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def demo_assets(tmp_path_factory) -> dict[str, Path]:
+    """best.pt (tiny preset, apclip format), labels.txt (5 labels), bank.json (4 of them), video.mp4 (90 frames)."""
+    pytest.importorskip("torch")
+    from apclip.export.demo_assets import write_demo_assets
+
+    return write_demo_assets(tmp_path_factory.mktemp("assets"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(demo_assets, tmp_path_factory) -> Path:
+    """A verified bundle (with scorer.onnx) exported once per session from demo_assets. Read-only."""
+    pytest.importorskip("onnxruntime")
+    from apclip.export.api import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    export_bundle(demo_assets["checkpoint"], out=out, labels=demo_assets["labels"], prompts=demo_assets["bank"],
+                  scorer=True, progress=False, log=lambda message: None)
+    return out

@@ -1,0 +1,255 @@
+"""apclip-export: round trips per checkpoint format, manifest contents, atomicity and failure paths."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from apclip.bundle import (CLASSES_FILE, MANIFEST, PROMPTS_FILE, SCORER_FILE, TEXT_FILE, VISION_FILE, BundleError,
+                           read_manifest, sha256_file)
+from apclip.class_matrix import load_class_matrix
+from apclip.export.api import ExportFailed, export_bundle
+from apclip.export.cli import main as export_main
+from apclip.labels import labels_sha256
+from apclip.model import ImageEmbedder, TextEmbedder, build_preset
+from apclip.prompt_bank import load_prompt_bank
+from apclip.tokenizer import tokenize
+
+QUIET = dict(progress=False, log=lambda message: None)
+
+
+@pytest.fixture
+def reuse_session_onnx(monkeypatch, tiny_bundle):
+    """Copy the session bundle's ONNX files instead of exporting again (same demo weights): the
+    torch exporter takes ~15 s a call on 2 cores, and these tests are about what surrounds it."""
+    import shutil
+
+    import apclip.export.onnx_export as onnx_export
+
+    monkeypatch.setattr(onnx_export, "export_vision", lambda m, path, *a: shutil.copy(tiny_bundle / VISION_FILE, path))
+    monkeypatch.setattr(onnx_export, "export_text", lambda m, path, *a: shutil.copy(tiny_bundle / TEXT_FILE, path))
+
+
+def _no_partials(folder: Path) -> None:
+    leftovers = [p.name for p in folder.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+    assert leftovers == []
+
+
+def _onnx_vs_torch(bundle: Path, model) -> float:
+    import onnxruntime as ort
+
+    r = model.config.image_resolution
+    x = torch.randn(4, 3, r, r)
+    session = ort.InferenceSession(str(bundle / VISION_FILE), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"pixels": x.numpy()})[0]
+    with torch.inference_mode():
+        ref = ImageEmbedder(model)(x).numpy()
+    return float(np.abs(got - ref).max())
+
+
+def test_own_format_bundle_manifest_and_class_matrix(tiny_bundle, demo_assets):
+    m = read_manifest(tiny_bundle)  # verifies every sha256
+    raw = m.raw
+    labels = demo_assets["labels"].read_text().split("\n")[1:6]
+    assert m.labels == labels
+    assert raw["labels_sha256"] == labels_sha256(labels)
+    bank = load_prompt_bank(demo_assets["bank"])
+    assert raw["prompt_bank_sha256"] == bank.sha256
+    assert set(m.files) == {VISION_FILE, TEXT_FILE, CLASSES_FILE, PROMPTS_FILE, SCORER_FILE}
+    for name, info in m.files.items():
+        assert info["sha256"] == sha256_file(tiny_bundle / name)
+        assert info["bytes"] == (tiny_bundle / name).stat().st_size
+    assert raw["checkpoint"]["format"] == "apclip"
+    assert raw["checkpoint"]["sha256"] == sha256_file(demo_assets["checkpoint"])
+    assert raw["opset"] == 17 and raw["io"]["vision"]["inputs"][0]["shape"] == ["N", 3, 32, 32]
+    assert raw["preprocessing"]["frames"] == 8 and raw["preprocessing"]["crops"] == 2
+    assert raw["preprocessing"]["normalization"]["name"] == "clip"
+    assert {"apclip", "torch", "onnx", "onnxruntime"} <= set(raw["tools"])
+    assert raw["verification"]["ok"] is True
+    assert raw["class_matrix"]["fallback_labels"] == ["surfing water"]
+
+    matrix = load_class_matrix(tiny_bundle / CLASSES_FILE, m.labels)
+    assert matrix.counts.tolist() == [2, 3, 2, 2, 1]
+    norms = np.linalg.norm(matrix.embeddings, axis=-1)
+    real = np.arange(matrix.max_prompts)[None] < matrix.counts[:, None]
+    np.testing.assert_allclose(norms[real], 1.0, atol=1e-5)
+    assert (matrix.embeddings[~real] == 0).all()
+    # Rows are the reference text encoder on "a video of {label}. {description}".
+    from apclip.checkpoint import load_model
+
+    model = load_model(demo_assets["checkpoint"])
+    texts = json.loads((tiny_bundle / PROMPTS_FILE).read_text())
+    assert texts["surfing water"] == ["a video of surfing water."]
+    assert texts["abseiling"][0] == "a video of abseiling. " + bank.descriptions("abseiling")[0]
+    with torch.inference_mode():
+        ref = TextEmbedder(model)(torch.from_numpy(tokenize(texts["playing guitar"]))).numpy()
+    np.testing.assert_allclose(matrix.embeddings[1, :3], ref, atol=1e-5)
+
+
+def test_scorer_onnx_equals_reference_maka(tiny_bundle):
+    import onnxruntime as ort
+
+    from apclip.scoring import maka_score
+
+    matrix = load_class_matrix(tiny_bundle / CLASSES_FILE, read_manifest(tiny_bundle).labels)
+    rng = np.random.default_rng()
+    frames = rng.standard_normal((3, 24, matrix.embeddings.shape[2])).astype(np.float32)
+    frames /= np.linalg.norm(frames, axis=-1, keepdims=True)
+    session = ort.InferenceSession(str(tiny_bundle / SCORER_FILE), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"frames": frames, "classes": matrix.embeddings,
+                             "counts": matrix.counts.astype(np.int64)})[0]
+    ref = maka_score(frames.astype(np.float64), matrix.embeddings.astype(np.float64), matrix.counts)
+    assert got.shape == (3, 5)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def _openai_checkpoint(path: Path):
+    model = build_preset("tiny", seed=3)
+    torch.save(model.state_dict(), path)
+    return model
+
+
+def test_openai_state_dict_round_trip(tmp_path, demo_assets):
+    model = _openai_checkpoint(tmp_path / "clip.pt")
+    out = tmp_path / "bundle"
+    result = export_bundle(tmp_path / "clip.pt", out=out, labels=demo_assets["labels"], normalize="imagenet255",
+                           frames=4, clips=1, crops=3, **QUIET)
+    assert result.verification.ok and result.fallback_labels == read_manifest(out).labels  # no bank: all template
+    raw = read_manifest(out).raw
+    assert raw["checkpoint"]["format"] == "openai" and raw["prompt_bank_sha256"] is None
+    assert raw["preprocessing"]["normalization"]["name"] == "imagenet255"
+    assert (raw["preprocessing"]["frames"], raw["preprocessing"]["clips"], raw["preprocessing"]["crops"]) == (4, 1, 3)
+    assert _onnx_vs_torch(out, model) <= 1e-4
+    _no_partials(tmp_path)
+
+
+def test_vificlip_with_base_round_trip_and_missing_base(tmp_path, demo_assets):
+    model = build_preset("tiny", seed=5)
+    sd = {}
+    for key, value in model.state_dict().items():
+        if key == "token_embedding.weight":
+            continue
+        if key.startswith("visual."):
+            sd["module.image_encoder." + key[len("visual."):]] = value
+        elif key == "logit_scale":
+            sd["module.logit_scale"] = value
+        else:
+            sd["module.text_encoder." + key] = value
+    sd["module.prompt_learner.token_prefix"] = torch.randn(5, 1, 128)
+    torch.save({"model": sd, "epoch": 10, "max_accuracy": 0.5}, tmp_path / "vifi.pth")
+    torch.save(model.state_dict(), tmp_path / "base.pt")
+    with pytest.raises(Exception, match="--base"):
+        export_bundle(tmp_path / "vifi.pth", out=tmp_path / "b0", labels=demo_assets["labels"], **QUIET)
+    assert not (tmp_path / "b0").exists()
+    out = tmp_path / "bundle"
+    export_bundle(tmp_path / "vifi.pth", out=out, labels=demo_assets["labels"], base=tmp_path / "base.pt",
+                  verify=False, **QUIET)
+    assert read_manifest(out).raw["checkpoint"]["format"] == "vificlip"
+    assert _onnx_vs_torch(out, model) <= 1e-4
+
+
+def test_parity_failure_keeps_nothing(tmp_path, demo_assets, monkeypatch):
+    import apclip.export.onnx_export as onnx_export
+
+    real = onnx_export.export_vision
+
+    def broken(model, path, opset, batch_max):  # a vision.onnx of other weights: parity must catch it
+        real(build_preset("tiny", seed=99), path, opset, batch_max)
+
+    monkeypatch.setattr(onnx_export, "export_vision", broken)
+    out = tmp_path / "bundle"
+    with pytest.raises(ExportFailed) as info:
+        export_bundle(demo_assets["checkpoint"], out=out, **QUIET)
+    assert "vision, random pixels" in str(info.value) and "FAILED" in str(info.value)
+    assert not out.exists()
+    _no_partials(tmp_path)
+
+
+def test_interrupted_export_leaves_no_bundle_and_keeps_the_old_one(tmp_path, demo_assets, reuse_session_onnx):
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "marker").write_text("old bundle")
+
+    def interrupt(work: Path) -> None:
+        assert (work / MANIFEST).exists()  # complete, yet not in place
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export_bundle(demo_assets["checkpoint"], out=out, force=True, verify=False, _before_rename=interrupt, **QUIET)
+    assert (out / "marker").read_text() == "old bundle"
+    _no_partials(tmp_path)
+
+
+def test_killed_export_never_leaves_an_acceptable_bundle(tmp_path, demo_assets):
+    out = tmp_path / "bundle"
+    proc = subprocess.Popen([sys.executable, "-m", "apclip.export.cli", "--ckpt", str(demo_assets["checkpoint"]),
+                             "--out", str(out), "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(".partial-" in p.name for p in tmp_path.iterdir()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    for partial in tmp_path.iterdir():
+        with pytest.raises(BundleError):
+            read_manifest(partial)
+
+
+def test_existing_bundle_needs_force(tmp_path, demo_assets, capsys):
+    out = tmp_path / "bundle"
+    out.mkdir()
+    code = export_main(["--ckpt", str(demo_assets["checkpoint"]), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "--force" in err and len(err.strip().splitlines()) == 1
+    assert list(out.iterdir()) == []
+
+
+def test_cli_export_with_force_prints_summary(tmp_path, demo_assets, capsys, reuse_session_onnx):
+    out = tmp_path / "bundle"
+    out.mkdir()
+    code = export_main(["--ckpt", str(demo_assets["checkpoint"]), "--out", str(out), "--force", "--no-progress"])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    assert "classes K=5" in stdout and "parity" in stdout and "FAILED" not in stdout
+    read_manifest(out)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ckpt", "missing.pt"], "does not exist"),
+    (["--ckpt", "{ckpt}", "--labels", "missing.txt"], "labels file"),
+    (["--ckpt", "{ckpt}", "--opset", "13"], "opset"),
+])
+def test_cli_errors_are_one_line(tmp_path, demo_assets, capsys, args, message):
+    args = [a.format(ckpt=demo_assets["checkpoint"]) for a in args]
+    code = export_main(args + ["--out", str(tmp_path / "b"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "b").exists()
+
+
+def test_checkpoint_without_labels_needs_labels(tmp_path):
+    _openai_checkpoint(tmp_path / "clip.pt")
+    with pytest.raises(ExportFailed, match="--labels"):
+        export_bundle(tmp_path / "clip.pt", out=tmp_path / "b", **QUIET)
+
+
+def test_tampered_bundle_is_refused(tiny_bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    data = bytearray((copy / CLASSES_FILE).read_bytes())
+    data[-1] ^= 0xFF
+    (copy / CLASSES_FILE).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=CLASSES_FILE):
+        read_manifest(copy)
