@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO, Iterable, Iterator
 
 from apclip.errors import ApclipError
 
@@ -53,61 +55,113 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
     mode = args.mode or ("stream" if is_live(args.source) else "clip")
+    # Overlay needs every window; otherwise keep only the last, so a camera can run for days.
     predictions: list[Prediction] = []
+    count = 0
     json_file = None
     interrupted = False
     start = time.perf_counter()
     try:
-        if args.topk < 1 or args.window <= 0 or args.stride <= 0:
-            raise ApclipError("--topk, --window and --stride must be positive")
-        from apclip.labels import read_labels
+        with _one_line_diagnostics(args.debug):
+            check_arguments(args, mode)
+            from apclip.labels import read_labels
 
-        from .recognizer import Recognizer
+            from .recognizer import Recognizer
 
-        labels = read_labels(args.labels) if args.labels else None
-        rec = Recognizer.from_bundle(args.bundle, args.backend, labels, prompts=args.prompts, scorer=args.scorer,
-                                     threads=args.threads, ckpt=args.ckpt, base=args.base, topk=args.topk,
-                                     use_cache=args.cache, log=log)
-        log(f"bundle {args.bundle}: {len(rec.labels)} classes, runner {rec.backend}, scorer {rec.scorer.name}, "
-            f"mode {mode}")
-        json_file = _AtomicLines(args.json_out) if args.json_out else None
-        try:
-            if mode == "clip":
-                pred = rec.predict(args.source, explain=args.explain)
-                predictions.append(pred)
-                print(format_prediction(pred, explain=args.explain))
-                if json_file:
-                    json_file.write(pred.to_dict())
-            else:
-                for pred in _with_progress(rec.stream(args.source, window=args.window, stride=args.stride,
-                                                      explain=args.explain), args, mode):
-                    predictions.append(pred)
-                    print(format_window(pred), flush=True)
+            labels = read_labels(args.labels) if args.labels else None
+            rec = Recognizer.from_bundle(args.bundle, args.backend, labels, prompts=args.prompts, scorer=args.scorer,
+                                         threads=args.threads, ckpt=args.ckpt, base=args.base, topk=args.topk,
+                                         use_cache=args.cache, log=log)
+            log(f"bundle {args.bundle}: {len(rec.labels)} classes, runner {rec.backend}, scorer {rec.scorer.name}, "
+                f"mode {mode}")
+            json_file = _AtomicLines(args.json_out) if args.json_out else None
+            try:
+                if mode == "clip":
+                    pred = rec.predict(args.source, explain=args.explain)
+                    predictions, count = [pred], 1
+                    print(format_prediction(pred, explain=args.explain))
                     if json_file:
                         json_file.write(pred.to_dict())
-        except KeyboardInterrupt:
-            interrupted = True
-        if json_file:
-            json_file.commit()
-        if args.out_video and predictions:
-            from .overlay import write_overlay
+                else:
+                    for pred in _with_progress(rec.stream(args.source, window=args.window, stride=args.stride,
+                                                          explain=args.explain), args, mode):
+                        if args.out_video:
+                            predictions.append(pred)
+                        else:
+                            predictions = [pred]
+                        count += 1
+                        print(format_window(pred), flush=True)
+                        if json_file:
+                            json_file.write(pred.to_dict())
+            except KeyboardInterrupt:
+                interrupted = True
+            if json_file:
+                json_file.commit()
+            if args.out_video and predictions:
+                from .overlay import write_overlay
 
-            frames = write_overlay(args.source, args.out_video, predictions, args.topk)
-            log(f"wrote {args.out_video} ({frames} frames)")
-    except ApclipError as exc:
+                frames = write_overlay(args.source, args.out_video, predictions, args.topk)
+                log(f"wrote {args.out_video} ({frames} frames)")
+    except (ApclipError, OSError) as exc:
         if json_file:
             json_file.discard()
         if args.debug:
             raise
-        print(f"apclip-infer: error: {exc}", file=sys.stderr)
+        print(f"apclip-infer: error: {_one_line(exc)}", file=sys.stderr)
         return 2 if isinstance(exc, ImportError) else 1
     except KeyboardInterrupt:
+        if json_file:
+            json_file.discard()
         interrupted = True
     if mode == "stream":
         elapsed = time.perf_counter() - start
-        log(f"{'interrupted: ' if interrupted else ''}{len(predictions)} window(s) in {elapsed:.1f}s"
+        log(f"{'interrupted: ' if interrupted else ''}{count} window(s) in {elapsed:.1f}s"
             + (f", covering {predictions[-1].end:.1f}s of {args.source}" if predictions else ""))
     return 130 if interrupted and mode == "clip" else 0
+
+
+def check_arguments(args: argparse.Namespace, mode: str) -> None:
+    """Refuse what cannot work before loading a bundle or decoding a frame."""
+    if args.topk < 1:
+        raise ApclipError(f"--topk {args.topk}: show at least 1 class")
+    if args.window <= 0 or args.stride <= 0:
+        raise ApclipError(f"--window {args.window:g} / --stride {args.stride:g}: both must be positive seconds")
+    if args.threads is not None and args.threads < 1:
+        raise ApclipError(f"--threads {args.threads}: use 1 or more (or leave it out for all cores)")
+    if mode == "clip" and is_live(args.source):
+        raise ApclipError(f"{args.source} is a live source without an end: use --mode stream")
+    if args.out_video:
+        from .overlay import overlay_fourcc
+
+        overlay_fourcc(args.out_video)
+        if is_live(args.source):
+            raise ApclipError(f"--out-video needs a file or image folder, not the live source {args.source}")
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, ApclipError) and exc.filename:
+        # os.replace(tmp, target) names the target second: the user knows the target, not the tmp file
+        return f"{exc.filename2 or exc.filename}: {exc.strerror or exc}"
+    return " ".join(str(exc).split())
+
+
+@contextlib.contextmanager
+def _one_line_diagnostics(debug: bool) -> Iterator[None]:
+    """Warnings as one `apclip-infer: warning:` line; OpenCV's and FFmpeg's own console noise off
+    (the errors raised for the same causes already name the source), unless --debug."""
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _show_warning
+            os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # read by OpenCV on every open; -8: quiet
+            with contextlib.suppress(Exception):
+                import cv2
+
+                cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        yield
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"apclip-infer: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def format_prediction(pred: Prediction, explain: bool = False) -> str:
@@ -147,6 +201,8 @@ class _AtomicLines:
 
     def __init__(self, path: str):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise ApclipError(f"--json {path} is a folder: give a file name, e.g. {self.path / 'predictions.jsonl'}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         self.file: IO[str] = os.fdopen(fd, "w", encoding="utf-8")

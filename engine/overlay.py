@@ -32,6 +32,14 @@ def draw_top(image: np.ndarray, pred: Prediction | None, topk: int) -> np.ndarra
     return image
 
 
+def overlay_fourcc(out: str | os.PathLike) -> str:
+    """The codec for an --out-video name; checked before a run so a bad name does not waste it."""
+    fourcc = _FOURCC.get(Path(out).suffix.lower())
+    if fourcc is None:
+        raise SourceError(f"--out-video {out}: use a .mp4, .m4v, .mov, .avi or .mkv file name")
+    return fourcc
+
+
 def write_overlay(source, out: str | os.PathLike, predictions: Sequence[Prediction], topk: int = 5) -> int:
     """Re-read `source` and write every frame with the prediction current at its time; returns frames.
 
@@ -39,16 +47,19 @@ def write_overlay(source, out: str | os.PathLike, predictions: Sequence[Predicti
     the frame's timestamp. Written to a temporary file and renamed, so `out` is never half-written.
     """
     out = Path(out)
-    fourcc = _FOURCC.get(out.suffix.lower())
-    if fourcc is None:
-        raise SourceError(f"--out-video {out}: use a .mp4, .avi, .mkv or .mov file name")
+    fourcc = overlay_fourcc(out)
     windows = [p for p in predictions if isinstance(p, WindowPrediction)]
     ends = [w.end for w in windows]
     src = open_source(source)
     if src.info.live:
         src.close()
         raise SourceError(f"--out-video needs a file or image folder, not the live source {src.info.name}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix, dir=out.parent if str(out.parent) else ".")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix, dir=out.parent)
+    except OSError as exc:
+        src.close()
+        raise SourceError(f"--out-video {out}: cannot create a file there ({exc.strerror})") from None
     os.close(fd)
     writer = None
     count = 0
@@ -68,9 +79,10 @@ def write_overlay(source, out: str | os.PathLike, predictions: Sequence[Predicti
                     raise SourceError(f"--out-video {out}: OpenCV cannot write {fourcc} here; try a .avi name")
             writer.write(image)
             count += 1
-        if writer is not None:
-            writer.release()
-            writer = None
+        if writer is None:
+            raise SourceError(f"--out-video {out}: {src.info.name} gave no frames on the second read")
+        writer.release()
+        writer = None
         os.replace(tmp, out)
         return count
     finally:

@@ -29,7 +29,7 @@ from .clips import Clip, iter_window_clips, load_clip
 from .parity_video import clip_spec
 from .predictions import Explanation, FrameMatch, LabelScore, Prediction, WindowPrediction
 from .preprocess import flatten_views
-from .runners import BackendUnavailable, EncoderRunner, ort_runners, torch_runners
+from .runners import BackendUnavailable, EncoderRunner, ort_runners, torch_runners, trt_runners
 from .scorers import Scorer, make_scorer
 from .vocabulary import resolve_classes
 
@@ -41,13 +41,13 @@ def _quiet(message: str) -> None:
     pass
 
 
-def select_backend(backend: str, manifest: Manifest) -> str:
+def select_backend(backend: str, manifest: Manifest, *, tensorrt: bool = True) -> str:
     """`auto`: TensorRT when engines and tensorrt are present, else ORT CUDA when available, else ORT CPU."""
     if backend not in BACKENDS:
         raise BackendUnavailable(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend != "auto":
         return backend
-    if manifest.raw.get("engines") and _importable("tensorrt"):
+    if tensorrt and manifest.raw.get("engines") and _importable("tensorrt"):
         return "trt"
     try:
         import onnxruntime as ort
@@ -76,6 +76,9 @@ class Recognizer:
         self.topk = topk
         self.workers = workers
         self.spec = clip_spec(manifest.preprocessing)
+        # How the class matrix was made: {"reused": bundle rows, "encoded": new labels run through the
+        # text encoder, "cached": new labels read from the on-disk cache} (set by from_bundle).
+        self.class_stats: dict[str, int] = {"reused": classes.num_classes, "encoded": 0, "cached": 0}
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, backend: str = "auto", labels: Sequence[str] | None = None, *,
@@ -85,11 +88,17 @@ class Recognizer:
         manifest = read_manifest(path)
         chosen = select_backend(backend, manifest)
         if chosen == "trt":
-            raise BackendUnavailable("the TensorRT runner is not part of this release: use --backend ort "
-                                     "(or ort-cuda with pip install \"apclip[gpu]\")")
+            try:
+                vision, text = trt_runners(manifest, batch_size=batch_size)
+            except BackendUnavailable as exc:
+                if backend != "auto":
+                    raise
+                # auto promised the best backend that works, not an error: fall back and say why.
+                log(f"{exc}; falling back to ONNX Runtime")
+                chosen = select_backend("auto", manifest, tensorrt=False)
         if chosen in ("ort", "ort-cuda"):
             vision, text = ort_runners(manifest, cuda=chosen == "ort-cuda", threads=threads, batch_size=batch_size)
-        else:
+        elif chosen == "torch":
             vision, text = torch_runners(manifest, ckpt, base, batch_size=batch_size)
         if backend == "auto":
             log(f"backend auto -> {vision.name}")
@@ -101,8 +110,10 @@ class Recognizer:
         classes, stats = resolve_classes(manifest, labels, bank, text, use_cache=use_cache, log=log)
         if classes.prompt_texts is None:
             classes.prompt_texts = _prompt_texts(manifest, classes, bank)
-        return cls(manifest, vision, text, classes, make_scorer(scorer, manifest), topk=topk,
-                   workers=1 if (os.cpu_count() or 1) > 1 else 0)
+        rec = cls(manifest, vision, text, classes, make_scorer(scorer, manifest), topk=topk,
+                  workers=1 if (os.cpu_count() or 1) > 1 else 0)
+        rec.class_stats = stats
+        return rec
 
     @property
     def backend(self) -> str:

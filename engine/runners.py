@@ -12,7 +12,8 @@ from typing import Protocol
 
 import numpy as np
 
-from apclip.bundle import EMBEDDINGS_OUTPUT, TEXT_FILE, TEXT_INPUT, VISION_FILE, VISION_INPUT, Manifest
+from apclip.bundle import (EMBEDDINGS_OUTPUT, TEXT_FILE, TEXT_INPUT, VISION_FILE, VISION_INPUT, BundleError,
+                           Manifest)
 from apclip.errors import ApclipError
 from apclip.extras import require
 
@@ -51,7 +52,11 @@ class OrtRunner:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # ORT raises its own untyped errors for files it cannot load
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BundleError(f"ONNX Runtime cannot load {path} ({first_line}); re-run apclip-export") from None
         self.input_name = input_name
         self.name = "ort-cuda" if cuda else "ort-cpu"
         self.batch_size = batch_size
@@ -77,15 +82,49 @@ class TorchRunner:
             return self.module(x).float().cpu().numpy()
 
 
+class LazyRunner:
+    """A runner built on its first call. The text encoder is only needed for labels that are not in the
+    bundle (and not cached), so most runs never pay for loading it (hundreds of MB for ViT-B/16)."""
+
+    def __init__(self, build, name: str, batch_size: int):
+        self._build = build
+        self._runner: EncoderRunner | None = None
+        self.name = name
+        self.batch_size = batch_size
+
+    @property
+    def loaded(self) -> bool:
+        return self._runner is not None
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if self._runner is None:
+            self._runner = self._build()
+        return self._runner(batch)
+
+
 def _default_threads(threads: int | None) -> int | None:
-    return threads or (int(os.environ["APCLIP_THREADS"]) if os.environ.get("APCLIP_THREADS") else None)
+    if threads:
+        return threads
+    value = os.environ.get("APCLIP_THREADS")
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ApclipError(f"APCLIP_THREADS={value!r} is not a positive whole number of threads; unset it or fix it")
+    return int(value)
 
 
 def ort_runners(manifest: Manifest, *, cuda: bool, threads: int | None, batch_size: int):
     threads = _default_threads(threads)
     vision = OrtRunner(manifest.file(VISION_FILE), VISION_INPUT, cuda=cuda, threads=threads, batch_size=batch_size)
-    text = OrtRunner(manifest.file(TEXT_FILE), TEXT_INPUT, cuda=cuda, threads=threads, batch_size=256)
+    text = LazyRunner(lambda: OrtRunner(manifest.file(TEXT_FILE), TEXT_INPUT, cuda=cuda, threads=threads,
+                                        batch_size=256), vision.name, 256)
     return vision, text
+
+
+def trt_runners(manifest: Manifest, **_):
+    """The TensorRT backend's slot: a later issue returns (vision, text) runners here."""
+    raise BackendUnavailable(f"the TensorRT runner is not part of this release (bundle {manifest.path}): use "
+                             "--backend ort, or ort-cuda with pip install \"apclip[gpu]\"")
 
 
 def torch_runners(manifest: Manifest, checkpoint: str | os.PathLike | None, base: str | None, *,

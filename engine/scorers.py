@@ -5,6 +5,7 @@ return [B, K] float32 scores equal to `apclip.scoring.maka_score` within DESIGN.
 """
 from __future__ import annotations
 
+import os
 from typing import Protocol
 
 import numpy as np
@@ -49,28 +50,49 @@ class OnnxScorer:
 
 
 class TritonScorer:
-    """apclip.kernels.maka_score on CUDA; the class matrix stays resident on the device."""
+    """apclip.kernels.maka_score on CUDA; the class matrix stays resident on the device.
+
+    Without a GPU it runs only under Triton's CPU interpreter (TRITON_INTERPRET=1 set before triton
+    is imported), which is slow and meant for tests: `auto` never picks it there.
+    """
 
     name = "triton"
 
     def __init__(self):
         torch = require("torch", "triton", "the Triton scorer")
         require("triton", "triton", "the Triton scorer")
-        if not torch.cuda.is_available():
+        if torch.cuda.is_available():
+            self.device = "cuda"
+        elif os.environ.get("TRITON_INTERPRET") == "1" and _kernel_interpreted():
+            self.device = "cpu"
+        else:
             raise BackendUnavailable("the triton scorer needs a CUDA GPU; use --scorer numpy")
         self.torch = torch
-        self._cached: tuple[int, object, object] | None = None
+        # Keyed by the matrix object itself (not id(), which a new matrix can reuse after the old one dies).
+        self._cached: tuple[ClassMatrix, object, object] | None = None
 
     def __call__(self, frames: np.ndarray, classes: ClassMatrix) -> np.ndarray:
         from apclip.kernels import maka_score as kernel_maka
 
         torch = self.torch
-        if self._cached is None or self._cached[0] != id(classes):
-            self._cached = (id(classes), torch.from_numpy(classes.embeddings).cuda().half(),
-                            torch.from_numpy(classes.counts).cuda())
+        if self._cached is None or self._cached[0] is not classes:
+            self._cached = (classes, torch.from_numpy(classes.embeddings).to(self.device).half(),
+                            torch.from_numpy(classes.counts).to(self.device))
         _, emb, counts = self._cached
-        video = torch.from_numpy(np.ascontiguousarray(frames)).cuda().half()[:, None]  # [B, Nv, E] -> [B, 1, Nv, E]
+        video = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).to(self.device).half()
+        video = video[:, None]  # [B, Nv, E] -> [B, 1, Nv, E]: all frames of a video pooled as one view
         return kernel_maka(video, emb, counts, views="pool", backend="triton").float().cpu().numpy()
+
+
+def _kernel_interpreted() -> bool:
+    from apclip.kernels.maka import is_interpreted
+
+    return is_interpreted()
+
+
+def _cuda_may_be_present() -> bool:
+    """Cheap check before importing torch (~2 s, hundreds of MB) just to learn there is no GPU."""
+    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/dxg"))
 
 
 def make_scorer(name: str, manifest: Manifest) -> Scorer:
@@ -81,8 +103,17 @@ def make_scorer(name: str, manifest: Manifest) -> Scorer:
     if name == "triton":
         return TritonScorer()
     if name == "auto":
-        try:
-            return TritonScorer()
-        except ApclipError:  # no torch/triton/GPU here: the numpy reference is the CPU default
+        if not (_cuda_may_be_present() and _importable("torch") and _importable("triton")):
             return NumpyScorer()
+        try:
+            scorer = TritonScorer()
+        except ApclipError:  # no usable GPU after all: the numpy reference is the CPU default
+            return NumpyScorer()
+        return scorer if scorer.device == "cuda" else NumpyScorer()
     raise BackendUnavailable(f"unknown scorer {name!r}; choose one of {', '.join(SCORERS)}")
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

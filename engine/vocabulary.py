@@ -3,21 +3,23 @@
 Labels in the bundle reuse their precompiled rows. New labels are encoded with text.onnx (no torch)
 from their prompt-bank entries, else the template "a video of {label}.". Encoded new labels are
 cached on disk, keyed by the text encoder's sha256, the labels and their prompt texts, so the next
-run starts instantly. Cache files are written atomically; a corrupt entry is rebuilt, not trusted.
+run starts instantly. Cache files are written atomically and carry their key and a sha256 of their
+tensors; an entry that does not match is rebuilt, not trusted.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from apclip.bundle import CLASSES_FILE, TEXT_FILE, Manifest
-from apclip.class_matrix import (ClassMatrix, PromptSource, class_prompts, encode_class_matrix,
-                                 load_class_matrix, save_class_matrix)
+from apclip.bundle import CLASS_COUNTS, CLASS_EMBEDDINGS, CLASSES_FILE, TEXT_FILE, Manifest
+from apclip.class_matrix import ClassMatrix, PromptSource, class_prompts, encode_class_matrix, load_class_matrix
+from apclip.errors import ApclipError
 
 from .runners import EncoderRunner
 
@@ -37,6 +39,11 @@ def resolve_classes(manifest: Manifest, labels: Sequence[str] | None, bank: Prom
                     log=lambda message: None) -> tuple[ClassMatrix, dict[str, int]]:
     """The class matrix for `labels` (default: the bundle's) and stats {reused, encoded, cached}."""
     base = bundle_class_matrix(manifest)
+    if labels is not None and not list(labels):
+        raise ApclipError("the label list is empty: give at least one label (or none, for the bundle's)")
+    if labels is not None and len(set(labels)) != len(labels):
+        twice = sorted({label for label in labels if list(labels).count(label) > 1})
+        raise ApclipError(f"labels {twice} are listed more than once: each class must appear once")
     if labels is None or list(labels) == manifest.labels:
         return base, {"reused": base.num_classes, "encoded": 0, "cached": 0}
     index = {label: k for k, label in enumerate(manifest.labels)}
@@ -48,8 +55,9 @@ def resolve_classes(manifest: Manifest, labels: Sequence[str] | None, bank: Prom
         key = _cache_key(manifest, new_labels, prompts)
         path = cache_dir() / f"{key}.safetensors"
         if use_cache:
-            new = _read_cache(path, new_labels)
+            new = _read_cache(path, key, new_labels, [len(p) for p in prompts], log)
         if new is not None:
+            new.fallback_labels = list(fallback)
             stats["cached"] = len(new_labels)
             log(f"{len(new_labels)} new label(s) loaded from the cache {path}")
         else:
@@ -57,8 +65,7 @@ def resolve_classes(manifest: Manifest, labels: Sequence[str] | None, bank: Prom
             new = encode_class_matrix(new_labels, prompts, text_runner, fallback_labels=fallback)
             stats["encoded"] = len(new_labels)
             if use_cache:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                save_class_matrix(path, new)
+                _write_cache(path, key, new, log)
     return _assemble(labels, base, index, new), stats
 
 
@@ -69,18 +76,53 @@ def _cache_key(manifest: Manifest, labels: Sequence[str], prompts: Sequence[Sequ
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def _read_cache(path: Path, labels: Sequence[str]) -> ClassMatrix | None:
+def _content_sha256(embeddings: np.ndarray, counts: np.ndarray) -> str:
+    digest = hashlib.sha256(np.ascontiguousarray(embeddings, dtype=np.float32).tobytes())
+    digest.update(np.ascontiguousarray(counts, dtype=np.int32).tobytes())
+    return digest.hexdigest()
+
+
+def _write_cache(path: Path, key: str, matrix: ClassMatrix, log) -> None:
+    """Atomic write, with the key and a hash of the tensors in the header so that a damaged or swapped
+    file is detected on read. A cache that cannot be written costs speed, never the run."""
+    from safetensors.numpy import save_file
+
+    metadata = {"key": key, "sha256": _content_sha256(matrix.embeddings, matrix.counts)}
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        save_file({CLASS_EMBEDDINGS: np.ascontiguousarray(matrix.embeddings, dtype=np.float32),
+                   CLASS_COUNTS: np.ascontiguousarray(matrix.counts, dtype=np.int32)}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        log(f"warning: could not write the label cache {path} ({exc}); new labels will be encoded again next run")
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _read_cache(path: Path, key: str, labels: Sequence[str], prompt_counts: Sequence[int], log) -> ClassMatrix | None:
+    """The cached matrix, or None (and the file removed) when it is missing or not exactly what was written."""
     if not path.is_file():
         return None
     try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
         matrix = load_class_matrix(path, labels)
-        # A truncated or hand-edited file can still parse; rows must be unit vectors or zero padding.
-        norms = np.linalg.norm(matrix.embeddings, axis=-1)
-        real = np.arange(matrix.max_prompts)[None] < matrix.counts[:, None]
-        if (np.abs(norms[real] - 1) > 1e-3).any() or (norms[~real] != 0).any() or (matrix.counts < 1).any():
-            raise ValueError("rows are not normalised")
+        if metadata.get("key") != key:
+            raise ValueError("written for other labels or another text encoder")
+        if metadata.get("sha256") != _content_sha256(matrix.embeddings, matrix.counts):
+            raise ValueError("tensors do not match their hash")
+        if matrix.counts.tolist() != list(prompt_counts):
+            raise ValueError("prompt counts differ")
         return matrix
-    except Exception:  # any defect means: rebuild
+    except Exception as exc:  # any defect means: rebuild
+        log(f"label cache {path} is damaged ({exc}); rebuilding it")
         path.unlink(missing_ok=True)
         return None
 
