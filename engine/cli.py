@@ -165,7 +165,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def format_prediction(pred: Prediction, explain: bool = False) -> str:
-    approx = " (approximate sampling: frame count unknown)" if pred.approximate else ""
+    approx = " (approximate sampling: frame count unknown or wrong)" if pred.approximate else ""
     timings = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in pred.timings.items())
     lines = [f"{pred.source}: {pred.frames} frames, {pred.backend} + {pred.scorer}{approx} [{timings}]",
              f"  {'rank':>4s}  {'score':>8s}  label"]
