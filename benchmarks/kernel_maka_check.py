@@ -8,15 +8,23 @@ which compiles the kernel for real and runs the whole shape grid plus the servin
 
 A case passes when every output is written (the output is NaN-poisoned before the launch) and the
 relative L2 error against float64 MAKA on the same (already rounded) inputs is <= 1e-3.
+
+Without a GPU, --ahead-of-time compiles the launches the block table picks for the serving sizes to
+sm_80 / sm_89 / sm_90 machine code with the ptxas bundled in the triton wheel and reports registers,
+spills, shared memory and whether tl.dot became tensor-core instructions (TRITON_INTERPRET must be unset).
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import json
+import os
 import platform
 import random
+import re
+import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -26,6 +34,9 @@ import torch
 GRID = {"b": (1, 3), "v": (1, 2, 4), "t": (3, 8), "k": (1, 5, 37), "p": (1, 12, 36), "e": (16, 64, 512),
         "views": ("pool", "mean")}
 SERVING_CASES = [(b, 4, 8, k, 36, 512) for k in (400, 600) for b in (1, 64, 256)]  # (B, V, T, K, P, E)
+AOT_SHAPES = [(b, 4, 8, k, 36, 512) for k in (400, 600) for b in (1, 8, 64, 256)] + [(3, 3, 8, 37, 12, 64),
+                                                                                    (3, 1, 3, 37, 1, 16)]
+AOT_CAPABILITIES = [(9, 0), (8, 0), (8, 9)]
 MAX_REL_L2 = 1e-3  # DESIGN.md: kernel vs float64 reference on fp16 inputs
 
 
@@ -113,12 +124,79 @@ def run_case(case: Case, seed: int, device: str) -> CaseResult:
                       float(diff.max()) if written else float("inf"))
 
 
+def compile_ahead_of_time(capability: tuple[int, int], shape: tuple[int, ...], views: str,
+                          dtype: str = "float16") -> dict:
+    """Compile the launch the block table picks for (B, V, T, K, P, E) on a GPU of that capability, here,
+    without one; returns registers, spill bytes, shared memory and whether tensor cores are used."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from apclip.kernels import maka
+
+    if maka.is_interpreted():
+        raise RuntimeError("ahead-of-time compiles need TRITON_INTERPRET unset")
+    b, v, t, k, p, e = shape
+    video = torch.empty(b, v, t, e, dtype=getattr(torch, dtype), device="meta")  # shapes and strides only
+    classes = torch.empty(k, p, e, dtype=video.dtype, device="meta")
+    counts = torch.empty(k, dtype=torch.int32, device="meta")
+    out = torch.empty(b, k, dtype=torch.float32, device="meta")
+    blocks = maka.choose_blocks(capability, b, v, t, k, p, e, video.element_size())
+    args, constexprs = maka.kernel_arguments(video, classes, counts, out, views, blocks)
+    pointer_types = {torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32"}
+    names = maka._maka_kernel.arg_names
+    signature, attrs = {}, {}
+    for index, (name, value) in enumerate(zip(names, args)):  # as the JIT specializes: 16-aligned, % 16
+        tensor = isinstance(value, torch.Tensor)
+        signature[name] = pointer_types[value.dtype] if tensor else "i32"
+        if tensor or value % 16 == 0:
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    signature.update({name: "constexpr" for name in constexprs})
+    kernel = triton.compile(ASTSource(maka._maka_kernel, signature, constexprs=constexprs, attrs=attrs),
+                            target=GPUTarget("cuda", capability[0] * 10 + capability[1], 32),
+                            options={"num_warps": blocks.num_warps, "num_stages": blocks.num_stages})
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = os.path.join(tmp, "maka.cubin")
+        with open(cubin, "wb") as f:
+            f.write(kernel.asm["cubin"])
+        usage = subprocess.run([cuobjdump, "-res-usage", cubin], capture_output=True, text=True, check=True)
+    registers, spill = re.search(r"REG:(\d+) STACK:(\d+)", usage.stdout).groups()
+    ptx = kernel.asm["ptx"]
+    return {"capability": list(capability), "shape": list(shape), "views": views, "dtype": dtype,
+            "blocks": asdict(blocks), "registers": int(registers), "spill_bytes": int(spill),
+            "shared_bytes": kernel.metadata.shared, "tensor_cores": "mma.sync" in ptx or "wgmma" in ptx}
+
+
+def report_ahead_of_time(json_path: str) -> int:
+    rows = [compile_ahead_of_time(cap, shape, views) for cap in AOT_CAPABILITIES for shape in AOT_SHAPES
+            for views in ("pool", "mean")]
+    print(f"{'sm':>4} {'shape (B,V,T,K,P,E)':<26} {'views':<5} {'rows x N x E':>14} {'warps':>5} {'regs':>5} "
+          f"{'spill B':>7} {'smem KB':>7} {'tensor cores':>12}")
+    for r in rows:
+        bl = r["blocks"]
+        tile = f"{bl['block_b'] * bl['v_pad'] * bl['t_pad']}x{bl['block_n']}x{bl['block_e']}"
+        sm = f"{r['capability'][0]}{r['capability'][1]}"
+        print(f"{sm:>4} {str(tuple(r['shape'])):<26} {r['views']:<5} {tile:>14} "
+              f"{bl['num_warps']:>5} {r['registers']:>5} {r['spill_bytes']:>7} {r['shared_bytes'] / 1024:>7.0f} "
+              f"{str(r['tensor_cores']):>12}")
+    with open(json_path, "w") as f:
+        json.dump({"triton": _triton_version(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+    bad = [r for r in rows if r["spill_bytes"] or not r["tensor_cores"]]
+    print(f"{len(rows) - len(bad)}/{len(rows)} launches compile to tensor cores without spills")
+    return 1 if bad else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     parser.add_argument("--seed", type=int, default=random.SystemRandom().randrange(2**31))
     parser.add_argument("--json", default="kernel_maka_check.json", help="where to write the results")
+    parser.add_argument("--ahead-of-time", action="store_true",
+                        help="no GPU needed: compile the table's launches for sm_80/89/90 and report spills")
     args = parser.parse_args(argv)
+    if args.ahead_of_time:
+        return report_ahead_of_time(args.json)
     if not torch.cuda.is_available():
         print("kernel_maka_check: no CUDA GPU here; the CPU tests (pytest tests/kernels) cover the "
               "interpreter. Run this on a CUDA machine.", file=sys.stderr)
@@ -132,13 +210,17 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{'pass' if r.passed else 'FAIL'}")
     failed = sum(not r.passed for r in results)
     print(f"{len(results) - failed}/{len(results)} passed (seed {args.seed}, rel L2 limit {MAX_REL_L2})")
-    import triton
-
     with open(args.json, "w") as f:
         json.dump({"device": torch.cuda.get_device_name(), "capability": torch.cuda.get_device_capability(),
-                   "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
+                   "torch": torch.__version__, "triton": _triton_version(), "python": platform.python_version(),
                    "seed": args.seed, "results": [asdict(r) | {"passed": r.passed} for r in results]}, f, indent=1)
     return 1 if failed else 0
+
+
+def _triton_version() -> str:
+    import triton
+
+    return triton.__version__
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ frames, views and videos likewise; means divide by the real counts.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -48,11 +48,13 @@ def _maka_kernel(
     GROUPS_PER_VIDEO: tl.constexpr,  # column-max groups per video: 1 (pool) or V_PAD (mean)
     CLASSES_PER_TILE: tl.constexpr, BLOCK_N: tl.constexpr,  # whole classes per tile; prompt rows per tile
     BLOCK_E: tl.constexpr,  # embedding chunk of the dot loop
+    E_RAGGED: tl.constexpr,  # E % BLOCK_E != 0: the last chunk needs a column mask
     DOT_PRECISION: tl.constexpr,  # "ieee" keeps fp32 inputs out of tf32
 ):
     FRAMES: tl.constexpr = V_PAD * T_PAD  # padded frame rows per video
     ROWS: tl.constexpr = BLOCK_B * FRAMES
     GROUP: tl.constexpr = FRAMES // GROUPS_PER_VIDEO  # frames sharing one column maximum
+    CLASS_SLOTS: tl.constexpr = triton.next_power_of_2(CLASSES_PER_TILE)
     tile = tl.program_id(0)
     video_block = tl.program_id(1)
 
@@ -77,12 +79,25 @@ def _maka_kernel(
     e = tl.arange(0, BLOCK_E)
     acc = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
     for e0 in range(0, E, BLOCK_E):
-        e_ok = e0 + e < E
-        frames = tl.load(frame_ptrs[:, None] + (e0 + e)[None, :],
-                         mask=frame_ok[:, None] & e_ok[None, :], other=0.0)  # [ROWS, BLOCK_E]
-        prompts = tl.load(prompt_ptrs[:, None] + (e0 + e)[None, :],
-                          mask=prompt_ok[:, None] & e_ok[None, :], other=0.0)  # [BLOCK_N, BLOCK_E]
+        frame_mask = frame_ok[:, None]
+        prompt_mask = prompt_ok[:, None]
+        if E_RAGGED:
+            frame_mask = frame_mask & (e0 + e < E)[None, :]
+            prompt_mask = prompt_mask & (e0 + e < E)[None, :]
+        frames = tl.load(frame_ptrs[:, None] + (e0 + e)[None, :], mask=frame_mask, other=0.0)  # [ROWS, BLOCK_E]
+        prompts = tl.load(prompt_ptrs[:, None] + (e0 + e)[None, :], mask=prompt_mask, other=0.0)  # [N, BLOCK_E]
         acc = tl.dot(frames, tl.trans(prompts), acc, input_precision=DOT_PRECISION)
+
+    # --- row maxima first (best prompt per frame, per class), while acc is the only large live value;
+    # the per-video means go to slot c of a [BLOCK_B, CLASS_SLOTS] tile. This order spills less.
+    slots = tl.arange(0, CLASS_SLOTS)
+    mean_best_prompt = tl.zeros([BLOCK_B, CLASS_SLOTS], dtype=tl.float32)
+    for c in tl.static_range(CLASSES_PER_TILE):
+        in_class = prompt_ok & (class_in_tile == c)  # [BLOCK_N]
+        best_prompt = tl.max(tl.where(in_class[None, :], acc, float("-inf")), axis=1)  # [ROWS]
+        best_prompt = tl.where(frame_ok, best_prompt, 0.0)
+        per_video = tl.sum(tl.reshape(best_prompt, [BLOCK_B, FRAMES]), axis=1) / (V * T)  # [BLOCK_B]
+        mean_best_prompt = tl.where(slots[None, :] == c, per_video[:, None], mean_best_prompt)
 
     # --- column maxima: best frame of each group per prompt, 0 where the prompt or group is not real
     groups = tl.arange(0, BLOCK_B * GROUPS_PER_VIDEO)
@@ -95,17 +110,15 @@ def _maka_kernel(
                                    [BLOCK_B * GROUPS_PER_VIDEO, GROUP, BLOCK_N]), axis=1)  # [groups, N]
     best_frame = tl.where(group_ok[:, None] & prompt_ok[None, :], best_frame, 0.0)
 
-    # --- per class: row maxima over its prompts, both means, the score
+    # --- per class: mean over prompts of the best frame (per group, then over groups), the score
     out_b = video_block * BLOCK_B + tl.arange(0, BLOCK_B)
     for c in tl.static_range(CLASSES_PER_TILE):
-        in_class = prompt_ok & (class_in_tile == c)  # [BLOCK_N]
-        real_prompts = tl.maximum(tl.sum(in_class.to(tl.float32), axis=0), 1.0)  # 1: classes past K
-        best_prompt = tl.max(tl.where(in_class[None, :], acc, float("-inf")), axis=1)  # [ROWS]
-        best_prompt = tl.where(frame_ok, best_prompt, 0.0)
-        mean_best_prompt = tl.sum(tl.reshape(best_prompt, [BLOCK_B, FRAMES]), axis=1) / (V * T)  # [BLOCK_B]
-        group_means = tl.sum(tl.where(in_class[None, :], best_frame, 0.0), axis=1) / real_prompts
+        in_class = prompt_ok & (class_in_tile == c)
+        real_prompts = tl.maximum(tl.sum(in_class.to(tl.float32), axis=0), 1.0)  # max: classes past K
+        group_means = tl.sum(tl.where(in_class[None, :], best_frame, 0.0), axis=1) / real_prompts  # [groups]
         mean_best_frame = tl.sum(tl.reshape(group_means, [BLOCK_B, GROUPS_PER_VIDEO]), axis=1) / real_groups
-        tl.store(out_ptr + out_b * stride_out_b + k0 + c, 0.5 * (mean_best_prompt + mean_best_frame),
+        best_prompt_term = tl.sum(tl.where(slots[None, :] == c, mean_best_prompt, 0.0), axis=1)  # [BLOCK_B]
+        tl.store(out_ptr + out_b * stride_out_b + k0 + c, 0.5 * (best_prompt_term + mean_best_frame),
                  mask=(out_b < B) & (k0 + c < K))
 
 
@@ -125,20 +138,25 @@ class MakaBlocks:
 
 @dataclass(frozen=True)
 class _ArchTuning:
-    rows: int  # frame rows a program aims for (block_b * frames): taller tiles reuse prompts across videos
-    prompt_rows: int  # prompt rows a tile aims for
+    rows: int  # frame rows a program aims for (block_b * frames) at large batches
+    prompt_rows: int  # prompt rows a tile aims for at large batches: 256 holds 7 classes of 36 (98% used)
     e_bytes: int  # bytes of E per chunk and row (64 fp16 elements at 128)
-    num_warps: int
-    num_stages: int  # smem per stage is (rows + prompt_rows) * e_bytes: 32 KB at 128/128/128
+    num_warps: int  # for tiles above 64 x 128
+    num_stages: int  # smem per stage is (rows + prompt_rows) * e_bytes: 40 KB at 64/256/128
+    min_programs: int  # tiles shrink until the grid has this many programs (~2 per SM) for small batches
 
 
-# Compute capability -> tuning. Untuned starting points (no GPU was available when they were written):
-# the benchmark in benchmarks/kernel_maka.py is where they get checked.
+# Compute capability -> tuning. Chosen from register and spill counts of ahead-of-time compiles (no GPU
+# was available when they were written); benchmarks/kernel_maka.py is where they get checked.
 _ARCH_TUNING = {
-    (9, 0): _ArchTuning(rows=128, prompt_rows=128, e_bytes=128, num_warps=8, num_stages=3),  # H100/H200, 228 KB smem
-    (8, 0): _ArchTuning(rows=128, prompt_rows=128, e_bytes=128, num_warps=8, num_stages=3),  # A100, 164 KB smem
+    (9, 0): _ArchTuning(rows=64, prompt_rows=256, e_bytes=128, num_warps=8, num_stages=3, min_programs=264),
+    (8, 0): _ArchTuning(rows=64, prompt_rows=256, e_bytes=128, num_warps=8, num_stages=3, min_programs=216),
 }
-_SMALL_SMEM = _ArchTuning(rows=64, prompt_rows=128, e_bytes=128, num_warps=4, num_stages=2)  # 8.6/8.9/12.x: ~100 KB
+# Other GPUs (8.6, 8.9, 12.x: ~100 KB of shared memory per SM).
+_SMALL_SMEM = _ArchTuning(rows=64, prompt_rows=128, e_bytes=128, num_warps=4, num_stages=2, min_programs=160)
+# The CPU interpreter runs programs one after another: fewer, larger ones are faster.
+_INTERPRETER = (0, 0)
+_ARCH_TUNING[_INTERPRETER] = replace(_SMALL_SMEM, min_programs=1)
 
 
 def choose_blocks(capability: tuple[int, int], b: int, v: int, t: int, k: int, p: int, e: int,
@@ -151,20 +169,33 @@ def choose_blocks(capability: tuple[int, int], b: int, v: int, t: int, k: int, p
             f"the MAKA kernel takes at most {MAX_ROWS} padded frames per video and {MAX_ROWS} prompts per "
             f"class, got V={v}, T={t}, P={p}: use backend='reference'")
     block_b = min(triton.next_power_of_2(b), max(1, arch.rows // (v_pad * t_pad)))
+    prompt_rows = max(arch.prompt_rows, triton.next_power_of_2(p))
+
+    def classes_per_tile(rows: int) -> int:
+        return max(1, min(rows // p, MAX_CLASSES_PER_TILE, k))
+
+    def programs() -> int:
+        return triton.cdiv(k, classes_per_tile(prompt_rows)) * triton.cdiv(b, block_b)
+
+    # Small batches are bound by reading the class matrix: spread it over enough programs to fill the GPU.
+    while programs() < arch.min_programs and classes_per_tile(prompt_rows) > 1:
+        prompt_rows //= 2
+    while programs() < arch.min_programs and block_b > 1:
+        block_b //= 2
     while block_b * v_pad * t_pad < 16:  # tl.dot tiles are >= 16 in every dimension on a GPU
         t_pad *= 2
-    classes_per_tile = max(1, min(arch.prompt_rows // p, MAX_CLASSES_PER_TILE, k))
-    block_n = max(16, triton.next_power_of_2(classes_per_tile * p))
+    per_tile = classes_per_tile(prompt_rows)
+    block_n = max(16, triton.next_power_of_2(per_tile * p))
     block_e = min(max(16, arch.e_bytes // element_bytes), max(16, triton.next_power_of_2(e)))
     small = block_b * v_pad * t_pad * block_n <= 64 * 128
-    return MakaBlocks(block_b, v_pad, t_pad, classes_per_tile, block_n, block_e,
+    return MakaBlocks(block_b, v_pad, t_pad, per_tile, block_n, block_e,
                       num_warps=4 if small else arch.num_warps, num_stages=arch.num_stages)
 
 
 @functools.lru_cache(maxsize=None)
 def _capability(device: torch.device) -> tuple[int, int]:
     if device.type != "cuda":
-        return (0, 0)  # the interpreter: any table row works, the small one keeps tests quick
+        return _INTERPRETER
     return torch.cuda.get_device_capability(device)
 
 
@@ -197,17 +228,26 @@ def maka_score_triton(video: torch.Tensor, classes: torch.Tensor, counts: Any = 
     if grid[1] > 65535:  # CUDA's limit on the second grid dimension
         raise KernelInputError(f"batch of {b} videos is too large for one launch: score it in chunks of "
                                f"{65535 * blocks.block_b}")
-    _maka_kernel[grid](
-        video, classes, counts, out,
-        b, v, t, k, p, e,
-        video.stride(0), video.stride(1), video.stride(2), classes.stride(1), out.stride(0),
+    args, constexprs = kernel_arguments(video, classes, counts, out, views, blocks)
+    _maka_kernel[grid](*args, **constexprs, num_warps=blocks.num_warps, num_stages=blocks.num_stages)
+    return out
+
+
+def kernel_arguments(video: torch.Tensor, classes: torch.Tensor, counts: torch.Tensor, out: torch.Tensor,
+                     views: str, blocks: MakaBlocks) -> tuple[tuple, dict[str, Any]]:
+    """The kernel's runtime arguments, in order, and its constexprs (shared with ahead-of-time compiles)."""
+    b, v, t, e = video.shape
+    k, p, _ = classes.shape
+    args = (video, classes, counts, out,
+            b, v, t, k, p, e,
+            video.stride(0), video.stride(1), video.stride(2), classes.stride(1), out.stride(0))
+    constexprs = dict(
         BLOCK_B=blocks.block_b, V_PAD=blocks.v_pad, T_PAD=blocks.t_pad,
         GROUPS_PER_VIDEO=1 if views == "pool" else blocks.v_pad,
         CLASSES_PER_TILE=blocks.classes_per_tile, BLOCK_N=blocks.block_n, BLOCK_E=blocks.block_e,
-        DOT_PRECISION="ieee",
-        num_warps=blocks.num_warps, num_stages=blocks.num_stages,
+        E_RAGGED=e % blocks.block_e != 0, DOT_PRECISION="ieee",
     )
-    return out
+    return args, constexprs
 
 
 def _check_inputs(video: Any, classes: Any) -> None:
