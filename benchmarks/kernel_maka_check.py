@@ -70,7 +70,8 @@ def make_inputs(case: Case, seed: int, device: str, padding: str = "zeros"
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normalised random video [B, V, T, E] and classes [K, P, E] in case.dtype, uneven counts [K] int32.
 
-    padding: what the rows past counts[k] hold: "zeros" (the bundle format) or "noise" (must not matter).
+    padding: what the rows past counts[k] hold: "zeros" (the bundle format); "noise" or "nan" (must not
+    matter: large values would win every maximum, NaN would poison any sum, if a mask leaked).
     """
     gen = torch.Generator().manual_seed(seed)
     dtype = getattr(torch, case.dtype)
@@ -83,8 +84,10 @@ def make_inputs(case: Case, seed: int, device: str, padding: str = "zeros"
     padded = torch.arange(case.p)[None, :] >= counts[:, None]  # [K, P]
     if padding == "zeros":
         classes[padded] = 0.0
-    else:  # large values that would win every maximum if a padded row leaked in
+    elif padding == "noise":
         classes[padded] = 3.0 + torch.rand(int(padded.sum()), case.e, generator=gen)
+    else:
+        classes[padded] = float("nan")
     return video.to(dtype).to(device), classes.to(dtype).to(device), counts.to(device)
 
 
