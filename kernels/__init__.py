@@ -55,6 +55,7 @@ def maka_score(video: Any, classes: Any, counts: Any = None, *, views: str = "po
         return maka_score_views(video, classes, counts, views)
     from apclip.extras import require
 
+    require("torch", "triton", "the fused MAKA kernel")
     require("triton", "triton", "the fused MAKA kernel")
     from .maka import maka_score_triton
 
