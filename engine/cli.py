@@ -95,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
                             json_file.write(pred.to_dict())
             except KeyboardInterrupt:
                 interrupted = True
-            if json_file:
+            if json_file and count:
                 json_file.commit()
+            elif json_file:  # interrupted before the first prediction: no file rather than an empty one
+                json_file.discard()
             if args.out_video and predictions:
                 from .overlay import write_overlay
 

@@ -85,6 +85,13 @@ class Recognizer:
                     prompts: str | os.PathLike | None = None, scorer: str = "auto", threads: int | None = None,
                     batch_size: int = 32, ckpt: str | os.PathLike | None = None, base: str | None = None,
                     topk: int = 5, use_cache: bool = True, log: Log = _quiet) -> "Recognizer":
+        """Load a bundle (every file checked against its sha256) and pick the runners and the scorer.
+
+        backend: auto | ort | ort-cuda | trt | torch (torch needs `ckpt`, the exported checkpoint).
+        labels: the classes to rank (default: the bundle's); labels not in the bundle are encoded with
+        text.onnx from `prompts` (a prompt bank) or the template, and cached on disk unless use_cache
+        is False. scorer: auto | numpy | onnx | triton. log: receives one-line progress messages.
+        """
         manifest = read_manifest(path)
         chosen = select_backend(backend, manifest)
         if chosen == "trt":
