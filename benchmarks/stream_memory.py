@@ -65,13 +65,14 @@ def ensure_inputs(workdir: Path, minutes: float, fps: float, bundle: str | None)
         return video, Path(bundle)
     out = workdir / "bundle-tiny"
     if not (out / "manifest.json").is_file():
-        from apclip.export.api import export_bundle
-        from apclip.export.demo_assets import write_demo_assets
-
+        # In a child process: export imports torch, which would sit in this process's RSS otherwise.
         print(f"exporting the tiny demo bundle to {out}")
-        assets = write_demo_assets(workdir / "assets", frames=8)
-        export_bundle(assets["checkpoint"], out=out, labels=assets["labels"], prompts=assets["bank"], verify=False,
-                      progress=False, log=lambda message: None)
+        code = (f"from pathlib import Path; from apclip.export.api import export_bundle; "
+                f"from apclip.export.demo_assets import write_demo_assets; "
+                f"a = write_demo_assets(Path({str(workdir / 'assets')!r}), frames=8); "
+                f"export_bundle(a['checkpoint'], out={str(out)!r}, labels=a['labels'], prompts=a['bank'], "
+                f"verify=False, progress=False, log=lambda m: None)")
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     return video, out
 
 
