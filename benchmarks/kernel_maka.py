@@ -1,5 +1,4 @@
-"""GPU benchmark of the fused Triton MAKA kernel against PyTorch, torch.compile, the bare matmul and
-the memory floor.
+"""GPU benchmark of the fused Triton MAKA kernel vs eager PyTorch, torch.compile, matmul, memory floor.
 
     python -m apclip.benchmarks.kernel_maka [--k 400 600] [--b 1 8 64 256] [--views pool]
                                             [--no-compile] [--json kernel_maka.json]
