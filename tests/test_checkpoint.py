@@ -19,6 +19,7 @@ from apclip.checkpoint import load_checkpoint, load_model, read_checkpoint_objec
 from apclip.config import ModelConfig
 from apclip.errors import CheckpointError
 from apclip.model import CLIP, build_model
+from checkpoint_layouts import vificlip_keys
 
 TINY = ModelConfig.from_name("tiny")
 
@@ -63,24 +64,6 @@ def assert_identical(loaded: CLIP, reference: CLIP, inputs) -> None:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("checkpoints")
-
-
-def vificlip_keys(state_dict: dict) -> dict:
-    """A ViFi-CLIP `model` state_dict: DataParallel prefix, renamed encoders, prompt learner, no token embedding."""
-    out = {}
-    for key, value in state_dict.items():
-        if key == "token_embedding.weight":
-            continue
-        if key.startswith("visual."):
-            out["module.image_encoder." + key[len("visual."):]] = value
-        elif key == "logit_scale":
-            out["module.logit_scale"] = value
-        else:
-            out["module.text_encoder." + key] = value
-    gen = torch.Generator().manual_seed(2)
-    out["module.prompt_learner.token_prefix"] = torch.randn(4, 1, TINY.transformer_width, generator=gen)
-    out["module.prompt_learner.token_suffix"] = torch.randn(4, 70, TINY.transformer_width, generator=gen)
-    return out
 
 
 def trace(clip: torch.nn.Module, inputs) -> torch.jit.ScriptModule:

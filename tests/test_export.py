@@ -24,6 +24,7 @@ from apclip.labels import labels_sha256
 from apclip.model import ImageEmbedder, TextEmbedder, build_preset
 from apclip.prompt_bank import load_prompt_bank
 from apclip.tokenizer import tokenize
+from checkpoint_layouts import vificlip_keys
 
 QUIET = dict(progress=False, log=lambda message: None)
 
@@ -135,17 +136,7 @@ def test_openai_state_dict_round_trip(tmp_path, demo_assets):
 
 def test_vificlip_with_base_round_trip_and_missing_base(tmp_path, demo_assets):
     model = build_preset("tiny", seed=5)
-    sd = {}
-    for key, value in model.state_dict().items():
-        if key == "token_embedding.weight":
-            continue
-        if key.startswith("visual."):
-            sd["module.image_encoder." + key[len("visual."):]] = value
-        elif key == "logit_scale":
-            sd["module.logit_scale"] = value
-        else:
-            sd["module.text_encoder." + key] = value
-    sd["module.prompt_learner.token_prefix"] = torch.randn(5, 1, 128)
+    sd = vificlip_keys(model.state_dict())
     torch.save({"model": sd, "epoch": 10, "max_accuracy": 0.5}, tmp_path / "vifi.pth")
     torch.save(model.state_dict(), tmp_path / "base.pt")
     with pytest.raises(Exception, match="--base"):
