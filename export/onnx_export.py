@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from pathlib import Path
 
@@ -37,12 +38,26 @@ class MakaScorer(nn.Module):
         return 0.5 * (best_prompt + mean_best_frame)
 
 
+@contextlib.contextmanager
+def _quiet_loggers(names: tuple[str, ...] = ("torch.onnx", "onnxscript")):
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
             dynamic_shapes: dict | tuple, opset: int) -> None:
     if opset < MIN_OPSET:
         raise ExportError(f"--opset {opset} is too old: use >= {MIN_OPSET} so LayerNorm stays one node")
-    # The exporter prints progress lines and deprecation chatter; our own progress says what matters.
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    # The exporter prints progress lines, deprecation chatter and log warnings about optional ops
+    # (torchvision) and its version-converter fallback; our own progress says what matters.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_loggers():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             module, args, dynamo=True, opset_version=opset, input_names=input_names,
