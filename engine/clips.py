@@ -316,7 +316,7 @@ class WindowClips:
         if emitted == 0:
             raise NoFramesError(
                 f"{info.name} ended after {src.decoded_frames} frames, before its first window of "
-                f"{self.plan.span:g} {self.plan.unit} was complete: use load_clip for the whole video or a shorter span"
+                f"{self.plan.span:g} {self.plan.unit} was complete: score the whole video (apclip-infer --mode clip, or load_clip) or use a shorter window"
             )
 
     def _clip(self, window: _OpenWindow, held: dict[int, tuple[Any, float]], src: VideoSource, now: float) -> Clip:

@@ -31,7 +31,9 @@ def cache_dir() -> Path:
 
 
 def bundle_class_matrix(manifest: Manifest) -> ClassMatrix:
-    return load_class_matrix(manifest.file(CLASSES_FILE), manifest.labels)
+    matrix = load_class_matrix(manifest.file(CLASSES_FILE), manifest.labels)
+    matrix.fallback_labels = list((manifest.raw.get("class_matrix") or {}).get("fallback_labels") or [])
+    return matrix
 
 
 def resolve_classes(manifest: Manifest, labels: Sequence[str] | None, bank: PromptSource | None,
