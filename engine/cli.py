@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             json_file = _AtomicLines(args.json_out) if args.json_out else None
             try:
                 if mode == "clip":
-                    pred = rec.predict(args.source, explain=args.explain)
+                    with _stage_bar(args) as on_stage:
+                        pred = rec.predict(args.source, explain=args.explain, on_stage=on_stage)
                     predictions, count = [pred], 1
                     print(format_prediction(pred, explain=args.explain))
                     if json_file:
@@ -183,6 +184,24 @@ def format_prediction(pred: Prediction, explain: bool = False) -> str:
 def format_window(pred: WindowPrediction) -> str:
     top = " | ".join(f"{t.label} {t.score:.3f}" for t in pred.top)
     return f"[{pred.start:8.2f}s - {pred.end:8.2f}s]  {top}"
+
+
+@contextlib.contextmanager
+def _stage_bar(args):
+    """Clip mode's progress (decode, encode, score) on stderr, for files when stdout is a terminal."""
+    if args.quiet or is_live(args.source) or not sys.stdout.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=3, desc="decode", bar_format="{desc:8s} {bar} {n_fmt}/{total_fmt} [{elapsed}]",
+              file=sys.stderr, leave=False) as bar:
+        def on_stage(stage: str) -> None:
+            if stage != "decode":
+                bar.update(1)
+            bar.set_description_str(stage)
+
+        yield on_stage
 
 
 def _with_progress(preds: Iterable[WindowPrediction], args, mode: str) -> Iterable[WindowPrediction]:

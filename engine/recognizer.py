@@ -141,10 +141,15 @@ class Recognizer:
         """[Nv, E] -> [K] MAKA scores of all classes (all frames pooled into one set)."""
         return self.scorer(embeddings[None], self.classes)[0]
 
-    def _fill(self, pred: Prediction, clip: Clip, timings: dict[str, float], topk: int, explain: bool) -> None:
+    def _fill(self, pred: Prediction, clip: Clip, timings: dict[str, float], topk: int, explain: bool,
+              on_stage: Callable[[str], None] | None = None) -> None:
+        if on_stage:
+            on_stage("encode")
         t = time.perf_counter()
         emb = self.encode_clip(clip)
         timings["encode"] = time.perf_counter() - t
+        if on_stage:
+            on_stage("score")
         t = time.perf_counter()
         scores = self.score(emb)
         timings["score"] = time.perf_counter() - t
@@ -174,13 +179,17 @@ class Recognizer:
 
     # -- whole video ----------------------------------------------------------------------------
     def predict(self, source, *, topk: int | None = None, explain: bool = False,
-                max_frames: int | None = None) -> Prediction:
-        """Clip mode: one multi-view prediction for the whole video."""
+                max_frames: int | None = None, on_stage: Callable[[str], None] | None = None) -> Prediction:
+        """Clip mode: one multi-view prediction for the whole video.
+
+        on_stage: called with "decode", "encode" and "score" as each stage starts (progress display)."""
+        if on_stage:
+            on_stage("decode")
         t = time.perf_counter()
         clip = load_clip(source, self.spec, max_frames=max_frames, workers=self.workers)
         timings = {"decode+preprocess": time.perf_counter() - t}
         pred = Prediction(source=clip.source.name, top=[], scores=np.zeros(0))
-        self._fill(pred, clip, timings, topk or self.topk, explain)
+        self._fill(pred, clip, timings, topk or self.topk, explain, on_stage)
         return pred
 
     def predict_many(self, sources: Iterable, *, topk: int | None = None, explain: bool = False) -> Iterator[Prediction]:
