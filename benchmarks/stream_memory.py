@@ -39,28 +39,13 @@ def status_kib(pid: str | int = "self") -> dict[str, int]:
     return out
 
 
-def write_long_video(path: Path, seconds: float, fps: float, size=(320, 240)) -> Path:
-    """Like synthetic.write_test_video, whose frame-number band stops at 4096 frames: indices wrap here."""
-    import cv2
-
-    from apclip.engine.synthetic import MAX_FRAMES, frame_pattern
-
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), float(fps), size)
-    if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot write MJPG into {path}")
-    try:
-        for index in range(int(round(seconds * fps))):
-            writer.write(frame_pattern(index % MAX_FRAMES, *size))
-    finally:
-        writer.release()
-    return path
-
-
 def ensure_inputs(workdir: Path, minutes: float, fps: float, bundle: str | None) -> tuple[Path, Path]:
     video = workdir / f"stream-{minutes:g}min-{fps:g}fps.avi"
     if not video.is_file():
         print(f"writing {video}")
-        write_long_video(video, minutes * 60, fps)
+        from apclip.engine.synthetic import write_test_video
+
+        write_test_video(video, frames=int(round(minutes * 60 * fps)), size=(320, 240), fps=fps, codec="MJPG")
     if bundle:
         return video, Path(bundle)
     out = workdir / "bundle-tiny"

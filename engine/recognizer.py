@@ -16,14 +16,12 @@ import os
 import queue
 import threading
 import time
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from apclip.bundle import Manifest, PROMPTS_FILE, read_manifest
 from apclip.class_matrix import ClassMatrix, load_prompt_texts
-from apclip.errors import ApclipError
 
 from .clips import Clip, iter_window_clips, load_clip
 from .parity_video import clip_spec

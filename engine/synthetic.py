@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 _LEVEL = 16  # intensity step between the 16 levels of one index digit
-MAX_FRAMES = _LEVEL ** 3  # indices the band can encode
+MAX_FRAMES = _LEVEL ** 3  # indices the band can encode; longer videos repeat the band every MAX_FRAMES
 
 
 def band_color(index: int) -> tuple[int, int, int]:
@@ -28,8 +28,8 @@ def band_height(height: int) -> int:
 
 def frame_pattern(index: int, width: int, height: int) -> np.ndarray:
     """Frame `index` of the generated video: [height, width, 3] uint8 BGR."""
-    if not 0 <= index < MAX_FRAMES:
-        raise ValueError(f"frame index must lie in [0, {MAX_FRAMES}), got {index}")
+    if index < 0:
+        raise ValueError(f"frame index must be >= 0, got {index}")
     # Built from 1-D ramps so that 8K frames take milliseconds, not seconds.
     x = np.arange(width, dtype=np.int64)
     y = np.arange(height, dtype=np.int64)
@@ -43,12 +43,12 @@ def frame_pattern(index: int, width: int, height: int) -> np.ndarray:
     left = (index * max(1, width // 40)) % max(1, width - side)
     top = band_height(height) + (index * 3) % max(1, height - band_height(height) - side)
     image[top:top + side, left:left + side] = (255, 255, 255)
-    image[:band_height(height)] = band_color(index)
+    image[:band_height(height)] = band_color(index % MAX_FRAMES)
     return image
 
 
 def read_frame_index(image_bgr: np.ndarray) -> int:
-    """The frame number encoded in the band of a decoded (possibly resized or cropped) BGR frame."""
+    """The frame number (modulo MAX_FRAMES) encoded in the band of a decoded, possibly resized or cropped, BGR frame."""
     band = image_bgr[: band_height(image_bgr.shape[0])]
     margin = band.shape[0] // 4  # skip the rows where compression blurs the band into the pattern
     core = band[margin: band.shape[0] - margin] if band.shape[0] > 2 * margin + 1 else band

@@ -51,7 +51,6 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
                   _before_rename: Callable[[Path], None] | None = None) -> ExportResult:
     """Export `ckpt` to a bundle at `out`. Defaults come from the checkpoint, else the paper's."""
     from apclip.checkpoint import load_checkpoint
-    from apclip.class_matrix import class_prompts, encode_class_matrix, save_class_matrix
     from apclip.labels import labels_sha256, read_labels
 
     out = Path(out)
@@ -104,8 +103,6 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
 def _build(model, checkpoint, work: Path, labels: list[str], bank, preprocessing: Preprocessing, opset: int,
            batch_max: int, verify: bool, scorer: bool, progress: bool, log: Log, seconds: dict[str, float],
            labels_hash: str) -> ExportResult:
-    import torch
-
     from apclip.class_matrix import class_prompts, encode_class_matrix, save_class_matrix, save_prompt_texts
 
     from .onnx_export import export_scorer, export_text, export_vision, scorer_opset
