@@ -1,16 +1,33 @@
-"""apclip.engine: the runtime (no torch). Sources, sampling, preprocessing, runners, scorers, Recognizer."""
+"""apclip.engine: the runtime (no torch). Sources, sampling, preprocessing, runners, scorers, Recognizer.
+
+Names are imported on first use, so `apclip-infer` starts (and answers Ctrl-C) before OpenCV and
+ONNX Runtime load, and importing one submodule does not pull in the others.
+"""
 from __future__ import annotations
 
-from .clips import Clip, ClipSpec, iter_window_clips, load_clip
-from .errors import NoFramesError, SourceError
-from .predictions import Explanation, FrameMatch, LabelScore, Prediction, WindowPrediction
-from .preprocess import flatten_views, unflatten_views
-from .recognizer import BACKENDS, Recognizer
-from .runners import BackendUnavailable
-from .sources import Frame, SourceInfo, VideoSource, open_source
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "BACKENDS", "BackendUnavailable", "Clip", "ClipSpec", "Explanation", "Frame", "FrameMatch", "LabelScore",
-    "NoFramesError", "Prediction", "Recognizer", "SourceError", "SourceInfo", "VideoSource", "WindowPrediction",
-    "flatten_views", "iter_window_clips", "load_clip", "open_source", "unflatten_views",
-]
+_EXPORTS = {
+    "Clip": "clips", "ClipSpec": "clips", "iter_window_clips": "clips", "load_clip": "clips",
+    "NoFramesError": "errors", "SourceError": "errors",
+    "Explanation": "predictions", "FrameMatch": "predictions", "LabelScore": "predictions",
+    "Prediction": "predictions", "WindowPrediction": "predictions",
+    "flatten_views": "preprocess", "unflatten_views": "preprocess",
+    "BACKENDS": "recognizer", "Recognizer": "recognizer",
+    "BackendUnavailable": "runners",
+    "Frame": "sources", "SourceInfo": "sources", "VideoSource": "sources", "open_source": "sources",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'apclip.engine' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
