@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ModelConfig, Normalization
+from .config import CROP_COUNTS, ModelConfig, Normalization
 from .errors import ApclipError
 
 FORMAT = "apclip-bundle"
@@ -123,9 +123,28 @@ def read_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"bundle manifest {path} is missing or has a bad field ({exc}); re-run apclip-export") from None
+    _check_consistency(manifest, path)
     if verify:
         verify_files(manifest)
     return manifest
+
+
+def _check_consistency(manifest: Manifest, path: Path) -> None:
+    """The manifest is the one unhashed file: its labels carry their own hash, and its numbers must fit."""
+    from .labels import labels_sha256
+
+    pre = manifest.preprocessing
+    expected = manifest.raw.get("labels_sha256")
+    problem = None
+    if expected is None or labels_sha256(manifest.labels) != expected:
+        problem = "its labels do not match labels_sha256 (edited by hand?)"
+    elif min(pre.frames, pre.clips) < 1 or pre.crops not in CROP_COUNTS:
+        problem = f"preprocessing frames={pre.frames} clips={pre.clips} crops={pre.crops} is invalid"
+    elif pre.resolution != manifest.model.image_resolution:
+        problem = (f"preprocessing resolution {pre.resolution} differs from the model's "
+                   f"{manifest.model.image_resolution}")
+    if problem:
+        raise BundleError(f"bundle manifest {path}: {problem}; re-run apclip-export")
 
 
 def verify_files(manifest: Manifest) -> None:

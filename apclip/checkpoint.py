@@ -32,6 +32,7 @@ from .config import ModelConfig
 from .errors import CheckpointError
 from .model import CLIP, build_model, config_from_state_dict
 from .safe_pickle import is_torchscript_archive, load_torch_zip, read_torchscript_tensors
+from .fileio import publish
 
 OWN_FORMAT = "apclip-checkpoint"
 OWN_FORMAT_VERSION = 1
@@ -258,7 +259,7 @@ def save_checkpoint(path: str | os.PathLike, model: CLIP, *, labels: list[str] |
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -17,7 +17,8 @@ import numpy as np
 from .bundle import CLASS_COUNTS, CLASS_EMBEDDINGS
 from .errors import ApclipError
 from .prompt_bank import format_prompt
-from .tokenizer import get_tokenizer
+from .tokenizer import CONTEXT_LENGTH, get_tokenizer
+from .fileio import publish
 
 TextEncoder = Callable[[np.ndarray], np.ndarray]  # tokens [M, L] int64 -> [M, E] float32, normalised
 
@@ -72,8 +73,14 @@ def encode_class_matrix(labels: Sequence[str], prompts: Sequence[Sequence[str]],
     texts = [prompts[k][p] for k, p in flat]
     try:
         tokens = tokenizer.tokenize(texts)
-    except ValueError as exc:
-        raise ApclipError(f"a prompt does not fit in 77 CLIP tokens: {exc}") from None
+    except ValueError:
+        for (k, _), text in zip(flat, texts):
+            if (n := tokenizer.count_tokens(text)) > CONTEXT_LENGTH:
+                raise ApclipError(
+                    f"label {labels[k][:60]!r}: its prompt {text[:50]!r}... takes {n} CLIP tokens, more than "
+                    f"{CONTEXT_LENGTH}: shorten the label in the labels file, or its descriptions in the prompt "
+                    f"bank (apclip-prompts cuts descriptions to fit)") from None
+        raise
     bar = None
     if progress:
         from tqdm import tqdm
@@ -104,7 +111,7 @@ def save_class_matrix(path: str | os.PathLike, matrix: ClassMatrix) -> None:
     try:
         save_file({CLASS_EMBEDDINGS: np.ascontiguousarray(matrix.embeddings),
                    CLASS_COUNTS: np.ascontiguousarray(matrix.counts)}, tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

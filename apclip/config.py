@@ -103,4 +103,5 @@ def normalization(name: str) -> Normalization:
 DEFAULT_FRAMES = 8
 DEFAULT_CLIPS = 2
 DEFAULT_CROPS = 2
+CROP_COUNTS = (1, 2, 3)  # spatial crops per frame: centre; both ends; start/centre/end
 PROMPT_PREFIX = "a video of {label}"

@@ -28,6 +28,7 @@ from typing import Any
 
 from .config import PROMPT_PREFIX
 from .errors import ApclipError
+from .fileio import publish
 
 BANK_FORMAT = "apclip-prompt-bank"
 BANK_FORMAT_VERSION = 1
@@ -284,7 +285,7 @@ def write_text_atomic(path: str | os.PathLike, text: str, encoding: str = "utf-8
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -174,6 +174,13 @@ def get_tokenizer(vocab_path: str | None = None) -> Tokenizer:
     return Tokenizer(vocab_path)
 
 
+def use_vocab(path: str | os.PathLike) -> None:
+    """Make every tokenizer of this process read `path` (what the CLIs' --bpe-vocab does)."""
+    find_vocab(path)  # the one-line error now, not at the first prompt
+    os.environ[VOCAB_ENV] = str(Path(path).resolve())
+    get_tokenizer.cache_clear()
+
+
 def tokenize(texts: str | Iterable[str], context_length: int = CONTEXT_LENGTH, truncate: bool = False,
              vocab_path: str | None = None) -> np.ndarray:
     return get_tokenizer(vocab_path).tokenize(texts, context_length, truncate)

@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import IO, Iterable, Iterator
 
 from apclip.errors import ApclipError
+from apclip.fileio import publish
 
 from .predictions import Prediction, WindowPrediction
+from .runners import BACKENDS
+from .scorers import SCORERS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,9 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", default="bundle", help="bundle directory (default: bundle)")
     p.add_argument("--labels", help="labels file; labels not in the bundle are encoded at run time")
     p.add_argument("--prompts", help="prompt bank JSON for labels not in the bundle (else the template)")
-    p.add_argument("--backend", default="auto", choices=("auto", "ort", "ort-cuda", "trt", "torch"),
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="vision/text runner (default auto: TensorRT > ORT CUDA > ORT CPU)")
-    p.add_argument("--scorer", default="auto", choices=("auto", "numpy", "onnx", "triton"),
+    p.add_argument("--scorer", default="auto", choices=SCORERS,
                    help="MAKA scorer (default auto: Triton kernel on CUDA, else numpy)")
     p.add_argument("--ckpt", help="checkpoint the bundle was exported from (only for --backend torch)")
     p.add_argument("--base", help="base OpenAI CLIP file for a ViFi-CLIP --ckpt")
@@ -43,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
                    help="cache encoded run-time labels on disk (default on; $APCLIP_CACHE_DIR)")
     p.add_argument("--quiet", action="store_true", help="print only predictions")
+    p.add_argument("--bpe-vocab", help="CLIP's bpe_simple_vocab_16e6.txt.gz (default: $APCLIP_BPE_VOCAB, "
+                                       "else the installed open_clip_torch's)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -64,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _one_line_diagnostics(args.debug):
             check_arguments(args, mode)
+            if args.bpe_vocab:
+                from apclip.tokenizer import use_vocab
+
+                use_vocab(args.bpe_vocab)
             from apclip.labels import read_labels
 
             from .recognizer import Recognizer
@@ -74,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                                          use_cache=args.cache, log=log)
             log(f"bundle {args.bundle}: {len(rec.labels)} classes, runner {rec.backend}, scorer {rec.scorer.name}, "
                 f"mode {mode}")
-            json_file = _AtomicLines(args.json_out) if args.json_out else None
+            json_file = (_LiveLines if is_live(args.source) else _AtomicLines)(args.json_out) if args.json_out else None
             try:
                 if mode == "clip":
                     with _stage_bar(args) as on_stage:
@@ -133,6 +142,9 @@ def check_arguments(args: argparse.Namespace, mode: str) -> None:
         raise ApclipError(f"--threads {args.threads}: use 1 or more (or leave it out for all cores)")
     if mode == "clip" and is_live(args.source):
         raise ApclipError(f"{args.source} is a live source without an end: use --mode stream")
+    if not is_live(args.source) and "://" not in args.source and not os.path.exists(args.source):
+        # Before the bundle's files are hashed (hundreds of MB for ViT-B/16).
+        raise ApclipError(f"video file not found: {args.source}")
     if args.out_video:
         from .overlay import overlay_fourcc
 
@@ -234,11 +246,29 @@ class _AtomicLines:
 
     def commit(self) -> None:
         self.file.close()
-        os.replace(self.tmp, self.path)
+        publish(self.tmp, self.path)
 
     def discard(self) -> None:
         self.file.close()
         Path(self.tmp).unlink(missing_ok=True)
+
+
+class _LiveLines(_AtomicLines):
+    """For cameras and streams, which may run for days: lines are appended to the target itself and
+    flushed one by one, so it can be followed while it grows; each line is a whole JSON object."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise ApclipError(f"--json {path} is a folder: give a file name, e.g. {self.path / 'predictions.jsonl'}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a", encoding="utf-8")
+
+    def commit(self) -> None:
+        self.file.close()
+
+    def discard(self) -> None:
+        self.file.close()
 
 
 if __name__ == "__main__":

@@ -21,10 +21,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..config import DEFAULT_CLIPS, DEFAULT_CROPS, DEFAULT_FRAMES, NORMALIZATIONS, ModelConfig, Normalization
+from ..bundle import Preprocessing
+from ..config import (CROP_COUNTS, DEFAULT_CLIPS, DEFAULT_CROPS, DEFAULT_FRAMES, NORMALIZATIONS, ModelConfig,
+                      Normalization)
 from ..config import normalization as normalization_by_name
 from .errors import NoFramesError, SourceError
-from .preprocess import CROP_COUNTS, make_views, resize_short_side
+from .preprocess import make_views, resize_short_side
 from .sampling import StridedReservoir, WindowPlan, nearest_kept, sample_segment_indices, sample_train_indices
 from .sources import SourceInfo, SourceSpec, VideoSource, open_source
 
@@ -64,6 +66,12 @@ class ClipSpec:
         norm = data["normalization"]
         return cls(int(data["frames"]), int(data["clips"]), int(data["crops"]), int(data["resolution"]),
                    norm if isinstance(norm, str) else Normalization.from_dict(norm))
+
+
+def clip_spec(pre: Preprocessing, clips: int | None = None) -> ClipSpec:
+    """The engine's ClipSpec for a bundle's preprocessing (clips overridable, e.g. 1 per stream window)."""
+    return ClipSpec(frames=pre.frames, clips=clips or pre.clips, crops=pre.crops, resolution=pre.resolution,
+                    normalization=pre.normalization)
 
 
 @dataclass(frozen=True, eq=False)

@@ -10,6 +10,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from apclip.fileio import publish
+
 from .errors import SourceError
 from .predictions import Prediction, WindowPrediction
 from .sources import open_source
@@ -83,7 +85,7 @@ def write_overlay(source, out: str | os.PathLike, predictions: Sequence[Predicti
             raise SourceError(f"--out-video {out}: {src.info.name} gave no frames on the second read")
         writer.release()
         writer = None
-        os.replace(tmp, out)
+        publish(tmp, out)
         return count
     finally:
         if writer is not None:

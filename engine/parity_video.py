@@ -12,15 +12,9 @@ import numpy as np
 
 from apclip.bundle import Preprocessing
 
-from .clips import ClipSpec, load_clip
+from .clips import clip_spec, load_clip
 from .preprocess import flatten_views
 from .synthetic import write_test_video
-
-
-def clip_spec(pre: Preprocessing, clips: int | None = None) -> ClipSpec:
-    """The engine's ClipSpec for a bundle's preprocessing (clips overridable, e.g. 1 per stream window)."""
-    return ClipSpec(frames=pre.frames, clips=clips or pre.clips, crops=pre.crops, resolution=pre.resolution,
-                    normalization=pre.normalization)
 
 
 def generated_video_pixels(pre: Preprocessing, frames: int = 48) -> np.ndarray:

@@ -22,16 +22,15 @@ import numpy as np
 
 from apclip.bundle import Manifest, PROMPTS_FILE, read_manifest
 from apclip.class_matrix import ClassMatrix, load_prompt_texts
+from apclip.extras import require
 
-from .clips import Clip, iter_window_clips, load_clip
-from .parity_video import clip_spec
+from .clips import Clip, clip_spec, iter_window_clips, load_clip
 from .predictions import Explanation, FrameMatch, LabelScore, Prediction, WindowPrediction
 from .preprocess import flatten_views
-from .runners import BackendUnavailable, EncoderRunner, ort_runners, torch_runners, trt_runners
+from .runners import BACKENDS, BackendUnavailable, EncoderRunner, ort_runners, torch_runners, trt_runners
 from .scorers import Scorer, make_scorer
 from .vocabulary import resolve_classes
 
-BACKENDS = ("auto", "ort", "ort-cuda", "trt", "torch")
 Log = Callable[[str], None]
 
 
@@ -47,13 +46,8 @@ def select_backend(backend: str, manifest: Manifest, *, tensorrt: bool = True) -
         return backend
     if tensorrt and manifest.raw.get("engines") and _importable("tensorrt"):
         return "trt"
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        if _importable("torch"):
-            return "torch"
-        raise BackendUnavailable("no inference backend installed: run pip install \"apclip[cpu]\" "
-                                 "(or \"apclip[gpu]\" on a CUDA machine)") from None
+    # The torch reference is never picked automatically: it needs the checkpoint, which bundles omit.
+    ort = require("onnxruntime", "cpu", "inference (or \"apclip[gpu]\" on a CUDA machine)")
     return "ort-cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "ort"
 
 
@@ -112,6 +106,10 @@ class Recognizer:
             from apclip.prompt_bank import load_prompt_bank
 
             bank = load_prompt_bank(prompts)
+            exported = manifest.raw.get("prompt_bank_sha256")
+            if bank.sha256 != exported and set(bank.labels) & set(manifest.labels):
+                log(f"note: {prompts} differs from the prompt bank the bundle was exported with; labels already "
+                    f"in the bundle keep their exported prompts (re-export to use the new ones)")
         classes, stats = resolve_classes(manifest, labels, bank, text, use_cache=use_cache, log=log)
         if classes.prompt_texts is None:
             classes.prompt_texts = _prompt_texts(manifest, classes, bank)

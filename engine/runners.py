@@ -18,6 +18,9 @@ from apclip.errors import ApclipError
 from apclip.extras import require
 
 
+BACKENDS = ("auto", "ort", "ort-cuda", "trt", "torch")
+
+
 class BackendUnavailable(ApclipError):
     pass
 
@@ -113,8 +116,15 @@ def _default_threads(threads: int | None) -> int | None:
     return int(value)
 
 
+def graph_batch_max(manifest: Manifest, graph: str, wanted: int) -> int:
+    """`wanted`, capped by the batch range the bundle's graph was exported for (--batch-max)."""
+    limit = ((manifest.raw.get("io") or {}).get(graph) or {}).get("batch_max")
+    return max(1, min(wanted, int(limit))) if limit else wanted
+
+
 def ort_runners(manifest: Manifest, *, cuda: bool, threads: int | None, batch_size: int):
     threads = _default_threads(threads)
+    batch_size = graph_batch_max(manifest, "vision", batch_size)
     vision = OrtRunner(manifest.file(VISION_FILE), VISION_INPUT, cuda=cuda, threads=threads, batch_size=batch_size)
     text = LazyRunner(lambda: OrtRunner(manifest.file(TEXT_FILE), TEXT_INPUT, cuda=cuda, threads=threads,
                                         batch_size=256), vision.name, 256)
@@ -136,6 +146,9 @@ def torch_runners(manifest: Manifest, checkpoint: str | os.PathLike | None, base
     from apclip.checkpoint import load_model
     from apclip.model import ImageEmbedder, TextEmbedder
 
+    if not Path(checkpoint).is_file():
+        raise BackendUnavailable(f"--ckpt {checkpoint} does not exist: pass the checkpoint bundle "
+                                 f"{manifest.path} was exported from")
     expected = (manifest.raw.get("checkpoint") or {}).get("sha256")
     if expected and sha256_file(checkpoint) != expected:
         raise BackendUnavailable(f"checkpoint {checkpoint} is not the one bundle {manifest.path} was exported "

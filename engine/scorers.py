@@ -95,6 +95,24 @@ def _cuda_may_be_present() -> bool:
     return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/dxg"))
 
 
+class AutoTritonScorer:
+    """`--scorer auto` on a GPU: the kernel, and the numpy reference for inputs beyond its limits
+    (more than 256 frames or prompts per set), so a larger sampling never fails a run."""
+
+    def __init__(self, kernel: TritonScorer):
+        self.kernel = kernel
+        self.reference = NumpyScorer()
+        self.name = kernel.name
+
+    def __call__(self, frames: np.ndarray, classes: ClassMatrix) -> np.ndarray:
+        from apclip.kernels import KernelInputError
+
+        try:
+            return self.kernel(frames, classes)
+        except KernelInputError:
+            return self.reference(frames, classes)
+
+
 def make_scorer(name: str, manifest: Manifest) -> Scorer:
     if name == "numpy":
         return NumpyScorer()
@@ -109,7 +127,7 @@ def make_scorer(name: str, manifest: Manifest) -> Scorer:
             scorer = TritonScorer()
         except ApclipError:  # no usable GPU after all: the numpy reference is the CPU default
             return NumpyScorer()
-        return scorer if scorer.device == "cuda" else NumpyScorer()
+        return AutoTritonScorer(scorer) if scorer.device == "cuda" else NumpyScorer()
     raise BackendUnavailable(f"unknown scorer {name!r}; choose one of {', '.join(SCORERS)}")
 
 

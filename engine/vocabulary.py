@@ -20,6 +20,7 @@ import numpy as np
 from apclip.bundle import CLASS_COUNTS, CLASS_EMBEDDINGS, CLASSES_FILE, TEXT_FILE, Manifest
 from apclip.class_matrix import ClassMatrix, PromptSource, class_prompts, encode_class_matrix, load_class_matrix
 from apclip.errors import ApclipError
+from apclip.fileio import publish
 
 from .runners import EncoderRunner
 
@@ -97,7 +98,7 @@ def _write_cache(path: Path, key: str, matrix: ClassMatrix, log) -> None:
         os.close(fd)
         save_file({CLASS_EMBEDDINGS: np.ascontiguousarray(matrix.embeddings, dtype=np.float32),
                    CLASS_COUNTS: np.ascontiguousarray(matrix.counts, dtype=np.int32)}, tmp, metadata=metadata)
-        os.replace(tmp, path)
+        publish(tmp, path)
         tmp = None
     except OSError as exc:
         log(f"warning: could not write the label cache {path} ({exc}); new labels will be encoded again next run")

@@ -19,16 +19,22 @@ from apclip import __version__
 from apclip.bundle import (CLASSES_FILE, EMBEDDINGS_OUTPUT, FORMAT, FORMAT_VERSION, MANIFEST, PROMPTS_FILE, SCORER_FILE,
                            SCORER_INPUTS, SCORER_OUTPUT, TEXT_FILE, TEXT_INPUT, VISION_FILE, VISION_INPUT,
                            Preprocessing, sha256_file)
-from apclip.config import DEFAULT_CLIPS, DEFAULT_CROPS, DEFAULT_FRAMES, normalization
-from apclip.errors import ApclipError
+from apclip.config import CROP_COUNTS, DEFAULT_CLIPS, DEFAULT_CROPS, DEFAULT_FRAMES, NORMALIZATIONS, normalization
+from apclip.fileio import publish
 
+from .errors import ExportError
 from .verify import VerificationReport
 
 Log = Callable[[str], None]
 
 
-class ExportFailed(ApclipError):
-    pass
+def text_batch_max(batch_max: int) -> int:
+    # Run-time labels are encoded 256 prompts at a time; never let a small vision limit starve that.
+    return max(batch_max, 4096)
+
+
+def _first_given(*values):
+    return next(v for v in values if v is not None)
 
 
 @dataclass
@@ -53,36 +59,54 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
     from apclip.checkpoint import load_checkpoint
     from apclip.labels import labels_sha256, read_labels
 
+    from .onnx_export import MIN_OPSET
+
     out = Path(out)
+    # Everything that can be checked without the (slow) checkpoint load is checked first.
     if out.exists() and not force:
-        raise ExportFailed(f"output {out} already exists; pass --force to replace it")
+        raise ExportError(f"output {out} already exists; pass --force to replace it")
+    if opset < MIN_OPSET:
+        raise ExportError(f"--opset {opset} is too old: use >= {MIN_OPSET} so LayerNorm stays one node")
+    if batch_max < 1:
+        raise ExportError(f"--batch-max {batch_max}: the largest vision batch must be >= 1")
+    for flag, value in (("--frames", frames), ("--clips", clips)):
+        if value is not None and value < 1:
+            raise ExportError(f"{flag} {value}: must be >= 1")
+    if crops is not None and crops not in CROP_COUNTS:
+        raise ExportError(f"--crops {crops}: must be one of {', '.join(map(str, CROP_COUNTS))}")
+    if normalize is not None and normalize not in NORMALIZATIONS:
+        raise ExportError(f"--normalize {normalize}: choose one of {', '.join(NORMALIZATIONS)}")
+    label_list = read_labels(labels) if labels else None
+    bank = None
+    if prompts:
+        from apclip.prompt_bank import load_prompt_bank
+
+        bank = load_prompt_bank(prompts)
+
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     checkpoint = load_checkpoint(ckpt, base=base)
     model = checkpoint.model
     seconds["load checkpoint"] = time.perf_counter() - t0
     log(f"loaded {ckpt} ({checkpoint.format}): {_describe(model.config)}")
-
-    label_list = read_labels(labels) if labels else checkpoint.labels
+    label_list = label_list or checkpoint.labels
     if not label_list:
-        raise ExportFailed(f"checkpoint {ckpt} carries no labels; pass --labels labels.txt")
-    bank = None
-    if prompts:
-        from apclip.prompt_bank import load_prompt_bank
-
-        bank = load_prompt_bank(prompts)
+        raise ExportError(f"checkpoint {ckpt} carries no labels; pass --labels labels.txt")
+    trained = checkpoint.prompt_bank_sha256
+    if trained and (bank is None or bank.sha256 != trained):
+        log(f"warning: {ckpt} was fine-tuned with prompt bank sha256 {trained[:12]}..., "
+            f"{'but no --prompts was given' if bank is None else 'but --prompts has ' + bank.sha256[:12] + '...'}: "
+            f"classes will use other prompts than in training")
     pre = checkpoint.preprocessing or {}
     preprocessing = Preprocessing(
         resolution=model.config.image_resolution,
         normalization=normalization(normalize or pre.get("normalize") or "clip"),
-        frames=int(frames or pre.get("frames") or DEFAULT_FRAMES),
-        clips=int(clips or pre.get("clips") or DEFAULT_CLIPS),
-        crops=int(crops or pre.get("crops") or DEFAULT_CROPS),
+        frames=int(_first_given(frames, pre.get("frames"), DEFAULT_FRAMES)),
+        clips=int(_first_given(clips, pre.get("clips"), DEFAULT_CLIPS)),
+        crops=int(_first_given(crops, pre.get("crops"), DEFAULT_CROPS)),
     )
-    if preprocessing.crops not in (1, 2, 3):
-        raise ExportFailed(f"--crops must be 1, 2 or 3, got {preprocessing.crops}")
-    if min(preprocessing.frames, preprocessing.clips) < 1:
-        raise ExportFailed("--frames and --clips must be >= 1")
+    if preprocessing.crops not in CROP_COUNTS or min(preprocessing.frames, preprocessing.clips) < 1:
+        raise ExportError(f"checkpoint {ckpt} carries unusable preprocessing {pre}; pass --frames/--clips/--crops")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     # Built next to `out` so the final rename stays on one filesystem; the name is never a bundle path.
@@ -111,7 +135,7 @@ def _build(model, checkpoint, work: Path, labels: list[str], bank, preprocessing
     log(f"exporting {VISION_FILE} (opset {opset}) ...")
     export_vision(model, work / VISION_FILE, opset, batch_max)
     log(f"exporting {TEXT_FILE} (opset {opset}) ...")
-    export_text(model, work / TEXT_FILE, opset, max(batch_max, 4096))
+    export_text(model, work / TEXT_FILE, opset, text_batch_max(batch_max))
     if scorer:
         log(f"exporting {SCORER_FILE} (opset {scorer_opset(opset)}) ...")
         export_scorer(work / SCORER_FILE, model.config.embed_dim, opset)
@@ -140,10 +164,10 @@ def _build(model, checkpoint, work: Path, labels: list[str], bank, preprocessing
                                      _video_pixels(preprocessing), work / SCORER_FILE if scorer else None)
         seconds["verify"] = time.perf_counter() - t
         if not report.ok:
-            raise ExportFailed("parity verification failed; nothing was kept:\n" + report.table())
+            raise ExportError("parity verification failed; nothing was kept:\n" + report.table())
 
     files = {p.name: p.stat().st_size for p in sorted(work.iterdir()) if p.is_file()}
-    manifest = _manifest(model, checkpoint, labels, labels_hash, bank, preprocessing, opset, scorer,
+    manifest = _manifest(model, checkpoint, labels, labels_hash, bank, preprocessing, opset, batch_max, scorer,
                          matrix, work, report)
     (work / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return ExportResult(work, matrix.num_classes, matrix.max_prompts, fallback, files, seconds, report, manifest)
@@ -177,12 +201,17 @@ def _video_pixels(pre: Preprocessing) -> np.ndarray:
     return generated_video_pixels(pre)
 
 
-def _io(file: str, inputs: list[tuple[str, str, list]], outputs: list[tuple[str, str, list]], opset: int) -> dict:
+def _io(file: str, inputs: list[tuple[str, str, list]], outputs: list[tuple[str, str, list]], opset: int,
+        batch_max: int | None = None) -> dict:
     spec = lambda items: [{"name": n, "dtype": d, "shape": s} for n, d, s in items]  # noqa: E731
-    return {"file": file, "opset": opset, "inputs": spec(inputs), "outputs": spec(outputs)}
+    out = {"file": file, "opset": opset, "inputs": spec(inputs), "outputs": spec(outputs)}
+    if batch_max is not None:
+        out["batch_max"] = batch_max  # the exported graph's dynamic batch range; runners never send more
+    return out
 
 
-def _manifest(model, checkpoint, labels, labels_hash, bank, pre: Preprocessing, opset: int, scorer: bool,
+def _manifest(model, checkpoint, labels, labels_hash, bank, pre: Preprocessing, opset: int, batch_max: int,
+              scorer: bool,
               matrix, work: Path, report: VerificationReport | None) -> dict[str, Any]:
     from .onnx_export import scorer_opset
 
@@ -190,9 +219,9 @@ def _manifest(model, checkpoint, labels, labels_hash, bank, pre: Preprocessing, 
     r, e = c.image_resolution, c.embed_dim
     io = {
         "vision": _io(VISION_FILE, [(VISION_INPUT, "float32", ["N", 3, r, r])],
-                      [(EMBEDDINGS_OUTPUT, "float32", ["N", e])], opset),
+                      [(EMBEDDINGS_OUTPUT, "float32", ["N", e])], opset, batch_max),
         "text": _io(TEXT_FILE, [(TEXT_INPUT, "int64", ["M", c.context_length])],
-                    [(EMBEDDINGS_OUTPUT, "float32", ["M", e])], opset),
+                    [(EMBEDDINGS_OUTPUT, "float32", ["M", e])], opset, text_batch_max(batch_max)),
     }
     if scorer:
         io["scorer"] = _io(SCORER_FILE, [(SCORER_INPUTS[0], "float32", ["B", "Nv", e]),
@@ -241,10 +270,10 @@ def _replace_dir(work: Path, out: Path) -> None:
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
-        os.replace(work, out)
+        publish(work, out)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(work, out)
+        publish(work, out)
 
 
 def _describe(c) -> str:

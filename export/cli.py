@@ -5,6 +5,7 @@ import argparse
 import sys
 import time
 
+from apclip.config import CROP_COUNTS, NORMALIZATIONS
 from apclip.errors import ApclipError
 
 
@@ -23,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
     p.add_argument("--frames", type=int, help="frames per clip T (default: checkpoint's, else 8)")
     p.add_argument("--clips", type=int, help="temporal clips per video (default: checkpoint's, else 2)")
-    p.add_argument("--crops", type=int, choices=(1, 2, 3), help="spatial crops (default: checkpoint's, else 2)")
-    p.add_argument("--normalize", choices=("clip", "imagenet255"),
+    p.add_argument("--crops", type=int, choices=CROP_COUNTS, help="spatial crops (default: checkpoint's, else 2)")
+    p.add_argument("--normalize", choices=sorted(NORMALIZATIONS),
                    help="pixel normalisation (default: checkpoint's, else clip)")
     p.add_argument("--batch-max", type=int, default=1024, help="largest vision batch the ONNX graph accepts")
     p.add_argument("--scorer", action=argparse.BooleanOptionalAction, default=False,
@@ -33,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check ONNX Runtime against PyTorch before keeping the bundle (default: on)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    p.add_argument("--bpe-vocab", help="CLIP's bpe_simple_vocab_16e6.txt.gz (default: $APCLIP_BPE_VOCAB, "
+                                       "else the installed open_clip_torch's)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -49,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
             require("onnxruntime", "cpu", "export verification (or pass --no-verify)")
         from .api import export_bundle
 
+        if args.bpe_vocab:
+            from apclip.tokenizer import use_vocab
+
+            use_vocab(args.bpe_vocab)
+
         result = export_bundle(
             args.ckpt, out=args.out, labels=args.labels, prompts=args.prompts, base=args.base,
             opset=args.opset, frames=args.frames, clips=args.clips, crops=args.crops,
@@ -59,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"apclip-export: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # unwritable --out, full disk: the OS says which path
+        if args.debug:
+            raise
+        print(f"apclip-export: error: {exc.strerror or exc}: {exc.filename or args.out}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("apclip-export: interrupted; no bundle was written", file=sys.stderr)

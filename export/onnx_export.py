@@ -16,14 +16,11 @@ import torch
 from torch import nn
 
 from apclip.bundle import EMBEDDINGS_OUTPUT, SCORER_INPUTS, SCORER_OUTPUT, TEXT_INPUT, VISION_INPUT
-from apclip.errors import ApclipError
 from apclip.model import CLIP, ImageEmbedder, TextEmbedder
 
+from .errors import ExportError
+
 MIN_OPSET = 17
-
-
-class ExportError(ApclipError):
-    pass
 
 
 class MakaScorer(nn.Module):
@@ -78,7 +75,7 @@ def export_vision(model: CLIP, path: Path, opset: int, batch_max: int) -> None:
     n = torch.export.Dim("N", min=1, max=batch_max)
     sample = torch.randn(2, 3, r, r)
     _export(ImageEmbedder(model).eval(), (sample,), path, [VISION_INPUT], [EMBEDDINGS_OUTPUT],
-            {"pixels": {0: n}}, opset)
+            {VISION_INPUT: {0: n}}, opset)
 
 
 def export_text(model: CLIP, path: Path, opset: int, batch_max: int) -> None:
@@ -87,7 +84,7 @@ def export_text(model: CLIP, path: Path, opset: int, batch_max: int) -> None:
     sample = torch.randint(1, 40000, (2, length))
     sample[:, -1] = model.config.vocab_size - 1  # an EOT-like maximum so argmax pooling is exercised
     _export(TextEmbedder(model).eval(), (sample,), path, [TEXT_INPUT], [EMBEDDINGS_OUTPUT],
-            {"tokens": {0: m}}, opset)
+            {TEXT_INPUT: {0: m}}, opset)
 
 
 def scorer_opset(opset: int) -> int:
@@ -102,4 +99,4 @@ def export_scorer(path: Path, embed_dim: int, opset: int) -> None:
     classes = torch.nn.functional.normalize(torch.randn(3, 4, embed_dim), dim=-1)
     counts = torch.tensor([4, 2, 3])
     _export(MakaScorer().eval(), (frames, classes, counts), path, list(SCORER_INPUTS), [SCORER_OUTPUT],
-            {"frames": {0: b, 1: nv}, "classes": {0: k, 1: p}, "counts": {0: k}}, scorer_opset(opset))
+            dict(zip(SCORER_INPUTS, ({0: b, 1: nv}, {0: k, 1: p}, {0: k}))), scorer_opset(opset))

@@ -22,10 +22,6 @@ from .prompt_postprocess import MAX_DESCRIPTION_TOKENS, check_label_fits, check_
 from .prompt_strategies import LLMRequest, Strategy
 
 
-class LabelsError(ApclipError):
-    pass
-
-
 class GenerationIncomplete(ApclipError):
     """Some requests failed for good; their answers are missing from the journal."""
 
@@ -38,30 +34,6 @@ class GenerationReport:
     truncated: int  # descriptions shortened to the token limit
     usage: Usage | None = None
     structured_output: bool | None = None  # None when no request was sent
-
-
-def read_labels(path: str | Path) -> list[str]:
-    """One class label per line; blank lines are skipped; duplicates are an error."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except FileNotFoundError:
-        raise LabelsError(f"labels file {path} does not exist (one class label per line)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LabelsError(f"labels file {path} cannot be read as UTF-8 text: {exc}") from None
-    labels: list[str] = []
-    seen: dict[str, int] = {}
-    for number, line in enumerate(lines, start=1):
-        label = " ".join(line.split())
-        if not label:
-            continue
-        if label in seen:
-            raise LabelsError(f"labels file {path}: line {number} repeats {label!r} from line {seen[label]}")
-        seen[label] = number
-        labels.append(label)
-    if not labels:
-        raise LabelsError(f"labels file {path} has no labels (one class label per line)")
-    return labels
 
 
 def settings_sha256(strategy: Strategy, llm: LLMSettings) -> str:
@@ -145,9 +117,10 @@ def generate_bank(strategy: Strategy, labels: list[str], client: ChatClient | No
                     progress(1)
         answers = dict(journal.answers)
     if failures:
-        raise GenerationIncomplete(
-            f"{len(failures)} of {len(todo)} requests failed (first: {failures[0]}); the other answers are "
-            f"saved in {journal_path}: rerun the same command to ask only for the missing ones")
+        saved = (f"the other {len(todo) - len(failures)} answers are saved in {journal_path}: rerun the same "
+                 f"command to ask only for the missing ones" if len(failures) < len(todo)
+                 else "no answer was saved: check the server, model and key, then rerun")
+        raise GenerationIncomplete(f"{len(failures)} of {len(todo)} requests failed (first: {failures[0]}); {saved}")
     bank, truncated = build_bank(strategy, labels, answers, llm, max_tokens)
     return GenerationReport(bank, from_journal, len(todo), truncated, client.usage, client.structured_output)
 

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="descriptions per answer for direct and cupl (default: %(default)s)")
     gen.add_argument("--max-description-tokens", type=int, default=MAX_DESCRIPTION_TOKENS,
                      help="CLIP tokens per description, SOT/EOT included (default: %(default)s)")
+    gen.add_argument("--bpe-vocab", type=Path, default=None,
+                     help="CLIP's bpe_simple_vocab_16e6.txt.gz for the token limits (default: $APCLIP_BPE_VOCAB, "
+                          "else the installed open_clip_torch's)")
     gen.add_argument("--concurrency", type=int, default=4, help="requests in flight (default: %(default)s)")
     gen.add_argument("--journal", type=Path, default=None,
                      help="answer journal for resuming (default: OUT.journal.jsonl)")
@@ -120,7 +123,9 @@ def _cost_line(model: str, tokens_in: int, tokens_out: int, args: argparse.Names
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .prompt_generate import dry_run, generate_bank, read_labels
+    from apclip.labels import read_labels
+
+    from .prompt_generate import dry_run, generate_bank
     from .prompt_graph import load_graph
     from .prompt_strategies import make_strategy
 
@@ -130,6 +135,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         # 4 = SOT, one word, the final period, EOT.
         raise ApclipError(f"--max-description-tokens must be between 4 and {CONTEXT_LENGTH}, "
                           f"got {args.max_description_tokens}")
+    if args.bpe_vocab:
+        from apclip.tokenizer import use_vocab
+
+        use_vocab(args.bpe_vocab)
     labels = read_labels(args.labels)
     graph = load_graph(args.graph) if args.strategy == "action-centric" else None
     strategy = make_strategy(args.strategy, args.llm_prompts, graph, args.descriptions_per_prompt)
@@ -189,7 +198,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_derive(args: argparse.Namespace) -> int:
     from .llm_client import ChatClient
-    from .prompt_generate import read_labels
+    from apclip.labels import read_labels
     from .prompt_graph import derive_graph, load_graph
 
     if args.out.exists() and not args.force:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,7 +18,8 @@ pytest.importorskip("onnxruntime")
 from apclip.bundle import (CLASSES_FILE, MANIFEST, PROMPTS_FILE, SCORER_FILE, TEXT_FILE, VISION_FILE, BundleError,
                            read_manifest, sha256_file)
 from apclip.class_matrix import load_class_matrix
-from apclip.export.api import ExportFailed, export_bundle
+from apclip.export.api import export_bundle
+from apclip.export.errors import ExportError
 from apclip.export.cli import main as export_main
 from apclip.labels import labels_sha256
 from apclip.model import ImageEmbedder, TextEmbedder, build_preset
@@ -158,7 +160,7 @@ def test_parity_failure_keeps_nothing(tmp_path, demo_assets, monkeypatch):
 
     monkeypatch.setattr(onnx_export, "export_vision", broken)
     out = tmp_path / "bundle"
-    with pytest.raises(ExportFailed) as info:
+    with pytest.raises(ExportError) as info:
         export_bundle(demo_assets["checkpoint"], out=out, **QUIET)
     assert "vision, random pixels" in str(info.value) and "FAILED" in str(info.value)
     assert not out.exists()
@@ -204,6 +206,15 @@ def test_existing_bundle_needs_force(tmp_path, demo_assets, capsys):
     assert list(out.iterdir()) == []
 
 
+def test_bundle_has_ordinary_permissions(tiny_bundle):
+    """Built in a private temporary directory, published with the umask's modes (readable by a service)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    assert tiny_bundle.stat().st_mode & 0o777 == 0o777 & ~mask
+    for file in tiny_bundle.iterdir():
+        assert file.stat().st_mode & 0o777 == 0o666 & ~mask, file.name
+
+
 def test_cli_export_with_force_prints_summary(tmp_path, demo_assets, capsys, reuse_session_onnx):
     out = tmp_path / "bundle"
     out.mkdir()
@@ -218,10 +229,16 @@ def test_cli_export_with_force_prints_summary(tmp_path, demo_assets, capsys, reu
     (["--ckpt", "missing.pt"], "does not exist"),
     (["--ckpt", "{ckpt}", "--labels", "missing.txt"], "labels file"),
     (["--ckpt", "{ckpt}", "--opset", "13"], "opset"),
+    (["--ckpt", "{ckpt}", "--frames", "0"], "--frames 0"),
+    (["--ckpt", "{ckpt}", "--batch-max", "0"], "--batch-max 0"),
+    (["--ckpt", "{ckpt}", "--bpe-vocab", "missing.gz"], "missing.gz"),
+    (["--ckpt", "{ckpt}", "--out", "/proc/apclip-no/bundle"], "/proc/apclip-no"),
 ])
 def test_cli_errors_are_one_line(tmp_path, demo_assets, capsys, args, message):
     args = [a.format(ckpt=demo_assets["checkpoint"]) for a in args]
-    code = export_main(args + ["--out", str(tmp_path / "b"), "--no-progress"])
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "b")]
+    code = export_main(args + ["--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 1 and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "b").exists()
@@ -229,7 +246,7 @@ def test_cli_errors_are_one_line(tmp_path, demo_assets, capsys, args, message):
 
 def test_checkpoint_without_labels_needs_labels(tmp_path):
     _openai_checkpoint(tmp_path / "clip.pt")
-    with pytest.raises(ExportFailed, match="--labels"):
+    with pytest.raises(ExportError, match="--labels"):
         export_bundle(tmp_path / "clip.pt", out=tmp_path / "b", **QUIET)
 
 

@@ -211,7 +211,21 @@ ERRORS = {
     "bad topk": (None, None, ["--topk", "0"], ["--topk"]),
     "bad threads": (None, None, ["--threads", "-1"], ["--threads"]),
     "json is a folder": (None, None, ["--json", "{tmp}"], ["--json", "folder"]),
+    "vocabulary missing": (None, None, ["--bpe-vocab", "{tmp}/vocab.gz"], ["vocab.gz", "does not exist"]),
+    "torch ckpt missing": (None, None, ["--backend", "torch", "--ckpt", "{tmp}/best.pt"], ["best.pt", "does not exist"]),
+    "manifest labels edited": (lambda b, t: _swapped_labels(b, t), None, [], ["labels_sha256"]),
 }
+
+
+def _swapped_labels(bundle: Path, tmp: Path) -> Path:
+    import json
+
+    out = tmp / "swapped"
+    shutil.copytree(bundle, out)
+    raw = json.loads((out / MANIFEST).read_text())
+    raw["labels"][:2] = raw["labels"][1::-1]
+    (out / MANIFEST).write_text(json.dumps(raw))
+    return out
 
 
 @pytest.mark.parametrize("case", list(ERRORS))

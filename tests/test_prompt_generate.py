@@ -176,7 +176,7 @@ def test_dry_run_sends_nothing_and_needs_no_key(monkeypatch, labels, tmp_path, c
 @pytest.mark.parametrize("setup, args, message", [
     ("nokey", [], "OPENAI_API_KEY is not set"),
     ("", ["--labels", "missing.txt"], "does not exist"),
-    ("duplicate", [], "repeats 'archery'"),
+    ("duplicate", [], "lists 'archery' twice"),
     ("unreviewed", ["--graph", "{tmp}/graph.json"], "unreviewed candidate"),
     ("", ["--llm-prompts", "9"], "--llm-prompts must be between 1 and 5"),
     ("", ["--concurrency", "0"], "--concurrency must be at least 1"),
@@ -213,3 +213,13 @@ def test_derive_writes_an_unreviewed_candidate(server, labels, tmp_path, capsys)
     assert len(load_prompt_bank(tmp_path / "bank.json").descriptions("archery")) == 9
     assert main(["derive", "--out", str(out), "--base-url", server.base_url]) == 1  # never overwrites silently
     assert "--force" in last_error(capsys)
+
+
+def test_labels_files_are_read_like_export_reads_them(server, tmp_path, capsys):
+    """Comments and ViFi-CLIP CSV rows are not labels: the bank must match the labels export sees."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("# kinetics subset\nid,name\n1,playing guitar\n0,abseiling\n", encoding="utf-8")
+    out = tmp_path / "bank.json"
+    assert main(["generate", "--labels", str(labels), "--out", str(out), "--strategy", "single"]) == 0
+    assert json.loads(out.read_text())["classes"][0]["label"] == "abseiling"
+    assert [c["label"] for c in json.loads(out.read_text())["classes"]] == ["abseiling", "playing guitar"]

@@ -128,7 +128,7 @@ def test_stream_windows_and_timestamps(rec, five_seconds, window, stride, starts
 
 def test_stream_window_scores_equal_clip_mode_on_the_same_frames(rec, five_seconds):
     """Window k of span 5 s is the whole video: its one temporal clip is load_clip's with clips=1."""
-    from apclip.engine.parity_video import clip_spec
+    from apclip.engine.clips import clip_spec
 
     [window] = rec.stream(five_seconds, window=SECONDS, stride=SECONDS)
     clip = load_clip(five_seconds, clip_spec(rec.manifest.preprocessing, clips=1))

@@ -1,0 +1,8 @@
+"""The export's one error type: CLIs print it as one line and exit non-zero."""
+from __future__ import annotations
+
+from apclip.errors import ApclipError
+
+
+class ExportError(ApclipError):
+    """An export that cannot go on (bad options, unusable checkpoint, failed parity): nothing is kept."""
