@@ -129,6 +129,33 @@ def read_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
     return manifest
 
 
+def bound_metadata(labels_sha256: str, preprocessing: Preprocessing) -> dict[str, str]:
+    """What classes.safetensors carries of the manifest in its header. That file is hashed in the
+    manifest, so editing the manifest's labels or preprocessing (even with a recomputed
+    labels_sha256) no longer matches it."""
+    return {"labels_sha256": labels_sha256,
+            "preprocessing": json.dumps(preprocessing.to_dict(), sort_keys=True)}
+
+
+def _bound_to_class_matrix(manifest: Manifest) -> str | None:
+    """A problem when the class matrix header disagrees with the manifest (None: consistent)."""
+    file = manifest.path / CLASSES_FILE
+    if not file.is_file():
+        return None  # reported as a missing file by verify_files
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(file), framework="numpy") as f:
+            stored = f.metadata() or {}
+    except Exception:  # unreadable: verify_files or the loader reports it with its own message
+        return None
+    expected = bound_metadata(manifest.raw.get("labels_sha256", ""), manifest.preprocessing)
+    for key, value in expected.items():
+        if key in stored and stored[key] != value:
+            return f"its {key} does not match the one {CLASSES_FILE} was compiled for (edited by hand?)"
+    return None
+
+
 def _check_consistency(manifest: Manifest, path: Path) -> None:
     """The manifest is the one unhashed file: its labels carry their own hash, and its numbers must fit."""
     from .labels import labels_sha256
@@ -143,6 +170,8 @@ def _check_consistency(manifest: Manifest, path: Path) -> None:
     elif pre.resolution != manifest.model.image_resolution:
         problem = (f"preprocessing resolution {pre.resolution} differs from the model's "
                    f"{manifest.model.image_resolution}")
+    else:
+        problem = _bound_to_class_matrix(manifest)
     if problem:
         raise BundleError(f"bundle manifest {path}: {problem}; re-run apclip-export")
 

@@ -101,8 +101,8 @@ def encode_class_matrix(labels: Sequence[str], prompts: Sequence[Sequence[str]],
     return ClassMatrix(matrix, counts, list(labels), list(fallback_labels), [list(t) for t in prompts])
 
 
-def save_class_matrix(path: str | os.PathLike, matrix: ClassMatrix) -> None:
-    """Write classes.safetensors atomically."""
+def save_class_matrix(path: str | os.PathLike, matrix: ClassMatrix, metadata: dict[str, str] | None = None) -> None:
+    """Write classes.safetensors atomically (with optional string metadata in its header)."""
     from safetensors.numpy import save_file
 
     path = Path(path)
@@ -110,7 +110,7 @@ def save_class_matrix(path: str | os.PathLike, matrix: ClassMatrix) -> None:
     os.close(fd)
     try:
         save_file({CLASS_EMBEDDINGS: np.ascontiguousarray(matrix.embeddings),
-                   CLASS_COUNTS: np.ascontiguousarray(matrix.counts)}, tmp)
+                   CLASS_COUNTS: np.ascontiguousarray(matrix.counts)}, tmp, metadata=metadata)
         publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

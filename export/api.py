@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from apclip import __version__
-from apclip.bundle import (CLASSES_FILE, EMBEDDINGS_OUTPUT, FORMAT, FORMAT_VERSION, MANIFEST, PROMPTS_FILE, SCORER_FILE,
+from apclip.bundle import (bound_metadata, CLASSES_FILE, EMBEDDINGS_OUTPUT, FORMAT, FORMAT_VERSION, MANIFEST, PROMPTS_FILE, SCORER_FILE,
                            SCORER_INPUTS, SCORER_OUTPUT, TEXT_FILE, TEXT_INPUT, VISION_FILE, VISION_INPUT,
                            Preprocessing, sha256_file)
 from apclip.config import CROP_COUNTS, DEFAULT_CLIPS, DEFAULT_CROPS, DEFAULT_FRAMES, NORMALIZATIONS, normalization
@@ -147,7 +147,7 @@ def _build(model, checkpoint, work: Path, labels: list[str], bank, preprocessing
     n_prompts = sum(map(len, prompts))
     log(f"compiling the class matrix: {len(labels)} classes, {n_prompts} prompts")
     matrix = encode_class_matrix(labels, prompts, encode, fallback_labels=fallback, progress=progress)
-    save_class_matrix(work / CLASSES_FILE, matrix)
+    save_class_matrix(work / CLASSES_FILE, matrix, bound_metadata(labels_hash, preprocessing))
     save_prompt_texts(work / PROMPTS_FILE, labels, matrix.prompt_texts)
     seconds["class matrix"] = time.perf_counter() - t
     if fallback:

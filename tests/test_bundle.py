@@ -41,3 +41,22 @@ def test_inconsistent_manifest_is_a_one_line_error(tiny_bundle, tmp_path, edit, 
 def test_untouched_copy_reads(tiny_bundle, tmp_path):
     copy = _edited_copy(tiny_bundle, tmp_path, lambda raw: None)
     assert read_manifest(copy).labels == read_manifest(tiny_bundle).labels
+
+
+def _relabel_with_new_hash(raw):
+    from apclip.labels import labels_sha256
+
+    _swap_labels(raw)
+    raw["labels_sha256"] = labels_sha256(raw["labels"])
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_relabel_with_new_hash, "labels_sha256 does not match"),
+    (lambda raw: raw["preprocessing"]["normalization"].update(name="imagenet255", scale=1.0), "preprocessing does not match"),
+    (lambda raw: raw["preprocessing"].update(frames=16), "preprocessing does not match"),
+])
+def test_manifest_edits_that_recompute_hashes_still_fail(tiny_bundle, tmp_path, edit, message):
+    """classes.safetensors (hashed in the manifest) carries the labels hash and preprocessing it was built for."""
+    copy = _edited_copy(tiny_bundle, tmp_path, edit)
+    with pytest.raises(BundleError, match=message):
+        read_manifest(copy)
