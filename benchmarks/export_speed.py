@@ -19,13 +19,10 @@ from pathlib import Path
 import numpy as np
 
 
-def _median_runs(fn, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return times
+def _seconds(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     cosine = float(np.min(np.sum(ref * got, -1)))
     torch_t, ort_t = [], []
     for _ in range(args.repeats):  # interleaved so both see the same machine state
-        torch_t += _median_runs(run_torch, 1)
-        ort_t += _median_runs(run_ort, 1)
+        torch_t.append(_seconds(run_torch))
+        ort_t.append(_seconds(run_ort))
     torch_med, ort_med = statistics.median(torch_t), statistics.median(ort_t)
     gflop = 2 * _vision_macs(cfg) * args.frames / 1e9
 

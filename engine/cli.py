@@ -229,14 +229,19 @@ def _with_progress(preds: Iterable[WindowPrediction], args, mode: str) -> Iterab
             yield pred
 
 
+def _json_target(path: str) -> Path:
+    target = Path(path)
+    if target.is_dir():
+        raise ApclipError(f"--json {path} is a folder: give a file name, e.g. {target / 'predictions.jsonl'}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
 class _AtomicLines:
     """JSON lines written to a temporary file and renamed into place when the run ends."""
 
     def __init__(self, path: str):
-        self.path = Path(path)
-        if self.path.is_dir():
-            raise ApclipError(f"--json {path} is a folder: give a file name, e.g. {self.path / 'predictions.jsonl'}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = _json_target(path)
         fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         self.file: IO[str] = os.fdopen(fd, "w", encoding="utf-8")
 
@@ -258,10 +263,7 @@ class _LiveLines(_AtomicLines):
     flushed one by one, so it can be followed while it grows; each line is a whole JSON object."""
 
     def __init__(self, path: str):
-        self.path = Path(path)
-        if self.path.is_dir():
-            raise ApclipError(f"--json {path} is a folder: give a file name, e.g. {self.path / 'predictions.jsonl'}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = _json_target(path)
         self.file = open(self.path, "a", encoding="utf-8")
 
     def commit(self) -> None:

@@ -27,7 +27,7 @@ from apclip.extras import require
 from .clips import Clip, clip_spec, iter_window_clips, load_clip
 from .predictions import Explanation, FrameMatch, LabelScore, Prediction, WindowPrediction
 from .preprocess import flatten_views
-from .runners import BACKENDS, BackendUnavailable, EncoderRunner, ort_runners, torch_runners, trt_runners
+from .runners import BACKENDS, BackendUnavailable, EncoderRunner, encode_in_batches, ort_runners, torch_runners, trt_runners
 from .scorers import Scorer, make_scorer
 from .vocabulary import resolve_classes
 
@@ -129,9 +129,7 @@ class Recognizer:
     # -- one clip -> scores -------------------------------------------------------------------
     def encode_clip(self, clip: Clip) -> np.ndarray:
         """[V, T, 3, R, R] views -> [V*T, E] normalised frame embeddings."""
-        batch = flatten_views(clip.views)  # [V, T, 3, R, R] -> [V*T, 3, R, R]
-        return np.concatenate([self.vision(batch[i:i + self.vision.batch_size])
-                               for i in range(0, len(batch), self.vision.batch_size)])
+        return encode_in_batches(self.vision, flatten_views(clip.views))  # [V*T, 3, R, R] -> [V*T, E]
 
     def score(self, embeddings: np.ndarray) -> np.ndarray:
         """[Nv, E] -> [K] MAKA scores of all classes (all frames pooled into one set)."""
@@ -210,16 +208,19 @@ class Recognizer:
 
 
 def _prompt_texts(manifest: Manifest, classes: ClassMatrix, bank) -> list[list[str]] | None:
+    """Row texts for explanations: the bundle's prompts.json for its labels, the bank or template for new ones."""
     if not manifest.has(PROMPTS_FILE):
         return None
     from apclip.class_matrix import class_prompts
 
-    stored = load_prompt_texts(manifest.file(PROMPTS_FILE), [l for l in classes.labels if l in manifest.labels])
-    stored_map = dict(zip([l for l in classes.labels if l in manifest.labels], stored or []))
-    new = [l for l in classes.labels if l not in stored_map]
-    new_texts, _ = class_prompts(new, bank)
-    stored_map.update(zip(new, new_texts))
-    return [stored_map.get(label, []) for label in classes.labels]
+    known = [label for label in classes.labels if label in manifest.labels]
+    stored = load_prompt_texts(manifest.file(PROMPTS_FILE), known)
+    if stored is None:
+        return None
+    texts = dict(zip(known, stored))
+    new = [label for label in classes.labels if label not in texts]
+    texts.update(zip(new, class_prompts(new, bank)[0]))
+    return [texts[label] for label in classes.labels]
 
 
 _DONE = object()

@@ -119,5 +119,5 @@ def verify_bundle_files(model: CLIP, vision_path: Path, text_path: Path, matrix:
 
 
 def _prompt_text(matrix: ClassMatrix, index: tuple[int, int]) -> str | None:
-    texts = getattr(matrix, "prompt_texts", None)
+    texts = matrix.prompt_texts
     return texts[index[0]][index[1]] if texts is not None else None
