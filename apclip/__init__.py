@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import CheckpointError, MissingExtraError
+from apclip.errors import CheckpointError, MissingExtraError
 
 __version__ = "0.1.0"
 __all__ = ["CheckpointError", "MissingExtraError", "load_model", "load_checkpoint", "build_model",
@@ -19,7 +19,7 @@ _TORCH_NAMES = {"load_model": "checkpoint", "load_checkpoint": "checkpoint", "bu
 def __getattr__(name: str) -> Any:
     # Lazy so that `import apclip` never pulls torch into the runtime.
     if name in _TORCH_NAMES:
-        from .extras import require
+        from apclip.extras import require
 
         require("torch", "torch")
         from importlib import import_module

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from importlib import metadata
 
-from . import __version__
+from apclip import __version__
 
 SUMMARIES = {
     "apclip-export": "export a checkpoint to a verified ONNX bundle with the precompiled class matrix",

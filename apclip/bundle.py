@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import CROP_COUNTS, ModelConfig, Normalization
-from .errors import ApclipError
+from apclip.config import CROP_COUNTS, ModelConfig
+from apclip.errors import ApclipError
+from apclip.preprocessing import Preprocessing
 
 FORMAT = "apclip-bundle"
 FORMAT_VERSION = 1
@@ -43,30 +44,6 @@ CLASS_COUNTS = "counts"
 
 class BundleError(ApclipError):
     pass
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How frames must be prepared for this bundle's vision encoder."""
-
-    resolution: int  # R: short side resized to R, then R x R crops
-    normalization: Normalization
-    frames: int  # T frames per clip
-    clips: int  # temporal clips per video
-    crops: int  # spatial crops per frame (1 centre, 2 ends of the long side, 3 left/centre/right)
-
-    @property
-    def views(self) -> int:
-        return self.clips * self.crops
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"resolution": self.resolution, "normalization": self.normalization.to_dict(),
-                "frames": self.frames, "clips": self.clips, "crops": self.crops}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
-        return cls(int(data["resolution"]), Normalization.from_dict(data["normalization"]),
-                   int(data["frames"]), int(data["clips"]), int(data["crops"]))
 
 
 @dataclass
@@ -158,7 +135,7 @@ def _bound_to_class_matrix(manifest: Manifest) -> str | None:
 
 def _check_consistency(manifest: Manifest, path: Path) -> None:
     """The manifest is the one unhashed file: its labels carry their own hash, and its numbers must fit."""
-    from .labels import labels_sha256
+    from apclip.labels import labels_sha256
 
     pre = manifest.preprocessing
     expected = manifest.raw.get("labels_sha256")

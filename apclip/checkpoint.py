@@ -20,7 +20,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +27,11 @@ from typing import Any
 
 import torch
 
-from .config import ModelConfig
-from .errors import CheckpointError
-from .model import CLIP, build_model, config_from_state_dict
-from .safe_pickle import is_torchscript_archive, load_torch_zip, read_torchscript_tensors
-from .fileio import publish
+from apclip.config import ModelConfig
+from apclip.errors import CheckpointError
+from apclip.model import CLIP, build_model, config_from_state_dict
+from apclip.safe_pickle import is_torchscript_archive, load_torch_zip, read_torchscript_tensors
+from apclip.fileio import atomic_write
 
 OWN_FORMAT = "apclip-checkpoint"
 OWN_FORMAT_VERSION = 1
@@ -254,13 +253,6 @@ def save_checkpoint(path: str | os.PathLike, model: CLIP, *, labels: list[str] |
         "prompt_bank_sha256": prompt_bank_sha256,
         "train_config": _plain_data(train_config or {}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as f:
+        torch.save(payload, f)
     return path

@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from .bundle import CLASS_COUNTS, CLASS_EMBEDDINGS
-from .errors import ApclipError
-from .prompt_bank import format_prompt
-from .tokenizer import CONTEXT_LENGTH, get_tokenizer
-from .fileio import publish
+from apclip.bundle import CLASS_COUNTS, CLASS_EMBEDDINGS
+from apclip.errors import ApclipError
+from apclip.prompt_bank import format_prompt
+from apclip.tokenizer import CONTEXT_LENGTH, get_tokenizer
+from apclip.fileio import atomic_write
 
 TextEncoder = Callable[[np.ndarray], np.ndarray]  # tokens [M, L] int64 -> [M, E] float32, normalised
 
@@ -105,16 +104,9 @@ def save_class_matrix(path: str | os.PathLike, matrix: ClassMatrix, metadata: di
     """Write classes.safetensors atomically (with optional string metadata in its header)."""
     from safetensors.numpy import save_file
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path, mode=None) as tmp:
         save_file({CLASS_EMBEDDINGS: np.ascontiguousarray(matrix.embeddings),
-                   CLASS_COUNTS: np.ascontiguousarray(matrix.counts)}, tmp, metadata=metadata)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+                   CLASS_COUNTS: np.ascontiguousarray(matrix.counts)}, str(tmp), metadata=metadata)
 
 
 def load_class_matrix(path: str | os.PathLike, labels: Sequence[str]) -> ClassMatrix:

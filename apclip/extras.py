@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from .errors import MissingExtraError
+from apclip.errors import MissingExtraError
 
 
 def require(module: str, extra: str, purpose: str = "") -> ModuleType:

@@ -1,13 +1,17 @@
 """Publishing files atomically with the permissions a plain open() would have given them.
 
-Artifacts are written under a temporary name and renamed into place. `tempfile` creates those
+Artifacts are written under a temporary name in the target's folder, fsync'd and renamed into
+place, so a crash leaves the old file or the new one, never half of one. `tempfile` creates those
 private (0600 files, 0700 directories); before the rename they get the mode the user's umask
 gives ordinary files, so a bundle exported by CI or root stays readable by the service that runs it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
+from typing import IO, Any, Iterator
 
 
 def _umask() -> int:
@@ -28,3 +32,78 @@ def publish(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     else:
         os.chmod(tmp, 0o666 & ~mask)
     os.replace(tmp, final)
+
+
+def _fsync_path(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+class AtomicFile:
+    """A temporary file beside `path` that becomes `path` on commit() and vanishes on discard().
+
+    mode None: only the temporary path exists (for writers that open files themselves: safetensors,
+    cv2.VideoWriter, torch.save); "w"/"wb"/...: `file` is open for writing. Use `atomic_write` where
+    a with-block fits; this class serves writers whose commit comes later (a run's JSON lines).
+    """
+
+    def __init__(self, path: str | os.PathLike, mode: str | None = None, *, encoding: str | None = "utf-8",
+                 suffix: str = ".tmp", fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The name keeps the target's suffix when asked (video writers pick the container from it).
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=suffix, dir=self.path.parent)
+        self.tmp = Path(tmp)
+        self._fsync = fsync
+        self.file: IO[Any] | None = None
+        try:
+            if mode is None:
+                os.close(fd)
+            else:
+                binary = "b" in mode
+                self.file = os.fdopen(fd, mode, **({} if binary else {"encoding": encoding, "newline": ""}))
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
+
+    def commit(self) -> Path:
+        """fsync, chmod to umask defaults and rename over the target."""
+        try:
+            if self.file is not None:
+                self.file.flush()
+                if self._fsync:
+                    os.fsync(self.file.fileno())
+                self.file.close()
+            elif self._fsync:
+                _fsync_path(self.tmp)
+            publish(self.tmp, self.path)
+        except BaseException:
+            self.discard()
+            raise
+        return self.path
+
+    def discard(self) -> None:
+        if self.file is not None and not self.file.closed:
+            self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str | None = "w", *, encoding: str | None = "utf-8",
+                 suffix: str = ".tmp", fsync: bool = True) -> Iterator[Any]:
+    """Write `path` atomically: yields an open file (mode "w", "wb", ...) or, with mode None, the
+    temporary Path to write to. On success the file is fsync'd and renamed into place with umask
+    modes; on any error (Ctrl-C included) the temporary file is removed and `path` is untouched.
+
+        with atomic_write("bank.json") as f:
+            f.write(text)
+        with atomic_write("classes.safetensors", mode=None) as tmp:
+            save_file(tensors, tmp)
+    """
+    target = AtomicFile(path, mode, encoding=encoding, suffix=suffix, fsync=fsync)
+    try:
+        yield target.file if mode is not None else target.tmp
+    except BaseException:
+        target.discard()
+        raise
+    target.commit()

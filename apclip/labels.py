@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import ApclipError
+from apclip.errors import ApclipError
 
 _CSV_ROW = re.compile(r"^\s*\d+\s*,\s*\S")
 

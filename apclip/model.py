@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from apclip.config import ModelConfig
 
 
 class LayerNorm(nn.LayerNorm):

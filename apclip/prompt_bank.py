@@ -20,15 +20,14 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .config import PROMPT_PREFIX
-from .errors import ApclipError
-from .fileio import publish
+from apclip.config import PROMPT_PREFIX
+from apclip.errors import ApclipError
+from apclip.fileio import atomic_write
 
 BANK_FORMAT = "apclip-prompt-bank"
 BANK_FORMAT_VERSION = 1
@@ -278,15 +277,6 @@ def write_text_atomic(path: str | os.PathLike, text: str, encoding: str = "utf-8
     A crash leaves either the old file or the new one, never half of one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding=encoding, newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w", encoding=encoding) as f:
+        f.write(text)
     return path

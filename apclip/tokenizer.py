@@ -18,7 +18,7 @@ import ftfy
 import numpy as np
 import regex
 
-from .errors import ApclipError
+from apclip.errors import ApclipError
 
 VOCAB_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 VOCAB_ENV = "APCLIP_BPE_VOCAB"

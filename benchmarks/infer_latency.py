@@ -78,7 +78,7 @@ def ensure_bundle(workdir: Path, preset: str, log: Callable[[str], None]) -> Pat
 
 
 def ensure_video(workdir: Path, seconds: float, fps: float) -> Path:
-    from apclip.engine.synthetic import write_test_video
+    from apclip.testing.videos import write_test_video
 
     path = workdir / f"720p-{seconds:g}s-{fps:g}fps.mp4"
     if not path.is_file():

@@ -99,7 +99,7 @@ def make_eager_maka(torch: Any, counts: Any, num_prompts: int, views: str) -> Ca
 
 def bench_shape(torch: Any, b: int, k: int, views: str, with_compile: bool, warmup_ms: float, rep_ms: float,
                 bandwidth_gbs: float) -> list[dict]:
-    from apclip.benchmarks.kernel_maka_check import Case, make_inputs, reference, relative_l2
+    from apclip.testing.kernel_cases import Case, make_inputs, reference, relative_l2
     from apclip.kernels.maka import choose_blocks, maka_score_triton
 
     video, classes, counts = make_inputs(Case(b, V, T, k, P, E, views, "float16"), seed=b * 1000 + k,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .infer_latency import machine, versions
+from apclip.benchmarks.infer_latency import machine, versions
 
 
 def status_kib(pid: str | int = "self") -> dict[str, int]:
@@ -43,7 +43,7 @@ def ensure_inputs(workdir: Path, minutes: float, fps: float, bundle: str | None)
     video = workdir / f"stream-{minutes:g}min-{fps:g}fps.avi"
     if not video.is_file():
         print(f"writing {video}")
-        from apclip.engine.synthetic import write_test_video
+        from apclip.testing.videos import write_test_video
 
         write_test_video(video, frames=int(round(minutes * 60 * fps)), size=(320, 240), fps=fps, codec="MJPG")
     if bundle:
@@ -53,7 +53,7 @@ def ensure_inputs(workdir: Path, minutes: float, fps: float, bundle: str | None)
         # In a child process: export imports torch, which would sit in this process's RSS otherwise.
         print(f"exporting the tiny demo bundle to {out}")
         code = (f"from pathlib import Path; from apclip.export.api import export_bundle; "
-                f"from apclip.export.demo_assets import write_demo_assets; "
+                f"from apclip.testing.assets import write_demo_assets; "
                 f"a = write_demo_assets(Path({str(workdir / 'assets')!r}), frames=8); "
                 f"export_bundle(a['checkpoint'], out={str(out)!r}, labels=a['labels'], prompts=a['bank'], "
                 f"verify=False, progress=False, log=lambda m: None)")

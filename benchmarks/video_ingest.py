@@ -30,13 +30,14 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from apclip.engine.clips import ClipSpec, FrameResizer, iter_window_clips, load_clip
+from apclip.engine.clips import FrameResizer, iter_window_clips, load_clip
+from apclip.preprocessing import Preprocessing
 from apclip.engine.preprocess import make_views
 from apclip.engine.sampling import sample_segment_indices
 from apclip.engine.sources import open_source
-from apclip.engine.synthetic import write_test_video
+from apclip.testing.videos import write_test_video
 
-SPEC = ClipSpec(frames=8, clips=2, crops=2, resolution=224)
+SPEC = Preprocessing(frames=8, clips=2, crops=2, resolution=224)
 
 
 def _times(fn: Callable[[], object], repeats: int) -> list[float]:
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             load_clip(source, SPEC, workers=workers)
 
     def windows(threads: int | None, workers: int) -> int:
-        spec = ClipSpec(frames=8, clips=1, crops=2, resolution=224)
+        spec = Preprocessing(frames=8, clips=1, crops=2, resolution=224)
         with open_source(path, threads=threads) as source:
             return sum(1 for _ in iter_window_clips(source, spec, span=2.0, stride=1.0, workers=workers))
 

@@ -6,18 +6,17 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
 from apclip.errors import ApclipError
-from apclip.fileio import publish
+from apclip.fileio import AtomicFile
 
-from .predictions import Prediction, WindowPrediction
-from .runners import BACKENDS
-from .scorers import SCORERS
+from apclip.engine.predictions import Prediction, WindowPrediction
+from apclip.engine.runners import BACKENDS
+from apclip.engine.scorers import SCORERS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                 use_vocab(args.bpe_vocab)
             from apclip.labels import read_labels
 
-            from .recognizer import Recognizer
+            from apclip.engine.recognizer import Recognizer
 
             labels = read_labels(args.labels) if args.labels else None
             rec = Recognizer.from_bundle(args.bundle, args.backend, labels, prompts=args.prompts, scorer=args.scorer,
@@ -110,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             elif json_file:  # interrupted before the first prediction: no file rather than an empty one
                 json_file.discard()
             if args.out_video and predictions:
-                from .overlay import write_overlay
+                from apclip.engine.overlay import write_overlay
 
                 frames = write_overlay(args.source, args.out_video, predictions, args.topk)
                 log(f"wrote {args.out_video} ({frames} frames)")
@@ -146,7 +145,7 @@ def check_arguments(args: argparse.Namespace, mode: str) -> None:
         # Before the bundle's files are hashed (hundreds of MB for ViT-B/16).
         raise ApclipError(f"video file not found: {args.source}")
     if args.out_video:
-        from .overlay import overlay_fourcc
+        from apclip.engine.overlay import overlay_fourcc
 
         overlay_fourcc(args.out_video)
         if is_live(args.source):
@@ -242,20 +241,18 @@ class _AtomicLines:
 
     def __init__(self, path: str):
         self.path = _json_target(path)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        self.file: IO[str] = os.fdopen(fd, "w", encoding="utf-8")
+        self._target = AtomicFile(self.path, "w")
+        self.file: IO[str] = self._target.file
 
     def write(self, record: dict) -> None:
         self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
         self.file.flush()
 
     def commit(self) -> None:
-        self.file.close()
-        publish(self.tmp, self.path)
+        self._target.commit()
 
     def discard(self) -> None:
-        self.file.close()
-        Path(self.tmp).unlink(missing_ok=True)
+        self._target.discard()
 
 
 class _LiveLines(_AtomicLines):

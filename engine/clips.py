@@ -21,57 +21,15 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..bundle import Preprocessing
-from ..config import (CROP_COUNTS, DEFAULT_CLIPS, DEFAULT_CROPS, DEFAULT_FRAMES, NORMALIZATIONS, ModelConfig,
-                      Normalization)
-from ..config import normalization as normalization_by_name
-from .errors import NoFramesError, SourceError
-from .preprocess import make_views, resize_short_side
-from .sampling import StridedReservoir, WindowPlan, nearest_kept, sample_segment_indices, sample_train_indices
-from .sources import SourceInfo, SourceSpec, VideoSource, open_source
+from apclip.engine.errors import NoFramesError, SourceError
+from apclip.engine.preprocess import make_views, resize_short_side
+from apclip.engine.sampling import (StridedReservoir, WindowPlan, nearest_kept, sample_segment_indices,
+                                    sample_train_indices)
+from apclip.engine.sources import SourceInfo, SourceSpec, VideoSource, open_source
+from apclip.preprocessing import Preprocessing
 
 # Frames the reservoir keeps for a source of unknown length: at least this, and 4 per sampled frame.
 _MIN_KEPT = 64
-
-
-@dataclass(frozen=True)
-class ClipSpec:
-    """What a clip is made of; export records it in the bundle manifest and inference reads it back."""
-
-    frames: int = DEFAULT_FRAMES  # T, frames per temporal clip
-    clips: int = DEFAULT_CLIPS  # N, temporal clips per video (or per window)
-    crops: int = DEFAULT_CROPS  # C, spatial crops per frame: 1 centre, 2 ends, 3 start/centre/end
-    resolution: int = ModelConfig().image_resolution  # R, crop side in pixels
-    normalization: Normalization = NORMALIZATIONS["clip"]  # or a preset name, e.g. "imagenet255"
-
-    def __post_init__(self) -> None:
-        if self.frames < 1 or self.clips < 1 or self.resolution < 1:
-            raise ValueError(f"frames, clips and resolution must be >= 1, got {self}")
-        if self.crops not in CROP_COUNTS:
-            raise ValueError(f"crops must be one of {CROP_COUNTS}, got {self.crops}")
-        if isinstance(self.normalization, str):
-            object.__setattr__(self, "normalization", normalization_by_name(self.normalization))
-
-    @property
-    def views(self) -> int:
-        """V = clips * crops."""
-        return self.clips * self.crops
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"frames": self.frames, "clips": self.clips, "crops": self.crops,
-                "resolution": self.resolution, "normalization": self.normalization.to_dict()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ClipSpec":
-        norm = data["normalization"]
-        return cls(int(data["frames"]), int(data["clips"]), int(data["crops"]), int(data["resolution"]),
-                   norm if isinstance(norm, str) else Normalization.from_dict(norm))
-
-
-def clip_spec(pre: Preprocessing, clips: int | None = None) -> ClipSpec:
-    """The engine's ClipSpec for a bundle's preprocessing (clips overridable, e.g. 1 per stream window)."""
-    return ClipSpec(frames=pre.frames, clips=clips or pre.clips, crops=pre.crops, resolution=pre.resolution,
-                    normalization=pre.normalization)
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,7 +39,7 @@ class Clip:
     views: np.ndarray  # [V, T, 3, R, R] float32; view v = clip * crops + crop
     frame_indices: np.ndarray  # [V, T] int64, index (among decoded frames) of every view frame
     timestamps: np.ndarray  # [V, T] float64 seconds of every view frame
-    spec: ClipSpec
+    spec: Preprocessing
     source: SourceInfo
     start: float  # seconds: start of the video or window the clip was sampled from
     end: float  # seconds: its end
@@ -120,7 +78,7 @@ class FrameResizer:
             self._pool.shutdown(wait=True)
 
 
-def _assemble(kept: dict[int, tuple[Any, float]], indices: np.ndarray, spec: ClipSpec) -> tuple[np.ndarray, ...]:
+def _assemble(kept: dict[int, tuple[Any, float]], indices: np.ndarray, spec: Preprocessing) -> tuple[np.ndarray, ...]:
     """[N, T] indices into kept frames -> views [V, T, 3, R, R], indices [V, T], timestamps [V, T]."""
     frames = [[FrameResizer.get(kept[int(i)][0]) for i in row] for row in indices]
     times = np.array([[kept[int(i)][1] for i in row] for row in indices], dtype=np.float64)  # [N, T]
@@ -145,7 +103,7 @@ class _TimeRange:
         return self.last + (1.0 / fps if fps else 0.0)
 
 
-def load_clip(source: SourceSpec, spec: ClipSpec = ClipSpec(), *, mode: str = "test",
+def load_clip(source: SourceSpec, spec: Preprocessing = Preprocessing(), *, mode: str = "test",
               rng: np.random.Generator | None = None, trust_frame_count: bool = True,
               max_frames: int | None = None, workers: int = 0, fps: float | None = None) -> Clip:
     """Decode `source` once and return its clip: spec.clips temporal clips x spec.crops crops.
@@ -285,7 +243,7 @@ class _WindowAssembler:
 class WindowClips:
     """Iterable of `Clip`s, one per sliding window; see iter_window_clips."""
 
-    def __init__(self, source: SourceSpec, spec: ClipSpec, plan: WindowPlan, workers: int = 0,
+    def __init__(self, source: SourceSpec, spec: Preprocessing, plan: WindowPlan, workers: int = 0,
                  fps: float | None = None) -> None:
         self.spec, self.plan = spec, plan
         self.peak_buffered_frames = 0  # most resized frames held at once
@@ -339,7 +297,7 @@ class WindowClips:
                     src.decoded_frames, src.skipped_frames)
 
 
-def iter_window_clips(source: SourceSpec, spec: ClipSpec = ClipSpec(clips=1), *, span: float = 2.0,
+def iter_window_clips(source: SourceSpec, spec: Preprocessing = Preprocessing(clips=1), *, span: float = 2.0,
                       stride: float = 1.0, unit: str = "seconds", workers: int = 0,
                       fps: float | None = None) -> WindowClips:
     """Sliding windows of `span` every `stride` (seconds or frames), each a Clip of spec.clips x T frames.

@@ -1,7 +1,7 @@
 """Errors and warnings of the video ingest (sources, sampling, preprocessing)."""
 from __future__ import annotations
 
-from ..errors import ApclipError
+from apclip.errors import ApclipError
 
 
 class SourceError(ApclipError):

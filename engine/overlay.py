@@ -3,18 +3,17 @@ from __future__ import annotations
 
 import bisect
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
 
-from apclip.fileio import publish
+from apclip.fileio import AtomicFile
 
-from .errors import SourceError
-from .predictions import Prediction, WindowPrediction
-from .sources import open_source
+from apclip.engine.errors import SourceError
+from apclip.engine.predictions import Prediction, WindowPrediction
+from apclip.engine.sources import open_source
 
 _FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 
@@ -57,12 +56,10 @@ def write_overlay(source, out: str | os.PathLike, predictions: Sequence[Predicti
         src.close()
         raise SourceError(f"--out-video needs a file or image folder, not the live source {src.info.name}")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix, dir=out.parent)
+        target = AtomicFile(out, mode=None, suffix=out.suffix)  # the writer picks the container from the suffix
     except OSError as exc:
         src.close()
         raise SourceError(f"--out-video {out}: cannot create a file there ({exc.strerror})") from None
-    os.close(fd)
     writer = None
     count = 0
     try:
@@ -76,7 +73,8 @@ def write_overlay(source, out: str | os.PathLike, predictions: Sequence[Predicti
             draw_top(image, current, topk)
             if writer is None:
                 h, w = image.shape[:2]
-                writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*fourcc), float(src.info.fps or 30.0), (w, h))
+                writer = cv2.VideoWriter(str(target.tmp), cv2.VideoWriter_fourcc(*fourcc),
+                                         float(src.info.fps or 30.0), (w, h))
                 if not writer.isOpened():
                     raise SourceError(f"--out-video {out}: OpenCV cannot write {fourcc} here; try a .avi name")
             writer.write(image)
@@ -85,10 +83,10 @@ def write_overlay(source, out: str | os.PathLike, predictions: Sequence[Predicti
             raise SourceError(f"--out-video {out}: {src.info.name} gave no frames on the second read")
         writer.release()
         writer = None
-        publish(tmp, out)
+        target.commit()
         return count
     finally:
         if writer is not None:
             writer.release()
         src.close()
-        Path(tmp).unlink(missing_ok=True)
+        target.discard()

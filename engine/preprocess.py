@@ -24,7 +24,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from ..config import CROP_COUNTS, Normalization
+from apclip.config import CROP_COUNTS, Normalization
 
 
 def resized_size(height: int, width: int, short_side: int) -> tuple[int, int]:

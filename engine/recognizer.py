@@ -24,12 +24,12 @@ from apclip.bundle import Manifest, PROMPTS_FILE, read_manifest
 from apclip.class_matrix import ClassMatrix, load_prompt_texts
 from apclip.extras import require
 
-from .clips import Clip, clip_spec, iter_window_clips, load_clip
-from .predictions import Explanation, FrameMatch, LabelScore, Prediction, WindowPrediction
-from .preprocess import flatten_views
-from .runners import BACKENDS, BackendUnavailable, EncoderRunner, encode_in_batches, ort_runners, torch_runners, trt_runners
-from .scorers import Scorer, make_scorer
-from .vocabulary import resolve_classes
+from apclip.engine.clips import Clip, iter_window_clips, load_clip
+from apclip.engine.predictions import Explanation, FrameMatch, LabelScore, Prediction, WindowPrediction
+from apclip.engine.preprocess import flatten_views
+from apclip.engine.runners import BACKENDS, BackendUnavailable, EncoderRunner, encode_in_batches, ort_runners, torch_runners, trt_runners
+from apclip.engine.scorers import Scorer, make_scorer
+from apclip.engine.vocabulary import resolve_classes
 
 Log = Callable[[str], None]
 
@@ -67,7 +67,7 @@ class Recognizer:
         self.scorer = scorer
         self.topk = topk
         self.workers = workers
-        self.spec = clip_spec(manifest.preprocessing)
+        self.spec = manifest.preprocessing
         # How the class matrix was made: {"reused": bundle rows, "encoded": new labels run through the
         # text encoder, "cached": new labels read from the on-disk cache} (set by from_bundle).
         self.class_stats: dict[str, int] = {"reused": classes.num_classes, "encoded": 0, "cached": 0}
@@ -198,7 +198,7 @@ class Recognizer:
     def stream(self, source, *, window: float = 2.0, stride: float = 1.0, unit: str = "seconds",
                topk: int | None = None, explain: bool = False) -> Iterator[WindowPrediction]:
         """Stream mode: a prediction per sliding window, yielded as soon as the window completes."""
-        spec = clip_spec(self.manifest.preprocessing, clips=1)
+        spec = self.manifest.preprocessing.with_clips(1)
         windows = iter_window_clips(source, spec, span=window, stride=stride, unit=unit, workers=self.workers)
         for index, (clip, decode_s) in enumerate(_prefetch(lambda: iter(windows))):
             pred = WindowPrediction(source=clip.source.name, top=[], scores=np.zeros(0), index=index,

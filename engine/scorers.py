@@ -16,7 +16,7 @@ from apclip.errors import ApclipError
 from apclip.extras import require
 from apclip.scoring import maka_score
 
-from .runners import BackendUnavailable
+from apclip.engine.runners import BackendUnavailable
 
 SCORERS = ("auto", "numpy", "onnx", "triton")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -20,9 +19,9 @@ import numpy as np
 from apclip.bundle import CLASS_COUNTS, CLASS_EMBEDDINGS, CLASSES_FILE, TEXT_FILE, Manifest
 from apclip.class_matrix import ClassMatrix, PromptSource, class_prompts, encode_class_matrix, load_class_matrix
 from apclip.errors import ApclipError
-from apclip.fileio import publish
+from apclip.fileio import atomic_write
 
-from .runners import EncoderRunner
+from apclip.engine.runners import EncoderRunner
 
 
 def cache_dir() -> Path:
@@ -91,20 +90,13 @@ def _write_cache(path: Path, key: str, matrix: ClassMatrix, log) -> None:
     from safetensors.numpy import save_file
 
     metadata = {"key": key, "sha256": _content_sha256(matrix.embeddings, matrix.counts)}
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        save_file({CLASS_EMBEDDINGS: np.ascontiguousarray(matrix.embeddings, dtype=np.float32),
-                   CLASS_COUNTS: np.ascontiguousarray(matrix.counts, dtype=np.int32)}, tmp, metadata=metadata)
-        publish(tmp, path)
-        tmp = None
+        with atomic_write(path, mode=None) as tmp:
+            save_file({CLASS_EMBEDDINGS: np.ascontiguousarray(matrix.embeddings, dtype=np.float32),
+                       CLASS_COUNTS: np.ascontiguousarray(matrix.counts, dtype=np.int32)}, str(tmp),
+                      metadata=metadata)
     except OSError as exc:
         log(f"warning: could not write the label cache {path} ({exc}); new labels will be encoded again next run")
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def _read_cache(path: Path, key: str, labels: Sequence[str], prompt_counts: Sequence[int], log) -> ClassMatrix | None:

@@ -18,12 +18,13 @@ import numpy as np
 from apclip import __version__
 from apclip.bundle import (bound_metadata, CLASSES_FILE, EMBEDDINGS_OUTPUT, FORMAT, FORMAT_VERSION, MANIFEST, PROMPTS_FILE, SCORER_FILE,
                            SCORER_INPUTS, SCORER_OUTPUT, TEXT_FILE, TEXT_INPUT, VISION_FILE, VISION_INPUT,
-                           Preprocessing, sha256_file)
+                           sha256_file)
 from apclip.config import CROP_COUNTS, DEFAULT_CLIPS, DEFAULT_CROPS, DEFAULT_FRAMES, NORMALIZATIONS, normalization
 from apclip.fileio import publish
+from apclip.preprocessing import Preprocessing
 
-from .errors import ExportError
-from .verify import VerificationReport
+from apclip.export.errors import ExportError
+from apclip.export.verify import VerificationReport
 
 Log = Callable[[str], None]
 
@@ -59,7 +60,7 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
     from apclip.checkpoint import load_checkpoint
     from apclip.labels import labels_sha256, read_labels
 
-    from .onnx_export import MIN_OPSET
+    from apclip.export.onnx_export import MIN_OPSET
 
     out = Path(out)
     # Everything that can be checked without the (slow) checkpoint load is checked first.
@@ -98,22 +99,25 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
             f"{'but no --prompts was given' if bank is None else 'but --prompts has ' + bank.sha256[:12] + '...'}: "
             f"classes will use other prompts than in training")
     pre = checkpoint.preprocessing or {}
-    preprocessing = Preprocessing(
-        resolution=model.config.image_resolution,
-        normalization=normalization(normalize or pre.get("normalize") or "clip"),
-        frames=int(_first_given(frames, pre.get("frames"), DEFAULT_FRAMES)),
-        clips=int(_first_given(clips, pre.get("clips"), DEFAULT_CLIPS)),
-        crops=int(_first_given(crops, pre.get("crops"), DEFAULT_CROPS)),
-    )
-    if preprocessing.crops not in CROP_COUNTS or min(preprocessing.frames, preprocessing.clips) < 1:
-        raise ExportError(f"checkpoint {ckpt} carries unusable preprocessing {pre}; pass --frames/--clips/--crops")
+    try:
+        preprocessing = Preprocessing(
+            resolution=model.config.image_resolution,
+            normalization=normalization(normalize or pre.get("normalize") or "clip"),
+            frames=int(_first_given(frames, pre.get("frames"), DEFAULT_FRAMES)),
+            clips=int(_first_given(clips, pre.get("clips"), DEFAULT_CLIPS)),
+            crops=int(_first_given(crops, pre.get("crops"), DEFAULT_CROPS)),
+        )
+    except ValueError:
+        raise ExportError(f"checkpoint {ckpt} carries unusable preprocessing {pre}; pass --frames/--clips/--crops") from None
 
     out.parent.mkdir(parents=True, exist_ok=True)
     # Built next to `out` so the final rename stays on one filesystem; the name is never a bundle path.
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        result = _build(model, checkpoint, work, label_list, bank, preprocessing, opset, batch_max,
-                        verify, scorer, progress, log, seconds, labels_sha256(label_list))
+        job = _Job(model, checkpoint, label_list, labels_sha256(label_list), bank, preprocessing,
+                   ExportOptions(opset=opset, batch_max=batch_max, verify=verify, scorer=scorer, progress=progress),
+                   log, seconds)
+        result = _build(job, work)
         if _before_rename is not None:
             _before_rename(work)
         _replace_dir(work, out)
@@ -124,19 +128,45 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
         raise
 
 
-def _build(model, checkpoint, work: Path, labels: list[str], bank, preprocessing: Preprocessing, opset: int,
-           batch_max: int, verify: bool, scorer: bool, progress: bool, log: Log, seconds: dict[str, float],
-           labels_hash: str) -> ExportResult:
+@dataclass(frozen=True)
+class ExportOptions:
+    """How the files are made (everything about the model, labels and frames is in _Job)."""
+
+    opset: int = 17  # ONNX opset of the encoders (>= 17: LayerNorm stays one node)
+    batch_max: int = 1024  # largest vision batch the exported graph accepts; runners never send more
+    verify: bool = True  # parity of ONNX Runtime against the PyTorch reference before keeping anything
+    scorer: bool = False  # also write scorer.onnx
+    progress: bool = True  # progress bar for the class-matrix compile
+
+
+@dataclass
+class _Job:
+    """One export: what it reads, what it decided, and where it reports."""
+
+    model: Any  # apclip.model.CLIP, float32, eval
+    checkpoint: Any  # apclip.checkpoint.Checkpoint it came from
+    labels: list[str]
+    labels_hash: str
+    bank: Any  # apclip.prompt_bank.PromptBank or None
+    preprocessing: Preprocessing
+    options: ExportOptions
+    log: Log
+    seconds: dict[str, float]  # step -> wall seconds, for the summary
+
+
+def _build(job: _Job, work: Path) -> ExportResult:
     from apclip.class_matrix import class_prompts, encode_class_matrix, save_class_matrix, save_prompt_texts
 
-    from .onnx_export import export_scorer, export_text, export_vision, scorer_opset
+    from apclip.export.onnx_export import export_scorer, export_text, export_vision, scorer_opset
 
+    model, opt, log, seconds = job.model, job.options, job.log, job.seconds
+    labels, bank, opset = job.labels, job.bank, opt.opset
     t = time.perf_counter()
     log(f"exporting {VISION_FILE} (opset {opset}) ...")
-    export_vision(model, work / VISION_FILE, opset, batch_max)
+    export_vision(model, work / VISION_FILE, opset, opt.batch_max)
     log(f"exporting {TEXT_FILE} (opset {opset}) ...")
-    export_text(model, work / TEXT_FILE, opset, text_batch_max(batch_max))
-    if scorer:
+    export_text(model, work / TEXT_FILE, opset, text_batch_max(opt.batch_max))
+    if opt.scorer:
         log(f"exporting {SCORER_FILE} (opset {scorer_opset(opset)}) ...")
         export_scorer(work / SCORER_FILE, model.config.embed_dim, opset)
     seconds["export onnx"] = time.perf_counter() - t
@@ -146,8 +176,8 @@ def _build(model, checkpoint, work: Path, labels: list[str], bank, preprocessing
     encode = trimmed_text_encoder(model)
     n_prompts = sum(map(len, prompts))
     log(f"compiling the class matrix: {len(labels)} classes, {n_prompts} prompts")
-    matrix = encode_class_matrix(labels, prompts, encode, fallback_labels=fallback, progress=progress)
-    save_class_matrix(work / CLASSES_FILE, matrix, bound_metadata(labels_hash, preprocessing))
+    matrix = encode_class_matrix(labels, prompts, encode, fallback_labels=fallback, progress=opt.progress)
+    save_class_matrix(work / CLASSES_FILE, matrix, bound_metadata(job.labels_hash, job.preprocessing))
     save_prompt_texts(work / PROMPTS_FILE, labels, matrix.prompt_texts)
     seconds["class matrix"] = time.perf_counter() - t
     if fallback:
@@ -155,20 +185,20 @@ def _build(model, checkpoint, work: Path, labels: list[str], bank, preprocessing
         log(f"{len(fallback)} label(s) have no prompt-bank entry and use 'a video of {{label}}.': {shown}")
 
     report = None
-    if verify:
+    if opt.verify:
         t = time.perf_counter()
-        from .verify import verify_bundle_files
+        from apclip.export.verify import generated_video_pixels, verify_bundle_files
 
         log("verifying ONNX Runtime against the PyTorch reference ...")
         report = verify_bundle_files(model, work / VISION_FILE, work / TEXT_FILE, matrix,
-                                     _video_pixels(preprocessing), work / SCORER_FILE if scorer else None)
+                                     generated_video_pixels(job.preprocessing),
+                                     work / SCORER_FILE if opt.scorer else None)
         seconds["verify"] = time.perf_counter() - t
         if not report.ok:
             raise ExportError("parity verification failed; nothing was kept:\n" + report.table())
 
     files = {p.name: p.stat().st_size for p in sorted(work.iterdir()) if p.is_file()}
-    manifest = _manifest(model, checkpoint, labels, labels_hash, bank, preprocessing, opset, batch_max, scorer,
-                         matrix, work, report)
+    manifest = _manifest(job, matrix, work, report)
     (work / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return ExportResult(work, matrix.num_classes, matrix.max_prompts, fallback, files, seconds, report, manifest)
 
@@ -194,13 +224,6 @@ def trimmed_text_encoder(model) -> Callable[[np.ndarray], np.ndarray]:
     return encode
 
 
-def _video_pixels(pre: Preprocessing) -> np.ndarray:
-    """Preprocessed frames of a generated video, through the engine's own decode and preprocessing."""
-    from apclip.engine.parity_video import generated_video_pixels
-
-    return generated_video_pixels(pre)
-
-
 def _io(file: str, inputs: list[tuple[str, str, list]], outputs: list[tuple[str, str, list]], opset: int,
         batch_max: int | None = None) -> dict:
     spec = lambda items: [{"name": n, "dtype": d, "shape": s} for n, d, s in items]  # noqa: E731
@@ -210,12 +233,11 @@ def _io(file: str, inputs: list[tuple[str, str, list]], outputs: list[tuple[str,
     return out
 
 
-def _manifest(model, checkpoint, labels, labels_hash, bank, pre: Preprocessing, opset: int, batch_max: int,
-              scorer: bool,
-              matrix, work: Path, report: VerificationReport | None) -> dict[str, Any]:
-    from .onnx_export import scorer_opset
+def _manifest(job: _Job, matrix, work: Path, report: VerificationReport | None) -> dict[str, Any]:
+    from apclip.export.onnx_export import scorer_opset
 
-    c = model.config
+    opset, batch_max, checkpoint, bank = job.options.opset, job.options.batch_max, job.checkpoint, job.bank
+    c = job.model.config
     r, e = c.image_resolution, c.embed_dim
     io = {
         "vision": _io(VISION_FILE, [(VISION_INPUT, "float32", ["N", 3, r, r])],
@@ -223,7 +245,7 @@ def _manifest(model, checkpoint, labels, labels_hash, bank, pre: Preprocessing, 
         "text": _io(TEXT_FILE, [(TEXT_INPUT, "int64", ["M", c.context_length])],
                     [(EMBEDDINGS_OUTPUT, "float32", ["M", e])], opset, text_batch_max(batch_max)),
     }
-    if scorer:
+    if job.options.scorer:
         io["scorer"] = _io(SCORER_FILE, [(SCORER_INPUTS[0], "float32", ["B", "Nv", e]),
                                          (SCORER_INPUTS[1], "float32", ["K", "P", e]),
                                          (SCORER_INPUTS[2], "int64", ["K"])],
@@ -235,11 +257,11 @@ def _manifest(model, checkpoint, labels, labels_hash, bank, pre: Preprocessing, 
         "model": c.to_dict(),
         "checkpoint": {"name": checkpoint.path.name, "format": checkpoint.format,
                        "sha256": sha256_file(checkpoint.path)},
-        "preprocessing": pre.to_dict(),
+        "preprocessing": job.preprocessing.to_dict(),
         "io": io,
         "opset": opset,
-        "labels": list(labels),
-        "labels_sha256": labels_hash,
+        "labels": list(job.labels),
+        "labels_sha256": job.labels_hash,
         "prompt_bank_sha256": bank.sha256 if bank is not None else None,
         "class_matrix": {"file": CLASSES_FILE, "num_classes": matrix.num_classes,
                          "max_prompts": matrix.max_prompts, "embed_dim": e,

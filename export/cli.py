@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         require("onnx", "torch", "apclip-export")
         if args.verify:
             require("onnxruntime", "cpu", "export verification (or pass --no-verify)")
-        from .api import export_bundle
+        from apclip.export.api import export_bundle
 
         if args.bpe_vocab:
             from apclip.tokenizer import use_vocab

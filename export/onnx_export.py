@@ -18,7 +18,7 @@ from torch import nn
 from apclip.bundle import EMBEDDINGS_OUTPUT, SCORER_INPUTS, SCORER_OUTPUT, TEXT_INPUT, VISION_INPUT
 from apclip.model import CLIP, ImageEmbedder, TextEmbedder
 
-from .errors import ExportError
+from apclip.export.errors import ExportError
 
 MIN_OPSET = 17
 

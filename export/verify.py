@@ -5,6 +5,7 @@ of a video, and on real prompts; MAKA top-1 over the class matrix must be identi
 """
 from __future__ import annotations
 
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,10 +15,24 @@ import torch
 from apclip.bundle import EMBEDDINGS_OUTPUT, SCORER_INPUTS, TEXT_INPUT, VISION_INPUT
 from apclip.class_matrix import ClassMatrix
 from apclip.model import CLIP, ImageEmbedder, TextEmbedder
+from apclip.preprocessing import Preprocessing
 from apclip.scoring import maka_score
 
 MIN_COSINE = 0.99999
 MAX_ABS_DIFF = 1e-4
+
+
+def generated_video_pixels(pre: Preprocessing, frames: int = 48) -> np.ndarray:
+    """[V*T, 3, R, R] float32: a generated 320x240 MJPG video through the engine's own decode and
+    preprocessing, so parity is checked on the values the engine really feeds the encoders."""
+    from apclip.engine.clips import load_clip
+    from apclip.engine.preprocess import flatten_views
+    from apclip.testing.videos import write_test_video
+
+    with tempfile.TemporaryDirectory(prefix="apclip-parity-") as tmp:
+        path = write_test_video(Path(tmp) / "parity.avi", frames=frames, size=(320, 240), codec="MJPG")
+        clip = load_clip(path, pre)
+    return flatten_views(clip.views)
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ def maka_score(video: Any, classes: Any, counts: Any = None, *, views: str = "po
 
     require("torch", "triton", "the fused MAKA kernel")
     require("triton", "triton", "the fused MAKA kernel")
-    from .maka import maka_score_triton
+    from apclip.kernels.maka import maka_score_triton
 
     return maka_score_triton(video, classes, counts, views=views)
 

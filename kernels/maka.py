@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import KERNEL_DTYPES, KernelInputError, KernelUnavailableError
+from apclip.kernels import KERNEL_DTYPES, KernelInputError, KernelUnavailableError
 
 MAX_ROWS = 256  # padded frames per video and prompts per tile: the fp32 accumulator lives in registers
 MAX_CLASSES_PER_TILE = 8  # bounds the unrolled per-class epilogue (compile time, register pressure)

@@ -11,7 +11,7 @@ import pytest
 def demo_assets(tmp_path_factory) -> dict[str, Path]:
     """best.pt (tiny preset, apclip format), labels.txt (5 labels), bank.json (4 of them), video.mp4 (90 frames)."""
     pytest.importorskip("torch")
-    from apclip.export.demo_assets import write_demo_assets
+    from apclip.testing.assets import write_demo_assets
 
     return write_demo_assets(tmp_path_factory.mktemp("assets"))
 

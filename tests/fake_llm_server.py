@@ -160,8 +160,24 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
         def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
             self._send(status, {"error": {"message": message, "type": "fake", "code": status}}, headers)
 
+        def _read_body(self) -> dict[str, Any] | None:
+            """The request's JSON object, or None when the body is missing, cut short or not JSON: a
+            client killed mid-request sends such bodies, and they must not count as questions."""
+            try:
+                length = int(self.headers.get("Content-Length", 0))
+                raw = self.rfile.read(length) if length > 0 else b""
+                if len(raw) != length or not raw:
+                    return None
+                body = json.loads(raw)
+            except (ValueError, OSError):
+                return None
+            return body if isinstance(body, dict) else None
+
         def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            body = self._read_body()
+            if body is None:
+                self.close_connection = True
+                return self._error(400, "fake server: missing or invalid JSON request body")
             if not self.path.endswith("/chat/completions"):
                 return self._error(404, f"no route {self.path}")
             with server._lock:

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 
 from apclip.config import NORMALIZATIONS
-from apclip.engine.clips import Clip, ClipSpec, iter_window_clips, load_clip
+from apclip.engine.clips import Clip, iter_window_clips, load_clip
+from apclip.preprocessing import Preprocessing
 from apclip.engine.errors import NoFramesError, SourceError, SourceWarning
 from apclip.engine.preprocess import flatten_views, unflatten_views
 from apclip.engine.sampling import sample_segment_indices
 from apclip.engine.sources import Frame, SourceInfo, VideoSource
-from apclip.engine.synthetic import codec_available, frame_pattern, read_frame_index, write_test_video
+from apclip.testing.videos import codec_available, frame_pattern, read_frame_index, write_test_video
 
-SMALL = ClipSpec(frames=8, clips=2, crops=2, resolution=32)
+SMALL = Preprocessing(frames=8, clips=2, crops=2, resolution=32)
 
 
 class FakeStream(VideoSource):
@@ -76,7 +77,7 @@ def test_whole_video_clip_holds_the_sampled_frames(video_300: Path) -> None:
 
 
 def test_default_spec_is_the_papers_views(video_300: Path) -> None:
-    clip = load_clip(video_300, ClipSpec(resolution=32))
+    clip = load_clip(video_300, Preprocessing(resolution=32))
     assert (clip.spec.frames, clip.spec.clips, clip.spec.crops, clip.spec.views) == (8, 2, 2, 4)
     assert clip.spec.normalization == NORMALIZATIONS["clip"]
     flat = flatten_views(clip.views)
@@ -89,7 +90,7 @@ def test_three_crops_and_imagenet_normalisation_over_containers(tmp_path: Path, 
     if not codec_available(codec, suffix):
         pytest.skip(f"this OpenCV build cannot write and read {codec} in {suffix}")
     path = write_test_video(tmp_path / f"v{suffix}", frames=40, size=(96, 64), codec=codec)
-    spec = ClipSpec(frames=4, clips=1, crops=3, resolution=32, normalization="imagenet255")
+    spec = Preprocessing(frames=4, clips=1, crops=3, resolution=32, normalization="imagenet255")
     clip = load_clip(path, spec)
     assert clip.views.shape == (3, 4, 3, 32, 32)
     assert clip.frame_indices.tolist() == [[5, 15, 25, 35]] * 3  # int(10 i + 5)
@@ -99,7 +100,7 @@ def test_three_crops_and_imagenet_normalisation_over_containers(tmp_path: Path, 
 
 def test_fewer_frames_than_t_repeat(tmp_path: Path) -> None:
     path = write_test_video(tmp_path / "five.avi", frames=5, size=(64, 48))
-    clip = load_clip(path, ClipSpec(frames=8, clips=1, crops=1, resolution=32))
+    clip = load_clip(path, Preprocessing(frames=8, clips=1, crops=1, resolution=32))
     assert clip.frame_indices.tolist() == [[0, 0, 1, 2, 2, 3, 4, 4]]  # int(0.625 i + 0.3125)
     np.testing.assert_array_equal(clip.views[0, 0], clip.views[0, 1])
     np.testing.assert_array_equal(_view_frame_numbers(clip), clip.frame_indices)
@@ -188,7 +189,7 @@ def test_8k_frames_are_resized_one_at_a_time(tmp_path: Path) -> None:
     frame_bytes = 7680 * 4320 * 3
     tracemalloc.start()
     try:
-        clip = load_clip(path, ClipSpec(frames=4, clips=1, crops=1, resolution=32))
+        clip = load_clip(path, Preprocessing(frames=4, clips=1, crops=1, resolution=32))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -198,14 +199,14 @@ def test_8k_frames_are_resized_one_at_a_time(tmp_path: Path) -> None:
 
 
 def test_clip_spec_round_trips_through_a_manifest_dict() -> None:
-    spec = ClipSpec(frames=16, clips=4, crops=3, resolution=224, normalization="imagenet255")
+    spec = Preprocessing(frames=16, clips=4, crops=3, resolution=224, normalization="imagenet255")
     assert spec.normalization == NORMALIZATIONS["imagenet255"] and spec.views == 12
-    assert ClipSpec.from_dict(spec.to_dict()) == spec
-    assert ClipSpec.from_dict({**spec.to_dict(), "normalization": "clip"}).normalization == NORMALIZATIONS["clip"]
+    assert Preprocessing.from_dict(spec.to_dict()) == spec
+    assert Preprocessing.from_dict({**spec.to_dict(), "normalization": "clip"}).normalization == NORMALIZATIONS["clip"]
     with pytest.raises(ValueError, match="crops must be"):
-        ClipSpec(crops=5)
+        Preprocessing(crops=5)
     with pytest.raises(ValueError, match="unknown normalisation"):
-        ClipSpec(normalization="nope")
+        Preprocessing(normalization="nope")
 
 
 # ---- sliding windows ----------------------------------------------------------------------------
@@ -213,7 +214,7 @@ def test_clip_spec_round_trips_through_a_manifest_dict() -> None:
 
 def test_windows_over_a_long_video_count_time_and_memory(tmp_path: Path) -> None:
     path = write_test_video(tmp_path / "long.avi", frames=1500, size=(48, 32), fps=25.0)  # 60 s
-    spec = ClipSpec(frames=8, clips=1, crops=1, resolution=32)
+    spec = Preprocessing(frames=8, clips=1, crops=1, resolution=32)
     windows = iter_window_clips(path, spec, span=2.0, stride=1.0)
     clips = list(windows)
     assert len(clips) == 59  # starts 0, 1, ..., 58 s; the window starting at 59 s would end past 60 s
@@ -229,7 +230,7 @@ def test_windows_over_a_long_video_count_time_and_memory(tmp_path: Path) -> None
 
 
 def test_windows_in_frames_with_several_clips() -> None:
-    spec = ClipSpec(frames=4, clips=2, crops=2, resolution=32)
+    spec = Preprocessing(frames=4, clips=2, crops=2, resolution=32)
     windows = iter_window_clips(FakeStream(100, announce=True), spec, span=20, stride=20, unit="frames")
     clips = list(windows)
     assert len(clips) == 5
@@ -244,7 +245,7 @@ def test_windows_in_frames_with_several_clips() -> None:
 
 def test_windows_on_an_endless_stream_close_it_when_the_consumer_stops() -> None:
     stream = FakeStream(None)
-    windows = iter(iter_window_clips(stream, ClipSpec(frames=4, clips=1, crops=1, resolution=32),
+    windows = iter(iter_window_clips(stream, Preprocessing(frames=4, clips=1, crops=1, resolution=32),
                                      span=1.0, stride=0.5))
     first = list(itertools.islice(windows, 6))
     windows.close()  # what a consumer's break does to the generator
@@ -254,4 +255,4 @@ def test_windows_on_an_endless_stream_close_it_when_the_consumer_stops() -> None
 
 def test_source_shorter_than_a_window_raises() -> None:
     with pytest.raises(NoFramesError, match=r"ended after 30 frames, before its first window of 2 seconds"):
-        list(iter_window_clips(FakeStream(30, announce=True), ClipSpec(resolution=32), span=2.0, stride=1.0))
+        list(iter_window_clips(FakeStream(30, announce=True), Preprocessing(resolution=32), span=2.0, stride=1.0))

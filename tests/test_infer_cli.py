@@ -18,7 +18,7 @@ from apclip.bundle import MANIFEST, VISION_FILE
 pytest.importorskip("onnxruntime")
 
 from apclip.engine.cli import main  # noqa: E402
-from apclip.engine.synthetic import write_test_video  # noqa: E402
+from apclip.testing.videos import write_test_video  # noqa: E402
 
 PREDICTION_KEYS = {"source", "top", "backend", "scorer", "frames", "approximate", "timings_ms"}
 WINDOW_KEYS = PREDICTION_KEYS | {"window", "start", "end"}

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from apclip.errors import ApclipError
-from apclip.export.prompt_graph import UnreviewedGraphError, default_graph, load_graph, snake_case
-from apclip.export.prompt_review import ReviewError, apply_review, write_review_csv
-from apclip.export.prompts_cli import main
+from apclip.export.prompts.graph import UnreviewedGraphError, default_graph, load_graph, snake_case
+from apclip.export.prompts.review import ReviewError, apply_review, write_review_csv
+from apclip.export.prompts.cli import main
 from apclip.prompt_bank import (
     AttributeGraph, ClassPrompts, PromptBank, PromptBankError, PromptEntry, format_prompt, load_prompt_bank,
     save_prompt_bank,

@@ -6,8 +6,8 @@ import json
 import pytest
 from fake_llm_server import FakeLLMServer
 
-from apclip.export.prompt_graph import default_graph
-from apclip.export.prompts_cli import main
+from apclip.export.prompts.graph import default_graph
+from apclip.export.prompts.cli import main
 from apclip.prompt_bank import format_prompt, load_prompt_bank
 from apclip.tokenizer import count_tokens
 

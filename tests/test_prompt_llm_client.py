@@ -7,12 +7,12 @@ import time
 import pytest
 from fake_llm_server import FakeLLMServer
 
-from apclip.export.llm_client import (
+from apclip.export.prompts.client import (
     ChatClient, LLMError, LLMFatalError, LLMSettings, estimate_cost, price_per_mtok, retry_after_seconds,
     run_bounded, validate_json,
 )
-from apclip.export.prompt_graph import default_graph
-from apclip.export.prompt_strategies import ActionCentric
+from apclip.export.prompts.graph import default_graph
+from apclip.export.prompts.strategies import ActionCentric
 
 STRATEGY = ActionCentric(3, default_graph())
 
@@ -129,7 +129,7 @@ def test_missing_openai_names_the_extra(monkeypatch, tmp_path, capsys):
     import sys
 
     from apclip.errors import MissingExtraError
-    from apclip.export.prompts_cli import main
+    from apclip.export.prompts.cli import main
 
     monkeypatch.setitem(sys.modules, "openai", None)  # as if not installed
     monkeypatch.setenv("OPENAI_API_KEY", "test-dummy-key")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from apclip.export.prompt_postprocess import (
+from apclip.export.prompts.postprocess import (
     DescriptionError, check_label_fits, check_prompt_fits, limit_tokens, postprocess, split_sentences, standardise,
 )
 from apclip.tokenizer import count_tokens

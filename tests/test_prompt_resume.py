@@ -11,7 +11,7 @@ import time
 import pytest
 from fake_llm_server import FakeLLMServer
 
-from apclip.export.prompt_strategies import ACTION_CENTRIC_TEMPLATES
+from apclip.export.prompts.strategies import ACTION_CENTRIC_TEMPLATES
 from apclip.prompt_bank import load_prompt_bank
 
 LABELS = [f"action number {i}" for i in range(7)] + ["tańczyć 踊り"]
@@ -38,7 +38,7 @@ def pair_of(question):
 
 def start(server, labels, out):
     env = dict(os.environ, OPENAI_API_KEY="test-dummy-key", PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "apclip.export.prompts_cli", "generate", "--labels", str(labels),
+    command = [sys.executable, "-m", "apclip.export.prompts.cli", "generate", "--labels", str(labels),
                "--out", str(out), "--base-url", server.base_url, "--model", "fake-model", "--concurrency", "2",
                "--backoff-s", "0.001", "--no-progress"]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

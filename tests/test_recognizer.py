@@ -22,7 +22,7 @@ from apclip.engine import Recognizer, WindowPrediction  # noqa: E402
 from apclip.engine.clips import load_clip  # noqa: E402
 from apclip.engine.preprocess import flatten_views  # noqa: E402
 from apclip.engine.scorers import NumpyScorer, OnnxScorer  # noqa: E402
-from apclip.engine.synthetic import write_test_video  # noqa: E402
+from apclip.testing.videos import write_test_video  # noqa: E402
 from apclip.tokenizer import get_tokenizer  # noqa: E402
 
 FPS = 10.0
@@ -128,10 +128,9 @@ def test_stream_windows_and_timestamps(rec, five_seconds, window, stride, starts
 
 def test_stream_window_scores_equal_clip_mode_on_the_same_frames(rec, five_seconds):
     """Window k of span 5 s is the whole video: its one temporal clip is load_clip's with clips=1."""
-    from apclip.engine.clips import clip_spec
 
     [window] = rec.stream(five_seconds, window=SECONDS, stride=SECONDS)
-    clip = load_clip(five_seconds, clip_spec(rec.manifest.preprocessing, clips=1))
+    clip = load_clip(five_seconds, rec.manifest.preprocessing.with_clips(1))
     np.testing.assert_allclose(window.scores, rec.score(rec.encode_clip(clip)), rtol=0, atol=1e-6)
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from apclip.engine.errors import SourceError, SourceWarning
 from apclip.engine.sources import ImageFolderSource, open_source, to_bgr8
-from apclip.engine.synthetic import (
+from apclip.testing.videos import (
     codec_available,
     frame_pattern,
     read_frame_index,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from apclip.benchmarks import kernel_maka, kernel_maka_check
-from apclip.benchmarks.kernel_maka_check import Case, make_inputs, reference, relative_l2
+from apclip.testing.kernel_cases import Case, make_inputs, reference, relative_l2
 
 
 @pytest.mark.parametrize("views", ["pool", "mean"])

@@ -28,7 +28,7 @@ CONFIGS = [
 @pytest.fixture(scope="module")
 def compiled() -> list[dict]:
     code = ("import json, sys\n"
-            "from apclip.benchmarks.kernel_maka_check import compile_ahead_of_time\n"
+            "from apclip.testing.kernel_cases import compile_ahead_of_time\n"
             f"print(json.dumps([compile_ahead_of_time(*config) for config in {CONFIGS!r}]))\n")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import apclip.kernels as kernels
-from apclip.benchmarks.kernel_maka_check import Case, make_inputs, reference, relative_l2
+from apclip.testing.kernel_cases import Case, make_inputs, reference, relative_l2
 from apclip.errors import ApclipError, MissingExtraError
 from apclip.kernels import KernelInputError, KernelUnavailableError, maka_score
 

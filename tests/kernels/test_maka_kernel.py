@@ -1,23 +1,23 @@
 """The fused Triton MAKA kernel against the float64 reference (interpreter on CPU, compiled on a GPU).
 
-Shapes are drawn afresh each run from the issue's grid; the seed is in every test id, and
-APCLIP_TEST_SEED=<seed> replays a run. APCLIP_KERNEL_FULL_GRID=1 runs the whole grid (~1 min per dtype
-on CPU).
+Shapes are drawn from the issue's grid with a fixed seed, so a CI failure replays as it happened;
+APCLIP_TEST_SEED=<seed> draws another sample (the seed is in every test id).
+APCLIP_KERNEL_FULL_GRID=1 runs the whole grid (~1 min per dtype on CPU).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-import random
 
 import pytest
 import torch
 
-from apclip.benchmarks.kernel_maka_check import (Case, grid_cases, make_inputs, reference, relative_l2,
-                                                 run_case, sample_cases)
+from apclip.testing.kernel_cases import (Case, grid_cases, make_inputs, reference, relative_l2, run_case,
+                                         sample_cases)
 from apclip.kernels.maka import _ARCH_TUNING, MakaBlocks, choose_blocks, maka_score_triton
 
-SEED = int(os.environ.get("APCLIP_TEST_SEED", random.SystemRandom().randrange(2**31)))
+DEFAULT_SEED = 20241028  # fixed: a CI failure must be reproducible; APCLIP_TEST_SEED picks another sample
+SEED = int(os.environ.get("APCLIP_TEST_SEED", DEFAULT_SEED))
 N_SAMPLED = 48
 FULL_GRID = os.environ.get("APCLIP_KERNEL_FULL_GRID") == "1"
 CASES = (grid_cases("float16") + grid_cases("float32")) if FULL_GRID else sample_cases(SEED, N_SAMPLED)

@@ -15,11 +15,11 @@ from typing import Any, Callable, Iterator
 from apclip.errors import ApclipError
 from apclip.prompt_bank import ClassPrompts, PromptBank, PromptEntry, content_sha256
 
-from .llm_client import (ChatClient, LLMFatalError, LLMSettings, Usage, request_body, rough_token_estimate,
+from apclip.export.prompts.client import (ChatClient, LLMFatalError, LLMSettings, Usage, request_body, rough_token_estimate,
                          run_bounded, validate_json)
-from .prompt_journal import AnswerKey, Journal, read_journal
-from .prompt_postprocess import MAX_DESCRIPTION_TOKENS, check_label_fits, check_prompt_fits, postprocess
-from .prompt_strategies import LLMRequest, Strategy
+from apclip.export.prompts.journal import AnswerKey, Journal, read_journal
+from apclip.export.prompts.postprocess import MAX_DESCRIPTION_TOKENS, check_label_fits, check_prompt_fits, postprocess
+from apclip.export.prompts.strategies import LLMRequest, Strategy
 
 
 class GenerationIncomplete(ApclipError):

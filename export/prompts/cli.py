@@ -20,9 +20,9 @@ from apclip.errors import ApclipError
 from apclip.prompt_bank import load_prompt_bank, save_prompt_bank, write_json_atomic
 from apclip.tokenizer import CONTEXT_LENGTH
 
-from .llm_client import LLMSettings, estimate_cost, price_per_mtok
-from .prompt_postprocess import MAX_DESCRIPTION_TOKENS
-from .prompt_strategies import STRATEGIES
+from apclip.export.prompts.client import LLMSettings, estimate_cost, price_per_mtok
+from apclip.export.prompts.postprocess import MAX_DESCRIPTION_TOKENS
+from apclip.export.prompts.strategies import STRATEGIES
 
 PROG = "apclip-prompts"
 EXIT_INTERRUPTED = 130
@@ -125,9 +125,9 @@ def _cost_line(model: str, tokens_in: int, tokens_out: int, args: argparse.Names
 def cmd_generate(args: argparse.Namespace) -> int:
     from apclip.labels import read_labels
 
-    from .prompt_generate import dry_run, generate_bank
-    from .prompt_graph import load_graph
-    from .prompt_strategies import make_strategy
+    from apclip.export.prompts.generate import dry_run, generate_bank
+    from apclip.export.prompts.graph import load_graph
+    from apclip.export.prompts.strategies import make_strategy
 
     if args.concurrency < 1:
         raise ApclipError(f"--concurrency must be at least 1, got {args.concurrency}")
@@ -160,7 +160,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     client = None
     if strategy.uses_llm:
-        from .llm_client import ChatClient
+        from apclip.export.prompts.client import ChatClient
 
         client = ChatClient.from_env(llm)
     show = sys.stderr.isatty() if args.progress is None else args.progress
@@ -197,9 +197,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_derive(args: argparse.Namespace) -> int:
-    from .llm_client import ChatClient
+    from apclip.export.prompts.client import ChatClient
     from apclip.labels import read_labels
-    from .prompt_graph import derive_graph, load_graph
+    from apclip.export.prompts.graph import derive_graph, load_graph
 
     if args.out.exists() and not args.force:
         raise ApclipError(f"{args.out} exists; pass --force to overwrite it (a reviewed graph would be lost)")
@@ -216,7 +216,7 @@ def cmd_derive(args: argparse.Namespace) -> int:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    from .prompt_review import write_review_csv
+    from apclip.export.prompts.review import write_review_csv
 
     rows = write_review_csv(load_prompt_bank(args.bank), args.csv)
     _say(f"wrote {args.csv}: {rows} prompts; change 'keep' to 'reject' in the decision column, then run "
@@ -225,7 +225,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 def cmd_apply_review(args: argparse.Namespace) -> int:
-    from .prompt_review import apply_review
+    from apclip.export.prompts.review import apply_review
 
     bank = load_prompt_bank(args.bank)
     reviewed, dropped = apply_review(bank, args.csv)

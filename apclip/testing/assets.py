@@ -1,7 +1,7 @@
 """Inputs for the offline demo (scripts/demo.sh): a tiny random-weight checkpoint in apclip's format,
 a labels file, a small hand-written prompt bank and a generated video.
 
-    python -m apclip.export.demo_assets --out demo
+    python -m apclip.testing.assets --out demo
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ DESCRIPTIONS = {
 
 def write_demo_assets(out: Path, preset: str = "tiny", frames: int = 90) -> dict[str, Path]:
     from apclip.checkpoint import save_checkpoint
-    from apclip.engine.synthetic import write_test_video
+    from apclip.testing.videos import write_test_video
     from apclip.model import build_preset
     from apclip.prompt_bank import PromptBank, save_prompt_bank
 

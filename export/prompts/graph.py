@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from apclip.prompt_bank import Aspect, Attribute, AttributeGraph, PromptBankError
 
-from .llm_client import ChatClient
+from apclip.export.prompts.client import ChatClient
 
 DEFAULT_GRAPH_RESOURCE = "data/attribute_graph.json"
 _MAX_EXAMPLE_LABELS = 40  # enough to show the LLM the kind of actions without a huge request

@@ -9,7 +9,7 @@
 - Invalid answers (not JSON, schema violations) are sent back with a repair message, up to a limit.
 - Usage (requests, retries, tokens) is accounted across threads; `run_bounded` keeps at most N
   requests in flight.
-The openai package is imported lazily: `import apclip.export.llm_client` works without it.
+The openai package is imported lazily: `import apclip.export.prompts.client` works without it.
 """
 from __future__ import annotations
 
