@@ -5,11 +5,14 @@ Defined once here (torch-free) so the exporter, the runners and the tests agree:
     bundle/
       manifest.json         format, model config, preprocessing, io, labels, hashes, tool versions
       vision.onnx           pixels  float32 [N, 3, R, R] -> embeddings float32 [N, E] (L2-normalised)
-      text.onnx             tokens  int64   [M, 77]      -> embeddings float32 [M, E] (L2-normalised)
+      text.onnx             tokens  int64   [M, L]       -> embeddings float32 [M, E] (L2-normalised)
       classes.safetensors   embeddings float32 [K, P, E] (normalised rows, zero padding), counts int32 [K]
       prompts.json          {label: [prompt text of each row]}
+      vision.int8.onnx      (optional, --precision fp32,int8) vision.onnx with int8 MatMul/Gemm weights
+      text.int8.onnx        (optional, --precision fp32,int8) text.onnx likewise
       scorer.onnx           (optional) frames [B, Nv, E], classes [K, P, E], counts [K] -> scores [B, K]
       engines/              (optional) TensorRT engines built on the target GPU
+    (L: 2..77 tokens in bundles made since the dynamic token axis, 77 before.)
 """
 from __future__ import annotations
 
@@ -32,6 +35,9 @@ TEXT_FILE = "text.onnx"
 CLASSES_FILE = "classes.safetensors"
 PROMPTS_FILE = "prompts.json"  # the text of every class-matrix row, for explanations
 SCORER_FILE = "scorer.onnx"
+# apclip-export --precision int8: dynamically quantized copies of the encoders (same inputs/outputs)
+INT8_FILES = {VISION_FILE: "vision.int8.onnx", TEXT_FILE: "text.int8.onnx"}
+PRECISIONS = ("fp32", "int8")
 
 VISION_INPUT = "pixels"
 TEXT_INPUT = "tokens"

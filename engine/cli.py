@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vision/text runner (default auto: TensorRT > ORT CUDA > ORT CPU)")
     p.add_argument("--scorer", default="auto", choices=SCORERS,
                    help="MAKA scorer (default auto: Triton kernel on CUDA, else numpy)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
+                   help="encoder precision (default fp32); int8 needs a bundle from apclip-export --precision "
+                        "fp32,int8 and runs on ONNX Runtime CPU")
     p.add_argument("--ckpt", help="checkpoint the bundle was exported from (only for --backend torch)")
     p.add_argument("--base", help="base OpenAI CLIP file for a ViFi-CLIP --ckpt")
     p.add_argument("--topk", type=int, default=5, help="classes to show (default 5)")
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             labels = read_labels(args.labels) if args.labels else None
             rec = Recognizer.from_bundle(args.bundle, args.backend, labels, prompts=args.prompts, scorer=args.scorer,
                                          threads=args.threads, ckpt=args.ckpt, base=args.base, topk=args.topk,
-                                         use_cache=args.cache, log=log)
+                                         use_cache=args.cache, precision=args.precision, log=log)
             log(f"bundle {args.bundle}: {len(rec.labels)} classes, runner {rec.backend}, scorer {rec.scorer.name}, "
                 f"mode {mode}")
             json_file = (_LiveLines if is_live(args.source) else _AtomicLines)(args.json_out) if args.json_out else None

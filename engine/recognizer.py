@@ -76,16 +76,19 @@ class Recognizer:
     def from_bundle(cls, path: str | os.PathLike, backend: str = "auto", labels: Sequence[str] | None = None, *,
                     prompts: str | os.PathLike | None = None, scorer: str = "auto", threads: int | None = None,
                     batch_size: int = 32, ckpt: str | os.PathLike | None = None, base: str | None = None,
-                    topk: int = 5, use_cache: bool = True, log: Log = _quiet) -> "Recognizer":
+                    topk: int = 5, use_cache: bool = True, precision: str = "fp32",
+                    log: Log = _quiet) -> "Recognizer":
         """Load a bundle (every file checked against its sha256) and pick the runners and the scorer.
 
         backend: auto | ort | ort-cuda | trt | torch (torch needs `ckpt`, the exported checkpoint).
         labels: the classes to rank (default: the bundle's); labels not in the bundle are encoded with
         text.onnx from `prompts` (a prompt bank) or the template, and cached on disk unless use_cache
-        is False. scorer: auto | numpy | onnx | triton. log: receives one-line progress messages.
+        is False. scorer: auto | numpy | onnx | triton. precision: fp32 | int8 (the bundle's int8 files,
+        from apclip-export --precision fp32,int8; backend ort). log: receives one-line progress messages.
         """
         manifest = read_manifest(path)
-        chosen = select_backend(backend, manifest)
+        # int8 files run on ONNX Runtime's CPU kernels: auto means ort there.
+        chosen = "ort" if precision == "int8" and backend == "auto" else select_backend(backend, manifest)
         if chosen == "trt":
             try:
                 vision, text = trt_runners(manifest, batch_size=batch_size)
@@ -96,8 +99,13 @@ class Recognizer:
                 log(f"{exc}; falling back to ONNX Runtime")
                 chosen = select_backend("auto", manifest, tensorrt=False)
         if chosen in ("ort", "ort-cuda"):
-            vision, text = ort_runners(manifest, cuda=chosen == "ort-cuda", threads=threads, batch_size=batch_size)
-        elif chosen == "torch":
+            vision, text = ort_runners(manifest, cuda=chosen == "ort-cuda", threads=threads, batch_size=batch_size,
+                                       precision=precision)
+        elif precision != "fp32":
+            from apclip.engine.precision import check_precision
+
+            check_precision(precision, chosen, manifest)  # raises: int8 is an ort precision
+        if chosen == "torch":
             vision, text = torch_runners(manifest, ckpt, base, batch_size=batch_size)
         if backend == "auto":
             log(f"backend auto -> {vision.name}")

@@ -1,7 +1,7 @@
 """Encoder runners: one interface over ONNX Runtime (CPU / CUDA) and the torch reference.
 
 A runner maps a batch to L2-normalised float32 embeddings:
-  vision: pixels [N, 3, R, R] float32 -> [N, E];  text: tokens [M, 77] int64 -> [M, E].
+  vision: pixels [N, 3, R, R] float32 -> [N, E];  text: tokens [M, L] int64 -> [M, E].
 TensorRT (a later backend) implements the same `EncoderRunner` protocol, so callers never change.
 """
 from __future__ import annotations
@@ -12,8 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from apclip.bundle import (EMBEDDINGS_OUTPUT, TEXT_FILE, TEXT_INPUT, VISION_FILE, VISION_INPUT, BundleError,
-                           Manifest)
+from apclip.bundle import EMBEDDINGS_OUTPUT, VISION_INPUT, BundleError, Manifest
 from apclip.errors import ApclipError
 from apclip.extras import require
 
@@ -122,12 +121,19 @@ def graph_batch_max(manifest: Manifest, graph: str, wanted: int) -> int:
     return max(1, min(wanted, int(limit))) if limit else wanted
 
 
-def ort_runners(manifest: Manifest, *, cuda: bool, threads: int | None, batch_size: int):
+def ort_runners(manifest: Manifest, *, cuda: bool, threads: int | None, batch_size: int, precision: str = "fp32"):
+    """(vision, text) runners; precision "int8" loads the bundle's int8 files (engine/precision.py)."""
+    from apclip.engine.precision import check_precision, encoder_files, text_runner
+
+    check_precision(precision, "ort-cuda" if cuda else "ort", manifest)
+    vision_file, text_file = encoder_files(manifest, precision)
     threads = _default_threads(threads)
     batch_size = graph_batch_max(manifest, "vision", batch_size)
-    vision = OrtRunner(manifest.file(VISION_FILE), VISION_INPUT, cuda=cuda, threads=threads, batch_size=batch_size)
-    text = LazyRunner(lambda: OrtRunner(manifest.file(TEXT_FILE), TEXT_INPUT, cuda=cuda, threads=threads,
-                                        batch_size=256), vision.name, 256)
+    vision = OrtRunner(manifest.file(vision_file), VISION_INPUT, cuda=cuda, threads=threads, batch_size=batch_size)
+    if precision != "fp32":
+        vision.name = f"{vision.name}-{precision}"
+    text = LazyRunner(lambda: text_runner(manifest, text_file, cuda=cuda, threads=threads), vision.name, 256)
+    text.file = text_file  # the label cache is keyed by the encoder file that made the rows
     return vision, text
 
 

@@ -54,7 +54,7 @@ def resolve_classes(manifest: Manifest, labels: Sequence[str] | None, bank: Prom
     stats = {"reused": len(labels) - len(new_labels), "encoded": 0, "cached": 0}
     if new_labels:
         prompts, fallback = class_prompts(new_labels, bank)
-        key = _cache_key(manifest, new_labels, prompts)
+        key = _cache_key(manifest, new_labels, prompts, getattr(text_runner, "file", TEXT_FILE))
         path = cache_dir() / f"{key}.safetensors"
         if use_cache:
             new = _read_cache(path, key, new_labels, [len(p) for p in prompts], log)
@@ -63,7 +63,8 @@ def resolve_classes(manifest: Manifest, labels: Sequence[str] | None, bank: Prom
             stats["cached"] = len(new_labels)
             log(f"{len(new_labels)} new label(s) loaded from the cache {path}")
         else:
-            log(f"encoding {len(new_labels)} new label(s) with {TEXT_FILE} ({sum(map(len, prompts))} prompts)")
+            log(f"encoding {len(new_labels)} new label(s) with {getattr(text_runner, 'file', TEXT_FILE)} "
+                f"({sum(map(len, prompts))} prompts)")
             new = encode_class_matrix(new_labels, prompts, text_runner, fallback_labels=fallback)
             stats["encoded"] = len(new_labels)
             if use_cache:
@@ -71,8 +72,9 @@ def resolve_classes(manifest: Manifest, labels: Sequence[str] | None, bank: Prom
     return _assemble(labels, base, index, new), stats
 
 
-def _cache_key(manifest: Manifest, labels: Sequence[str], prompts: Sequence[Sequence[str]]) -> str:
-    text_sha = manifest.files[TEXT_FILE]["sha256"]
+def _cache_key(manifest: Manifest, labels: Sequence[str], prompts: Sequence[Sequence[str]],
+               text_file: str = TEXT_FILE) -> str:
+    text_sha = manifest.files[text_file]["sha256"]  # text.onnx or text.int8.onnx: rows differ
     payload = json.dumps({"text_encoder": text_sha, "labels": list(labels), "prompts": [list(p) for p in prompts]},
                          ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()

@@ -54,7 +54,8 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
                   prompts: str | os.PathLike | None = None, base: str | os.PathLike | None = None,
                   opset: int = 17, frames: int | None = None, clips: int | None = None, crops: int | None = None,
                   normalize: str | None = None, batch_max: int = 1024, verify: bool = True, force: bool = False,
-                  scorer: bool = False, progress: bool = True, log: Log = print,
+                  scorer: bool = False, progress: bool = True, precisions: tuple[str, ...] = ("fp32",),
+                  log: Log = print,
                   _before_rename: Callable[[Path], None] | None = None) -> ExportResult:
     """Export `ckpt` to a bundle at `out`. Defaults come from the checkpoint, else the paper's."""
     from apclip.checkpoint import load_checkpoint
@@ -75,6 +76,7 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
             raise ExportError(f"{flag} {value}: must be >= 1")
     if crops is not None and crops not in CROP_COUNTS:
         raise ExportError(f"--crops {crops}: must be one of {', '.join(map(str, CROP_COUNTS))}")
+    precisions = _check_precisions(precisions)
     if normalize is not None and normalize not in NORMALIZATIONS:
         raise ExportError(f"--normalize {normalize}: choose one of {', '.join(NORMALIZATIONS)}")
     label_list = read_labels(labels) if labels else None
@@ -115,7 +117,8 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         job = _Job(model, checkpoint, label_list, labels_sha256(label_list), bank, preprocessing,
-                   ExportOptions(opset=opset, batch_max=batch_max, verify=verify, scorer=scorer, progress=progress),
+                   ExportOptions(opset=opset, batch_max=batch_max, verify=verify, scorer=scorer, progress=progress,
+                                 precisions=precisions),
                    log, seconds)
         result = _build(job, work)
         if _before_rename is not None:
@@ -137,6 +140,18 @@ class ExportOptions:
     verify: bool = True  # parity of ONNX Runtime against the PyTorch reference before keeping anything
     scorer: bool = False  # also write scorer.onnx
     progress: bool = True  # progress bar for the class-matrix compile
+    precisions: tuple[str, ...] = ("fp32",)  # "int8" adds vision.int8.onnx / text.int8.onnx (export/int8_export.py)
+
+
+def _check_precisions(precisions) -> tuple[str, ...]:
+    """fp32 is always written: it is the reference the int8 files are checked against."""
+    from apclip.bundle import PRECISIONS
+
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown or not precisions:
+        raise ExportError(f"--precision {','.join(precisions)}: choose from {', '.join(PRECISIONS)} "
+                          f"(comma-separated, e.g. fp32,int8)")
+    return tuple(p for p in PRECISIONS if p in precisions or p == "fp32")
 
 
 @dataclass
@@ -152,6 +167,7 @@ class _Job:
     options: ExportOptions
     log: Log
     seconds: dict[str, float]  # step -> wall seconds, for the summary
+    int8: dict | None = None  # the manifest's precisions.int8 record, once the int8 step ran
 
 
 def _build(job: _Job, work: Path) -> ExportResult:
@@ -184,18 +200,24 @@ def _build(job: _Job, work: Path) -> ExportResult:
         shown = ", ".join(fallback[:10]) + (", ..." if len(fallback) > 10 else "")
         log(f"{len(fallback)} label(s) have no prompt-bank entry and use 'a video of {{label}}.': {shown}")
 
-    report = None
+    report, video_pixels = None, None
     if opt.verify:
         t = time.perf_counter()
         from apclip.export.verify import generated_video_pixels, verify_bundle_files
 
         log("verifying ONNX Runtime against the PyTorch reference ...")
-        report = verify_bundle_files(model, work / VISION_FILE, work / TEXT_FILE, matrix,
-                                     generated_video_pixels(job.preprocessing),
+        video_pixels = generated_video_pixels(job.preprocessing)
+        report = verify_bundle_files(model, work / VISION_FILE, work / TEXT_FILE, matrix, video_pixels,
                                      work / SCORER_FILE if opt.scorer else None)
         seconds["verify"] = time.perf_counter() - t
         if not report.ok:
             raise ExportError("parity verification failed; nothing was kept:\n" + report.table())
+    if "int8" in opt.precisions:
+        t = time.perf_counter()
+        from apclip.export.int8_export import add_int8_encoders
+
+        job.int8 = add_int8_encoders(model, work, matrix, video_pixels, verify=opt.verify, log=log)
+        seconds["int8"] = time.perf_counter() - t
 
     files = {p.name: p.stat().st_size for p in sorted(work.iterdir()) if p.is_file()}
     manifest = _manifest(job, matrix, work, report)
@@ -242,9 +264,11 @@ def _manifest(job: _Job, matrix, work: Path, report: VerificationReport | None) 
     io = {
         "vision": _io(VISION_FILE, [(VISION_INPUT, "float32", ["N", 3, r, r])],
                       [(EMBEDDINGS_OUTPUT, "float32", ["N", e])], opset, batch_max),
-        "text": _io(TEXT_FILE, [(TEXT_INPUT, "int64", ["M", c.context_length])],
+        # "L": 2..context_length tokens; the runtime cuts each batch after its last EOT (engine/text_trim.py)
+        "text": _io(TEXT_FILE, [(TEXT_INPUT, "int64", ["M", "L"])],
                     [(EMBEDDINGS_OUTPUT, "float32", ["M", e])], opset, text_batch_max(batch_max)),
     }
+    precisions = _precisions_record(job, io)
     if job.options.scorer:
         io["scorer"] = _io(SCORER_FILE, [(SCORER_INPUTS[0], "float32", ["B", "Nv", e]),
                                          (SCORER_INPUTS[1], "float32", ["K", "P", e]),
@@ -267,11 +291,22 @@ def _manifest(job: _Job, matrix, work: Path, report: VerificationReport | None) 
                          "max_prompts": matrix.max_prompts, "embed_dim": e,
                          "fallback_labels": matrix.fallback_labels},
         "verification": report.to_dict() if report is not None else None,
+        "precisions": precisions,
         "engines": {},  # TensorRT engines, built on the target GPU, are added here
         "tools": _versions(),
         "files": {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                   for p in sorted(work.iterdir()) if p.is_file() and p.name != MANIFEST},
     }
+
+
+def _precisions_record(job: _Job, io: dict) -> dict[str, Any]:
+    """{"fp32": {encoder: file}, "int8": {files, quantization, verification, refused}}; adds io rows."""
+    record: dict[str, Any] = {"fp32": {"vision": VISION_FILE, "text": TEXT_FILE}}
+    if job.int8 is not None:
+        record["int8"] = job.int8
+        for encoder, name in job.int8["files"].items():
+            io[f"{encoder}_int8"] = dict(io[encoder], file=name)
+    return record
 
 
 def _versions() -> dict[str, str]:

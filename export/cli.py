@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-max", type=int, default=1024, help="largest vision batch the ONNX graph accepts")
     p.add_argument("--scorer", action=argparse.BooleanOptionalAction, default=False,
                    help="also export scorer.onnx (MAKA in ONNX)")
+    p.add_argument("--precision", default="fp32", type=_precision_list,
+                   help="encoder precisions to write, comma-separated: fp32 (always) and int8 "
+                        "(vision.int8.onnx, text.int8.onnx; ONNX Runtime dynamic quantization, verified)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                    help="check ONNX Runtime against PyTorch before keeping the bundle (default: on)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
@@ -38,6 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
                                        "else the installed open_clip_torch's)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
+
+
+def _precision_list(value: str) -> tuple[str, ...]:
+    from apclip.bundle import PRECISIONS
+
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not items or any(v not in PRECISIONS for v in items):
+        raise argparse.ArgumentTypeError(f"{value!r}: choose from {', '.join(PRECISIONS)}, e.g. fp32,int8")
+    return items
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             args.ckpt, out=args.out, labels=args.labels, prompts=args.prompts, base=args.base,
             opset=args.opset, frames=args.frames, clips=args.clips, crops=args.crops,
             normalize=args.normalize, batch_max=args.batch_max, verify=args.verify, force=args.force,
-            scorer=args.scorer, progress=args.progress,
+            scorer=args.scorer, progress=args.progress, precisions=args.precision,
         )
     except ApclipError as exc:
         if args.debug:
@@ -91,9 +103,24 @@ def summary(result, total: float) -> str:
         lines.append(result.verification.table())
     else:
         lines.append("parity: not verified (--no-verify)")
+    lines += _int8_summary(result.manifest.get("precisions", {}).get("int8"))
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
     lines.append(f"time: {total:.1f}s ({steps})")
     return "\n".join(lines)
+
+
+def _int8_summary(record: dict | None) -> list[str]:
+    from apclip.export.int8_export import int8_report
+
+    if record is None:
+        return []
+    lines = []
+    report = int8_report(record)
+    if report is not None:
+        lines += ["int8 parity (ONNX Runtime int8 vs PyTorch fp32):", report.table()]
+    for name, reason in record.get("refused", {}).items():
+        lines.append(f"int8: {name} NOT written: {reason}")
+    return lines
 
 
 if __name__ == "__main__":

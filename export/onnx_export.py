@@ -78,13 +78,18 @@ def export_vision(model: CLIP, path: Path, opset: int, batch_max: int) -> None:
             {VISION_INPUT: {0: n}}, opset)
 
 
+TEXT_MIN_TOKENS = 2  # torch.export specialises sizes 0 and 1, so the token axis starts at 2
+
+
 def export_text(model: CLIP, path: Path, opset: int, batch_max: int) -> None:
+    """tokens [M, L] with L in 2..77: the runtime cuts each batch after its last EOT (engine/text_trim.py)."""
     length = model.config.context_length
     m = torch.export.Dim("M", min=1, max=batch_max)
-    sample = torch.randint(1, 40000, (2, length))
+    tokens = torch.export.Dim("L", min=TEXT_MIN_TOKENS, max=length)
+    sample = torch.randint(1, 40000, (2, length - 1))  # not 77: a sample at the axis maximum may be specialised
     sample[:, -1] = model.config.vocab_size - 1  # an EOT-like maximum so argmax pooling is exercised
     _export(TextEmbedder(model).eval(), (sample,), path, [TEXT_INPUT], [EMBEDDINGS_OUTPUT],
-            {TEXT_INPUT: {0: m}}, opset)
+            {TEXT_INPUT: {0: m, 1: tokens}}, opset)
 
 
 def scorer_opset(opset: int) -> int:

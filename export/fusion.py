@@ -1,0 +1,45 @@
+"""ONNX Runtime transformer fusions for the CLIP encoders (onnxruntime.transformers.optimizer).
+
+With model type `clip` the optimizer fuses QuickGELU (x * sigmoid(1.702 x)) into one QuickGelu node
+and residual Add + LayerNormalization into SkipLayerNormalization. It finds no Attention pattern
+in the graphs torch's dynamo exporter writes (scaled_dot_product_attention lowers to plain
+MatMul/Softmax), so attention is not fused. Whether the export applies these fusions is decided by
+measurement (README "CPU precisions"); the manifest records what was applied.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+FUSION_MODEL_TYPE = "clip"
+
+
+def fuse_encoder(src: Path, dst: Path, config, encoder: str) -> dict[str, int]:
+    """Write the fused `src` to `dst`; returns {fused op: count} (only the ops that were found)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    heads, width = ((config.vision_heads, config.vision_width) if encoder == "vision"
+                    else (config.transformer_heads, config.transformer_width))
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet("onnxruntime"):
+        warnings.simplefilter("ignore")
+        # opt_level 0: only the Python fusions; ORT's own graph optimizations run when a session loads.
+        model = optimize_model(str(src), model_type=FUSION_MODEL_TYPE, num_heads=heads, hidden_size=width,
+                               opt_level=0, use_gpu=False)
+        model.save_model_to_file(str(dst))
+    return {op: n for op, n in model.get_fused_operator_statistics().items() if n}
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+    loggers = [logging.getLogger(name), logging.getLogger()]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)

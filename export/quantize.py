@@ -1,0 +1,98 @@
+"""INT8 encoders: ONNX Runtime dynamic quantization of vision.onnx / text.onnx, gated by parity.
+
+Dynamic quantization stores MatMul/Gemm weights as int8 (one scale per output channel) and
+quantizes each activation tensor to uint8 at run time (per tensor, from its own min/max), so no
+calibration set is needed and the kernels are MLAS's u8s8 GEMMs (VNNI where the CPU has it).
+Settings, chosen by measurement (README "CPU precisions"):
+- per-channel weights: per-tensor scales cost cosine on the projection matrices at no gain in speed;
+- MatMulConstBOnly: only products with a constant weight are quantized; attention's Q.K^T and
+  P.V (two activations) stay fp32, where per-tensor activation scales would hurt most;
+- reduce_range off: 7-bit weights are for CPUs without VNNI that overflow u8s8 int16 sums; with
+  VNNI full 8 bits are exact in the int32 accumulator.
+Each int8 file is kept only if it passes the int8 thresholds (export/verify_int8.py) against the
+PyTorch fp32 reference; a refused file is not written and the export says why.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from apclip.bundle import INT8_FILES
+from apclip.errors import ApclipError
+
+OP_TYPES = ("MatMul", "Gemm")
+
+
+@dataclass(frozen=True)
+class QuantizationSettings:
+    """How an encoder is quantized (recorded in the manifest)."""
+
+    method: str = "onnxruntime.quantization.quantize_dynamic"
+    op_types: tuple[str, ...] = OP_TYPES  # only these ops get int8 weights
+    per_channel: bool = True  # one weight scale per output channel
+    reduce_range: bool = False  # 7-bit weights (for CPUs without VNNI); off: full int8
+    weight_type: str = "int8"  # signed int8 weights, uint8 activations (u8s8)
+    activations: str = "uint8, per tensor, dynamic"
+    const_weights_only: bool = True  # MatMulConstBOnly: activation x activation MatMuls stay fp32
+    exclude_nodes: tuple[str, ...] = field(default_factory=tuple)  # nodes kept fp32 (outlier layers)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["op_types"], out["exclude_nodes"] = list(self.op_types), list(self.exclude_nodes)
+        return out
+
+
+def int8_name(fp32_name: str) -> str:
+    return INT8_FILES[fp32_name]
+
+
+def quantize_encoder(src: Path, dst: Path, settings: QuantizationSettings = QuantizationSettings()) -> dict:
+    """Write the dynamically quantized `src` to `dst`; returns {op type: count} of quantized nodes."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if settings.weight_type != "int8":
+        raise ApclipError(f"weight type {settings.weight_type!r} is not supported; use int8")
+    # The quantizer logs a pre-processing hint and prints per-node chatter; our own log says what matters.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(settings.op_types),
+                         per_channel=settings.per_channel, reduce_range=settings.reduce_range,
+                         weight_type=QuantType.QInt8, nodes_to_exclude=list(settings.exclude_nodes),
+                         extra_options={"MatMulConstBOnly": settings.const_weights_only})
+    model = onnx.load(str(dst))
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "QGemm", "ConvInteger"):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    if not counts:
+        os.unlink(dst)
+        raise ApclipError(f"quantizing {src.name} changed no MatMul/Gemm node; nothing to gain from int8")
+    return counts
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def weight_matmuls(path: Path) -> list[tuple[str, str]]:
+    """(node name, weight initializer name) of every MatMul/Gemm with a constant weight, in graph order:
+    what `exclude_nodes` can name."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    constants = {init.name for init in model.graph.initializer}
+    return [(n.name, n.input[1]) for n in model.graph.node
+            if n.op_type in OP_TYPES and len(n.input) > 1 and n.input[1] in constants]

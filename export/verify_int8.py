@@ -1,0 +1,77 @@
+"""Parity of the int8 encoders against the PyTorch fp32 reference (DESIGN.md int8 thresholds).
+
+The same inputs as the fp32 verification (random pixels, frames of the verification video, real
+prompts of the class matrix), with the int8 thresholds: embedding cosine >= 0.999 everywhere, and the
+MAKA top-1 over the (fp32) class matrix identical to the reference's on the video frames. Embedding
+differences are reported but not gated: int8 moves every value a little, the ranking is what counts.
+Text is fed the way the runtime feeds it: cut after each batch's last EOT when the graph allows it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from apclip.bundle import EMBEDDINGS_OUTPUT, TEXT_INPUT, VISION_INPUT
+from apclip.class_matrix import ClassMatrix
+from apclip.model import CLIP, ImageEmbedder, TextEmbedder
+from apclip.scoring import maka_score
+
+from apclip.export.verify import Check, VerificationReport, ort_session
+
+INT8_MIN_COSINE = 0.999
+
+
+def _cosine_checks(name: str, ref: np.ndarray, got: np.ndarray, min_cosine: float) -> list[Check]:
+    cosine = float(np.min(np.sum(ref * got, axis=-1) /
+                          (np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1))))
+    diff = float(np.max(np.abs(ref - got)))
+    return [Check(name, "min cosine", cosine, f">= {min_cosine}", cosine >= min_cosine),
+            Check(name, "max |diff|", diff, "reported", True)]
+
+
+@torch.inference_mode()
+def verify_int8_vision(model: CLIP, path: Path, matrix: ClassMatrix, video_pixels: np.ndarray | None, *,
+                       min_cosine: float | None = None, seed: int = 0) -> VerificationReport:
+    min_cosine = INT8_MIN_COSINE if min_cosine is None else min_cosine
+    rng = np.random.default_rng(seed)
+    r = model.config.image_resolution
+    session = ort_session(path)
+    reference = ImageEmbedder(model).eval()
+    checks: list[Check] = []
+    random_pixels = rng.standard_normal((3, 3, r, r)).astype(np.float32)
+    got = session.run([EMBEDDINGS_OUTPUT], {VISION_INPUT: random_pixels})[0]
+    checks += _cosine_checks("int8 vision, random pixels", reference(torch.from_numpy(random_pixels)).numpy(),
+                             got, min_cosine)
+    if video_pixels is not None:
+        video_pixels = np.ascontiguousarray(video_pixels, dtype=np.float32)
+        ref = reference(torch.from_numpy(video_pixels)).numpy()
+        got = session.run([EMBEDDINGS_OUTPUT], {VISION_INPUT: video_pixels})[0]
+        checks += _cosine_checks("int8 vision, video frames", ref, got, min_cosine)
+        classes = matrix.embeddings.astype(np.float64)
+        ref_top = int(maka_score(ref[None].astype(np.float64), classes, matrix.counts).argmax())
+        got_top = int(maka_score(got[None].astype(np.float64), classes, matrix.counts).argmax())
+        checks.append(Check("int8 MAKA top-1, video frames", "same class", float(ref_top == got_top), "= 1",
+                            ref_top == got_top))
+    return VerificationReport(checks)
+
+
+@torch.inference_mode()
+def verify_int8_text(model: CLIP, path: Path, matrix: ClassMatrix, *, trim: bool,
+                     min_cosine: float | None = None, seed: int = 0) -> VerificationReport:
+    from apclip.tokenizer import get_tokenizer
+
+    from apclip.engine.text_trim import trim_to_last_eot
+
+    min_cosine = INT8_MIN_COSINE if min_cosine is None else min_cosine
+    rng = np.random.default_rng(seed)
+    if matrix.prompt_texts is None:
+        return VerificationReport([Check("int8 text, class prompts", "prompts", 0.0, "> 0", False)])
+    texts = [t for row in matrix.prompt_texts for t in row]
+    picks = rng.choice(len(texts), size=min(32, len(texts)), replace=False)
+    tokens = get_tokenizer().tokenize([texts[i] for i in picks])
+    ref = TextEmbedder(model).eval()(torch.from_numpy(tokens)).numpy()
+    feed = trim_to_last_eot(tokens) if trim else tokens
+    got = ort_session(path).run([EMBEDDINGS_OUTPUT], {TEXT_INPUT: feed})[0]
+    return VerificationReport(_cosine_checks("int8 text, class prompts", ref, got, min_cosine))
