@@ -42,13 +42,14 @@ def token_axis_is_dynamic(manifest: Manifest, graph_shape: list | tuple | None =
 
 
 class TrimmedTextRunner:
-    """Wraps a text runner whose graph has a dynamic token axis; same interface, same embeddings."""
+    """Wraps a text runner whose graph has a dynamic token axis (or any tokens -> embeddings callable,
+    such as the torch reference); same interface, same embeddings."""
 
     def __init__(self, runner, bucket: int | None = 64):
         self.runner = runner
         self.bucket = bucket
-        self.name = runner.name
-        self.batch_size = runner.batch_size
+        self.name = getattr(runner, "name", "text")
+        self.batch_size = getattr(runner, "batch_size", 256)
 
     def __call__(self, tokens: np.ndarray) -> np.ndarray:
         if not self.bucket or len(tokens) <= self.bucket:

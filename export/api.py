@@ -168,6 +168,7 @@ class _Job:
     log: Log
     seconds: dict[str, float]  # step -> wall seconds, for the summary
     int8: dict | None = None  # the manifest's precisions.int8 record, once the int8 step ran
+    class_encoder: str = ""  # how the class matrix was encoded (export/class_encoder.py)
 
 
 def _build(job: _Job, work: Path) -> ExportResult:
@@ -189,9 +190,11 @@ def _build(job: _Job, work: Path) -> ExportResult:
 
     t = time.perf_counter()
     prompts, fallback = class_prompts(labels, bank)
-    encode = trimmed_text_encoder(model)
+    from apclip.export.class_encoder import class_matrix_encoder
+
+    encode, job.class_encoder = class_matrix_encoder(model, work / TEXT_FILE)
     n_prompts = sum(map(len, prompts))
-    log(f"compiling the class matrix: {len(labels)} classes, {n_prompts} prompts")
+    log(f"compiling the class matrix: {len(labels)} classes, {n_prompts} prompts ({job.class_encoder})")
     matrix = encode_class_matrix(labels, prompts, encode, fallback_labels=fallback, progress=opt.progress)
     save_class_matrix(work / CLASSES_FILE, matrix, bound_metadata(job.labels_hash, job.preprocessing))
     save_prompt_texts(work / PROMPTS_FILE, labels, matrix.prompt_texts)
@@ -288,7 +291,7 @@ def _manifest(job: _Job, matrix, work: Path, report: VerificationReport | None) 
         "labels_sha256": job.labels_hash,
         "prompt_bank_sha256": bank.sha256 if bank is not None else None,
         "class_matrix": {"file": CLASSES_FILE, "num_classes": matrix.num_classes,
-                         "max_prompts": matrix.max_prompts, "embed_dim": e,
+                         "max_prompts": matrix.max_prompts, "embed_dim": e, "encoder": job.class_encoder,
                          "fallback_labels": matrix.fallback_labels},
         "verification": report.to_dict() if report is not None else None,
         "precisions": precisions,
