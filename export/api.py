@@ -259,6 +259,7 @@ def _io(file: str, inputs: list[tuple[str, str, list]], outputs: list[tuple[str,
 
 
 def _manifest(job: _Job, matrix, work: Path, report: VerificationReport | None) -> dict[str, Any]:
+    from apclip.export.fusion import fusion_record
     from apclip.export.onnx_export import scorer_opset
 
     opset, batch_max, checkpoint, bank = job.options.opset, job.options.batch_max, job.checkpoint, job.bank
@@ -295,6 +296,7 @@ def _manifest(job: _Job, matrix, work: Path, report: VerificationReport | None) 
                          "fallback_labels": matrix.fallback_labels},
         "verification": report.to_dict() if report is not None else None,
         "precisions": precisions,
+        "graph_fusions": fusion_record(),
         "engines": {},  # TensorRT engines, built on the target GPU, are added here
         "tools": _versions(),
         "files": {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
