@@ -119,17 +119,25 @@ def test_exported_vificlip_checkpoint_matches_vificlip_validate(tmp_path, num_fr
         assert sum(got.values()) == pytest.approx(pre.views, abs=1e-4)  # per-view probabilities, summed
 
 
-def test_vificlip_explain_is_per_view(tmp_path):
-    from apclip.engine.recognizer import Recognizer
+@pytest.fixture(scope="module")
+def vifi_bundle(tmp_path_factory):
+    """An unverified bundle of a ViFi-CLIP checkpoint (3 frames, 2 clips, ThreeCrop), shared by the tests below."""
     from apclip.export.api import export_bundle
 
-    write_vificlip_checkpoint(tmp_path, num_frames=3, num_clip=2, num_crop=3)
-    labels = tmp_path / "labels.txt"
+    folder = tmp_path_factory.mktemp("vifi")
+    write_vificlip_checkpoint(folder, num_frames=3, num_clip=2, num_crop=3)
+    labels = folder / "labels.txt"
     labels.write_text("\n".join(LABELS) + "\n")
-    export_bundle(tmp_path / "vifi.pth", out=tmp_path / "bundle", labels=labels, base=tmp_path / "ViT-tiny.pt",
+    export_bundle(folder / "vifi.pth", out=folder / "bundle", labels=labels, base=folder / "ViT-tiny.pt",
                   verify=False, **QUIET)
+    return folder / "bundle"
+
+
+def test_vificlip_explain_is_per_view(vifi_bundle, tmp_path):
+    from apclip.engine.recognizer import Recognizer
+
     write_frames(tmp_path / "video", count=12)
-    rec = Recognizer.from_bundle(tmp_path / "bundle", scorer="numpy", use_cache=False)
+    rec = Recognizer.from_bundle(vifi_bundle, scorer="numpy", use_cache=False)
     pred = rec.predict(tmp_path / "video", explain=True, topk=3)
     assert pred.protocol == "vificlip"
     for top, explanation in zip(pred.top, pred.explanations):
@@ -139,26 +147,22 @@ def test_vificlip_explain_is_per_view(tmp_path):
     record = pred.to_dict()
     assert record["protocol"] == "vificlip" and "views" in record["explain"][0]
     with pytest.raises(Exception, match="triton scorer computes MAKA"):
-        Recognizer.from_bundle(tmp_path / "bundle", scorer="triton")
+        Recognizer.from_bundle(vifi_bundle, scorer="triton")
 
 
-def test_run_time_labels_use_the_template(tmp_path):
+def test_run_time_labels_use_the_template(vifi_bundle, demo_assets):
     """New labels at infer: the bundle's template by default, --template when given (ViFi-CLIP's one prompt)."""
     from apclip.engine.recognizer import Recognizer
-    from apclip.export.api import export_bundle
 
-    write_vificlip_checkpoint(tmp_path, num_frames=2, num_clip=1, num_crop=1)
-    labels = tmp_path / "labels.txt"
-    labels.write_text("\n".join(LABELS) + "\n")
-    export_bundle(tmp_path / "vifi.pth", out=tmp_path / "bundle", labels=labels, base=tmp_path / "ViT-tiny.pt",
-                  verify=False, **QUIET)
-    rec = Recognizer.from_bundle(tmp_path / "bundle", labels=["archery", "kite flying"], use_cache=False)
+    rec = Recognizer.from_bundle(vifi_bundle, labels=["archery", "kite flying"], use_cache=False)
     assert rec.classes.prompt_texts == [["a photo of a archery."], ["a photo of a kite flying."]]
-    rec = Recognizer.from_bundle(tmp_path / "bundle", labels=["archery", "kite flying"], use_cache=False,
-                                 template="a video of a person {}.")
-    assert rec.classes.prompt_texts[1] == ["a video of a person kite flying."]
+    rec = Recognizer.from_bundle(vifi_bundle, labels=["archery", "playing guitar"], use_cache=False,
+                                 template="a video of a person {}.", prompts=demo_assets["bank"])
+    # the bank has descriptions of "playing guitar", but ViFi-CLIP scores one prompt per class
+    assert rec.classes.prompt_texts[1] == ["a video of a person playing guitar."]
+    assert rec.classes.max_prompts == 1
     with pytest.raises(Exception, match="placeholder"):
-        Recognizer.from_bundle(tmp_path / "bundle", template="no label here")
+        Recognizer.from_bundle(vifi_bundle, template="no label here")
 
 
 @pytest.mark.parametrize("ctx_init,zs_eval,expected", [("a_video_of", False, "a video of {}."),
