@@ -157,7 +157,7 @@ def _bound_to_class_matrix(manifest: Manifest) -> str | None:
     except Exception:  # unreadable: verify_files or the loader reports it with its own message
         return None
     expected = bound_metadata(manifest.raw.get("labels_sha256", ""), manifest.preprocessing, manifest.scoring)
-    if "scoring" not in stored:  # a class matrix from before protocols was compiled for MAKA
+    if "scoring" not in stored and "preprocessing" in stored:  # bound before protocols existed: compiled for MAKA
         stored = dict(stored, scoring=json.dumps(Scoring().to_dict(), sort_keys=True))
     for key, value in expected.items():
         if key in stored and not _same_bound_value(key, stored[key], value):

@@ -108,6 +108,10 @@ def choose(checkpoint, *, profile: str | None = None, frames: int | None = None,
         sources["template"] = from_ckpt.get("template", "checkpoint")
     else:
         chosen_template, sources["template"] = DEFAULT_TEMPLATE, "paper default"
+    trainer = ((checkpoint.train_config or {}).get("TRAINER") or {}).get("ViFi_CLIP") or {}
+    if checkpoint.format == "vificlip" and isinstance(trainer, dict) and trainer.get("PROMPT_MODEL") is True:
+        notes.append("the checkpoint learned prompt vectors (TRAINER.ViFi_CLIP.PROMPT_MODEL); they are not used: "
+                     f"classes are encoded from the template {chosen_template!r}")
     logit_scale = float(checkpoint.model.logit_scale.detach().exp())
     sources["logit_scale"] = "checkpoint logit_scale (exp)"
     try:

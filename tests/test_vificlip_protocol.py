@@ -274,3 +274,30 @@ def test_vificlip_score_torch_and_numpy_agree():
     pooled = frames.reshape(2, 3, 4, 16).mean(axis=2)  # normalising before pooling is a different score
     assert not np.allclose(vificlip_score(frames / np.linalg.norm(frames, axis=-1, keepdims=True), text, 4, 50.0),
                            ref, atol=1e-3) or np.allclose(pooled, 0)
+
+
+def test_choose_reports_sources_and_adjustments():
+    """export/defaults.choose on a checkpoint record (no export): where each value came from, and the notes."""
+    from types import SimpleNamespace
+
+    from apclip.export.defaults import choose
+
+    model = build_preset("tiny", seed=1)
+    checkpoint = SimpleNamespace(
+        path="vifi.pth", format="vificlip", model=model, template="a photo of a {}.",
+        preprocessing={"normalize": "imagenet255", "profile": "vificlip", "frames": 16, "resolution": 32},
+        defaults_from={"frames": "checkpoint config DATA.NUM_FRAMES=16", "profile": "checkpoint format vificlip",
+                       "template": "checkpoint config TRAINER.ViFi_CLIP.CTX_INIT"},
+        train_config={"TRAINER": {"ViFi_CLIP": {"PROMPT_MODEL": True}}})
+    choices = choose(checkpoint, clips=3)
+    pre = choices.preprocessing
+    assert (pre.frames, pre.clips, pre.crops) == (16, 3, 1)  # paper's 2 crops -> ViFi-CLIP's one centre crop
+    assert choices.sources["frames"] == "checkpoint config DATA.NUM_FRAMES=16" and choices.sources["clips"] == "option"
+    assert any("crops 2 -> 1" in note for note in choices.notes)
+    assert any("PROMPT_MODEL" in note for note in choices.notes)
+    assert choices.scoring.protocol == "vificlip" and choices.scoring.logit_scale == pytest.approx(1 / 0.07, rel=1e-5)
+    text = "\n".join(choices.lines())
+    assert "DATA.NUM_FRAMES" in text and "ViFi-CLIP checkpoint without --prompts" in text
+    checkpoint.preprocessing["resolution"] = 224
+    with pytest.raises(Exception, match="input size 224.*32 px"):
+        choose(checkpoint)
