@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", help="text of run-time labels without bank entries, {} marks the label, e.g. "
                                       "\"a photo of a {}.\" (default: the bundle's)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="vision/text runner (default auto: TensorRT > ORT CUDA > ORT CPU)")
+                   help="vision/text runner (default auto: ORT CUDA when available, else ORT CPU)")
     p.add_argument("--scorer", default="auto", choices=SCORERS,
                    help="MAKA scorer (default auto: Triton kernel on CUDA, else numpy)")
     p.add_argument("--ckpt", help="checkpoint the bundle was exported from (only for --backend torch)")

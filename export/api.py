@@ -92,6 +92,7 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
         except ValueError as exc:
             raise ExportError(f"--template: {exc}") from None
     label_list = read_labels(labels) if labels else None
+    out.parent.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after the slow steps
     bank = None
     if prompts:
         from apclip.prompt_bank import load_prompt_bank
@@ -125,7 +126,6 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
     for line in choices.lines():
         log(line)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     # Built next to `out` so the final rename stays on one filesystem; the name is never a bundle path.
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
