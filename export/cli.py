@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "\"a photo of a {}.\" (default: the checkpoint's, else \"a video of {label}.\")")
     p.add_argument("--batch-max", type=int, default=1024, help="largest vision batch the ONNX graph accepts")
     p.add_argument("--scorer", action=argparse.BooleanOptionalAction, default=False,
-                   help="also export scorer.onnx (MAKA in ONNX)")
+                   help="also export scorer.onnx (the scoring protocol, MAKA or vificlip, in ONNX)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                    help="check ONNX Runtime against PyTorch before keeping the bundle (default: on)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")

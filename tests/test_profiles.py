@@ -92,7 +92,7 @@ def test_profile_field_rules():
 
 
 def test_engine_load_clip_uses_the_profile(tmp_path):
-    """Through the engine (decode, FrameResizer on a thread pool, _assemble): the same as the reference."""
+    """Through the engine (decode, FrameResizer on a thread pool, assemble_views): the same as the reference."""
     import cv2
 
     from apclip.engine.clips import load_clip
@@ -116,3 +116,21 @@ def test_make_views_keeps_its_signature():
     frames = [resize_frame(f, Preprocessing(resolution=32)) for f in frames_bgr(40, 64)]
     views = make_views([frames], 32, 2, NORMALIZATIONS["clip"])
     assert views.shape == (2, 3, 3, 32, 32)
+
+
+def test_engine_load_clip_clip_profile(tmp_path):
+    """The clip profile through the engine (decode, FrameResizer threads, assemble_views) equals OpenAI's transform."""
+    import cv2
+
+    from apclip.engine.clips import load_clip
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    frames = frames_bgr(83, 61, count=5)  # portrait, odd
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), frame)
+    clip = load_clip(folder, Preprocessing(profile="clip", resolution=32, frames=3, clips=2), workers=2, fps=10.0)
+    assert clip.views.shape == (2, 3, 3, 32, 32)
+    for v, rows in enumerate(clip.frame_indices):
+        ref = np.stack([openai_transform(frames[int(i)][..., ::-1].copy(), 32) for i in rows])
+        assert float(np.abs(clip.views[v] - ref).max()) <= 1e-5
