@@ -110,7 +110,7 @@ def read_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
             preprocessing=Preprocessing.from_dict(raw["preprocessing"]),
             labels=list(raw["labels"]), files=dict(raw["files"]), raw=raw,
         )
-        manifest.scoring  # a bad scoring entry is a bad field too
+        Scoring.from_dict(raw.get("scoring"))  # a bad scoring entry is a bad field too
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"bundle manifest {path} is missing or has a bad field ({exc}); re-run apclip-export") from None
     _check_consistency(manifest, path)
