@@ -43,11 +43,9 @@ def cuda_may_be_present() -> bool:
 
 
 def probe_trt(manifest: Manifest, ckpt: Any = None) -> Availability:
-    from apclip.engine.trt_cache import listed_engines
-
     if not _importable("tensorrt"):
         return Availability("trt", False, "TensorRT is not installed (pip install \"apclip[trt]\" on the GPU machine)")
-    engines = listed_engines(manifest)
+    engines = manifest.raw.get("engines") or {}  # the runner checks each entry's key and file
     if not engines:
         return Availability("trt", False, f"bundle {manifest.path} has no TensorRT engines (build them on this GPU "
                                           f"with apclip-build-engine {manifest.path})")
@@ -147,7 +145,8 @@ def auto_runners(manifest: Manifest, *, log: Log, **options) -> tuple[Any, Any, 
             log(f"{exc}; falling back to the next backend")
             passed_over.append(f"{name}: {exc}")
             continue
-        skipped = f" (passed over: {'; '.join(passed_over)})" if passed_over else ""
-        log(f"backend auto -> {name}: {found.reason}{skipped}")
+        skipped = f"; passed over {'; '.join(passed_over)}" if passed_over else ""
+        log(f"backend auto -> {vision.name}")
+        log(f"backend auto chose {name}: {found.reason}{skipped}")
         return vision, text, name
     raise BackendUnavailable("no backend can run here: " + "; ".join(passed_over))

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from apclip.bundle import MANIFEST, TEXT_FILE, VISION_FILE, Manifest, sha256_file
+from apclip.bundle import CLASSES_FILE, MANIFEST, TEXT_FILE, VISION_FILE, Manifest, sha256_file
 from apclip.errors import ApclipError
 
 ENGINES_DIR = "engines"
@@ -61,7 +61,7 @@ class Profile:
 @dataclass(frozen=True)
 class EngineKey:
     graph: str  # "vision" | "text" | "vision+maka"
-    onnx_sha256: str
+    onnx_sha256: str  # of the ONNX file (vision+maka: of the ONNX and classes.safetensors hashes together)
     tensorrt: str  # tensorrt.__version__ of the builder
     gpu: GpuIdentity
     precision: str  # "fp16" | "int8"
@@ -147,11 +147,16 @@ def engine_key(manifest: Manifest, graph: str, precision: str, tensorrt_version:
                profile: Profile) -> EngineKey:
     if precision not in PRECISIONS:
         raise EngineCacheError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    source = GRAPHS[graph.split("+")[0]]
-    info = manifest.files.get(source)
-    if not info or not info.get("sha256"):
-        raise EngineCacheError(f"bundle {manifest.path} lists no {source}; re-run apclip-export")
-    return EngineKey(graph, str(info["sha256"]), tensorrt_version, gpu, precision, profile)
+    sources = [GRAPHS[graph.split("+")[0]]] + ([CLASSES_FILE] if graph.endswith("+maka") else [])
+    hashes = []
+    for source in sources:
+        info = manifest.files.get(source)
+        if not info or not info.get("sha256"):
+            raise EngineCacheError(f"bundle {manifest.path} lists no {source}; re-run apclip-export")
+        hashes.append(str(info["sha256"]))
+    # A vision+maka engine embeds the class matrix: its key covers both files.
+    source_hash = hashes[0] if len(hashes) == 1 else hashlib.sha256(":".join(hashes).encode()).hexdigest()
+    return EngineKey(graph, source_hash, tensorrt_version, gpu, precision, profile)
 
 
 def listed_engines(manifest: Manifest) -> dict[str, dict[str, Any]]:
