@@ -145,7 +145,8 @@ class TorchCudaRunner:
         return out.float().cpu().numpy()
 
     def embed_on_device(self, batch: np.ndarray):
-        """Like __call__, but the [n, E] fp32 embeddings stay on the device (for device-side scoring)."""
+        """Like __call__, but the [n, E] fp32 embeddings stay on the device, ready on the runner's stream
+        (DeviceScorer scores them there, so no synchronisation or host round trip comes between)."""
         return self._embed(batch, "float", self.input_dtype, self.tail)
 
     def _embed(self, batch: np.ndarray, kind: str, dtype, shape: tuple[int, ...]):
@@ -160,7 +161,10 @@ class TorchCudaRunner:
             if count < bucket:
                 host[count:].copy_(host[:1].expand(bucket - count, *shape))  # real data: no NaN/denormal paths
             outputs.append(self._forward(host, bucket, kind)[:count])
-        return torch.cat(outputs)
+        if not self.cuda:
+            return torch.cat(outputs)
+        with torch.cuda.stream(self.stream):  # the outputs are written on the runner's stream: join them there
+            return torch.cat(outputs)
 
     # -- device side ---------------------------------------------------------------------------------
     def _eager(self, x, kind: str):
