@@ -20,10 +20,11 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import triton
-import triton.language as tl
-
+# maka.py first: it imports torch, so a torch-less install fails here before triton is loaded.
 from apclip.kernels.maka import _maka_kernel, choose_blocks
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 PLUGIN_NAMESPACE = "apclip"
 PLUGIN_NAME = "maka"
