@@ -149,17 +149,17 @@ def plugin_rows(torch) -> list[dict]:
         err, function = driver.cuModuleGetFunction(module, kernel.name.encode())
         assert int(err) == 0, f"cuModuleGetFunction: {err}"
         if kernel.shared_bytes > 48 * 1024:
-            driver.cuFuncSetAttribute(function, driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                                      kernel.shared_bytes)
+            attribute = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+            driver.cuFuncSetAttribute(function, attribute, kernel.shared_bytes)
         out = torch.full((b, k), float("nan"), device="cuda")
         scalars = [b if value is None else value for value in kernel.scalars.values()]
         values = ([ctypes.c_uint64(t.data_ptr()) for t in (video, classes, counts.int())]
                   + [ctypes.c_int32(v) for v in scalars] + [ctypes.c_uint64(out.data_ptr())])
         params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
         grid_y = -(-b // kernel.block_b)
+        stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
         err, = driver.cuLaunchKernel(function, kernel.grid_classes, grid_y, 1, kernel.threads, 1, 1,
-                                     kernel.shared_bytes, torch.cuda.current_stream().cuda_stream,
-                                     ctypes.addressof(params), 0)
+                                     kernel.shared_bytes, stream, ctypes.addressof(params), 0)
         torch.cuda.synchronize()
         ref = reference(video, classes, counts, "pool")
         written = bool(out.isfinite().all())

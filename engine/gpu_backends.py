@@ -109,7 +109,8 @@ def _ort(cuda: bool):
     def build(manifest: Manifest, **options):
         from apclip.engine.runners import ort_runners
 
-        return ort_runners(manifest, cuda=cuda, threads=options.get("threads"), batch_size=options.get("batch_size", 32))
+        return ort_runners(manifest, cuda=cuda, threads=options.get("threads"),
+                           batch_size=options.get("batch_size", 32))
     return build
 
 

@@ -111,6 +111,7 @@ class TorchCudaRunner:
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.normalize = normalize  # GpuNormalize for encode_uint8 (vision only)
         self._graphs: dict[tuple[int, str], tuple[Any, Any, Any]] = {}  # (bucket, kind) -> (graph, in, out)
+        self._pool = None  # CUDA graph memory pool shared by the buckets
         self._host: dict[tuple[int, str], Any] = {}  # pinned staging buffers per bucket and input kind
         self._host_free: dict[tuple[int, str], Any] = {}  # event: the last async copy out of that buffer is done
 
@@ -204,7 +205,11 @@ class TorchCudaRunner:
                 self._eager(static_in, kind)
             self.stream.synchronize()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=self.stream):
+            # One memory pool for every bucket's graph: replays run one after another on this stream and
+            # each output is cloned before the next replay, so the graphs can reuse each other's memory.
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            with torch.cuda.graph(graph, pool=self._pool, stream=self.stream):
                 static_out = self._eager(static_in, kind)
             self._graphs[key] = (graph, static_in, static_out)
         return self._graphs[key]

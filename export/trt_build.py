@@ -113,6 +113,9 @@ def build_engine(request: BuildRequest, log: Log = print) -> Path:
 
     if request.graph not in GRAPH_CHOICES:
         raise EngineBuildError(f"--graph {request.graph}: choose one of {', '.join(GRAPH_CHOICES)}")
+    if request.precision == "int8" and request.graph == "text":
+        raise EngineBuildError("int8 engines are for the vision encoder (calibrated on frames); build the text "
+                               "encoder with --precision fp16")
     manifest = read_manifest(request.bundle)
     if request.graph == "vision+maka":
         profile = maka_profile(manifest, request.max_batch)

@@ -214,6 +214,8 @@ def test_builder_cli_exit_codes(bundle, fake_trt, capsys):
     assert main([str(bundle / "absent")]) == 1
     assert "does not exist" in capsys.readouterr().err
     assert main([str(bundle), "--max-batch", "100000"]) == 1
+    assert main([str(bundle), "--graph", "text", "--precision", "int8"]) == 1
+    assert "vision encoder" in capsys.readouterr().err
     assert main([str(bundle), "--graph", "text"]) == 0
 
 
