@@ -301,3 +301,35 @@ def test_choose_reports_sources_and_adjustments():
     checkpoint.preprocessing["resolution"] = 224
     with pytest.raises(Exception, match="input size 224.*32 px"):
         choose(checkpoint)
+
+
+def test_vision_maka_engine_is_refused_for_vificlip_bundles(vifi_bundle, monkeypatch):
+    """A TensorRT engine with the MAKA plugin as its tail cannot score a vificlip bundle (fake TensorRT module)."""
+    import sys
+
+    import fake_tensorrt
+
+    from apclip.export.trt_build import BuildRequest, EngineBuildError, build_engine
+
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt.module("10.9.0.34"))
+    with pytest.raises(EngineBuildError, match="build --graph vision"):
+        build_engine(BuildRequest(vifi_bundle, graph="vision+maka"), log=lambda message: None)
+
+
+def test_torch_runners_give_raw_features_for_vificlip_bundles(vifi_bundle):
+    """The torch and torch-cuda (here on CPU, fp32) runners emit what vision.onnx emits: raw features."""
+    import onnxruntime as ort
+
+    from apclip.engine.runners import torch_runners
+    from apclip.engine.torch_cuda import torch_cuda_runners
+
+    manifest = read_manifest(vifi_bundle)
+    ckpt, base = vifi_bundle.parent / "vifi.pth", str(vifi_bundle.parent / "ViT-tiny.pt")
+    pixels = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    session = ort.InferenceSession(str(vifi_bundle / "vision.onnx"), providers=["CPUExecutionProvider"])
+    ref = session.run(None, {"pixels": pixels})[0]
+    assert np.abs(np.linalg.norm(ref, axis=-1) - 1).max() > 0.1  # not normalised
+    vision, _ = torch_runners(manifest, ckpt, base, batch_size=8)
+    np.testing.assert_allclose(vision(pixels), ref, rtol=0, atol=1e-4)
+    vision, _ = torch_cuda_runners(manifest, ckpt, base, precision="fp32", device="cpu", graphs=False)
+    np.testing.assert_allclose(vision(pixels), ref, rtol=0, atol=1e-4)
