@@ -171,23 +171,31 @@ def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return x / (x * x).sum(dim=-1, keepdim=True).sqrt().clamp_min(eps)
 
 
-class ImageEmbedder(nn.Module):
-    """[N, 3, R, R] -> [N, E] normalised: the graph exported as vision.onnx and run by the torch runner."""
+class _Embedder(nn.Module):
+    """One tower of a CLIP model with L2-normalised float32 outputs (state_dict keys stay clip.*)."""
 
     def __init__(self, clip: CLIP):
         super().__init__()
         self.clip = clip
+
+
+class ImageEmbedder(_Embedder):
+    """[N, 3, R, R] -> [N, E] normalised: the graph exported as vision.onnx and run by the torch runner.
+
+    normalize=False keeps the raw features, which the vificlip scoring protocol mean-pools per view
+    before normalising (as ViFi-CLIP does)."""
+
+    def __init__(self, clip: CLIP, normalize: bool = True):
+        super().__init__(clip)
+        self.normalize = normalize
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return l2_normalize(self.clip.encode_image(pixels).float())
+        features = self.clip.encode_image(pixels).float()
+        return l2_normalize(features) if self.normalize else features
 
 
-class TextEmbedder(nn.Module):
+class TextEmbedder(_Embedder):
     """[M, L] token ids -> [M, E] normalised: the graph exported as text.onnx."""
-
-    def __init__(self, clip: CLIP):
-        super().__init__()
-        self.clip = clip
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return l2_normalize(self.clip.encode_text(tokens).float())

@@ -51,7 +51,12 @@ def maka_score(v: Any, c: Any, counts: Any = None) -> Any:
     _check_shapes(v, c)
     mask = prompt_mask(counts, c.shape[0], c.shape[1])
     if _is_torch(v):
-        return _maka_torch(v, c, mask)
+        import torch
+
+        c = torch.as_tensor(c, device=v.device)  # a numpy class matrix scored against torch frames
+        dtype = torch.promote_types(torch.promote_types(v.dtype, c.dtype), torch.float32)
+        real_counts = torch.from_numpy(mask.sum(axis=1)).to(v.device)  # validated above
+        return maka_torch(v.to(dtype), c.to(dtype), real_counts)
     v = np.asarray(v)
     c = np.asarray(c)
     dtype = np.result_type(v.dtype, c.dtype, np.float32)
@@ -69,17 +74,17 @@ def maka_score(v: Any, c: Any, counts: Any = None) -> Any:
     return out
 
 
-def _maka_torch(v: Any, c: Any, mask_np: np.ndarray) -> Any:
+def maka_torch(v: Any, c: Any, counts: Any) -> Any:
+    """MAKA in torch ops only, no host checks: v [B, Nv, E] x c [K, P, E] (same float dtype), counts [K]
+    integer tensor of real prompts per class -> [B, K]. Traceable: export writes scorer.onnx from this
+    function, and `maka_score` calls it for torch inputs after validating counts."""
     import torch
 
-    mask = torch.from_numpy(mask_np).to(v.device)  # [K, P]
-    c = torch.as_tensor(c, device=v.device)  # a numpy class matrix scored against torch frames
-    dtype = torch.promote_types(torch.promote_types(v.dtype, c.dtype), torch.float32)
-    v, c = v.to(dtype), c.to(dtype)
+    real = torch.arange(c.shape[1], device=c.device)[None, :] < counts[:, None]  # [K, P]
     sim = torch.einsum("bne,kpe->bknp", v, c)  # [B, K, Nv, P]
-    best_prompt = sim.masked_fill(~mask[None, :, None, :], float("-inf")).amax(dim=3).mean(dim=2)  # [B, K]
-    best_frame = sim.amax(dim=2).masked_fill(~mask[None], 0.0)  # [B, K, P]
-    mean_best_frame = best_frame.sum(dim=2) / mask.sum(dim=1).to(dtype)  # [B, K]
+    best_prompt = sim.masked_fill(~real[None, :, None, :], float("-inf")).amax(dim=3).mean(dim=2)  # [B, K]
+    best_frame = sim.amax(dim=2).masked_fill(~real[None], 0.0)  # [B, K, P]
+    mean_best_frame = best_frame.sum(dim=2) / counts.to(sim.dtype)  # [B, K]
     return 0.5 * (best_prompt + mean_best_frame)
 
 
@@ -95,6 +100,61 @@ def maka_score_views(video: Any, c: Any, counts: Any = None, views: str = "pool"
         per_view = maka_score(video.reshape(b * nv, t, e), c, counts)  # [B*V, K]
         return per_view.reshape(b, nv, -1).mean(**({"dim": 1} if _is_torch(per_view) else {"axis": 1}))
     raise ValueError(f"views must be 'pool' or 'mean', got {views!r}")
+
+
+def vificlip_score(frames: Any, text: Any, frames_per_view: int, logit_scale: float) -> Any:
+    """ViFi-CLIP's test score (main.py validate + ViFi_CLIP.forward), [B, V*T, E] x [K, E] -> [B, K].
+
+    frames: the encoder's per-frame features in view-major order, unnormalised as ViFi-CLIP pools them
+    (normalised inputs are accepted, but then the pooling weighs frames differently); text: one
+    L2-normalised embedding per class. Per view: mean over T, normalise, logit_scale * cosine, softmax
+    over K; summed over V. numpy in, numpy out (float64 inside); torch in, torch out (traceable).
+    """
+    if frames.ndim != 3 or text.ndim != 2 or frames.shape[-1] != text.shape[-1]:
+        raise ValueError(f"expected frames [B, V*T, E] and text [K, E], got {tuple(frames.shape)} and {tuple(text.shape)}")
+    t = int(frames_per_view)
+    if _is_torch(frames):
+        import torch
+
+        b, n, e = frames.shape
+        video = frames.reshape(b, n // t, t, e).mean(dim=2)  # [B, V*T, E] -> [B, V, T, E] -> [B, V, E]
+        video = video / (video * video).sum(dim=-1, keepdim=True).sqrt()
+        logits = logit_scale * torch.einsum("bve,ke->bvk", video, torch.as_tensor(text, device=video.device).to(video.dtype))
+        return logits.softmax(dim=-1).sum(dim=1)  # [B, V, K] -> [B, K]
+    frames = np.asarray(frames, dtype=np.float64)
+    b, n, e = frames.shape
+    if n % t:
+        raise ValueError(f"{n} frames are not a whole number of views of {t} frames")
+    video = frames.reshape(b, n // t, t, e).mean(axis=2)  # [B, V*T, E] -> [B, V, T, E] -> [B, V, E]
+    video /= np.linalg.norm(video, axis=-1, keepdims=True)
+    logits = logit_scale * np.einsum("bve,ke->bvk", video, np.asarray(text, dtype=np.float64))  # [B, V, K]
+    logits -= logits.max(axis=-1, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    return probs.sum(axis=1)  # [B, V, K] -> [B, K]
+
+
+@dataclass(frozen=True)
+class ViewExplanation:
+    """One view's part in a vificlip score: its pooled cosine with the class and its softmax probability."""
+
+    view: int
+    cosine: float
+    probability: float
+
+
+def explain_vificlip(frames: Any, text: Any, frames_per_view: int, logit_scale: float,
+                     classes: Sequence[int]) -> list[list[ViewExplanation]]:
+    """For one video's features [V*T, E] and [K, E] class embeddings: per class, every view's cosine and probability."""
+    frames = np.asarray(frames, dtype=np.float64)
+    t = int(frames_per_view)
+    video = frames.reshape(frames.shape[0] // t, t, -1).mean(axis=1)  # [V*T, E] -> [V, T, E] -> [V, E]
+    video /= np.linalg.norm(video, axis=-1, keepdims=True)
+    cosine = video @ np.asarray(text, dtype=np.float64).T  # [V, K]
+    logits = logit_scale * cosine
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    return [[ViewExplanation(v, float(cosine[v, k]), float(probs[v, k])) for v in range(len(video))] for k in classes]
 
 
 def mean_pool_score(v: Any, c: Any, counts: Any = None) -> np.ndarray:

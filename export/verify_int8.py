@@ -50,8 +50,10 @@ def verify_int8_vision(model: CLIP, path: Path, matrix: ClassMatrix, video_pixel
         got = session.run([EMBEDDINGS_OUTPUT], {VISION_INPUT: video_pixels})[0]
         checks += _cosine_checks("int8 vision, video frames", ref, got, min_cosine)
         classes = matrix.embeddings.astype(np.float64)
-        ref_top = int(maka_score(ref[None].astype(np.float64), classes, matrix.counts).argmax())
-        got_top = int(maka_score(got[None].astype(np.float64), classes, matrix.counts).argmax())
+        # Normalised here: vificlip bundles' vision.onnx emits raw features (io.vision.normalized false).
+        unit = lambda x: x.astype(np.float64) / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+        ref_top = int(maka_score(unit(ref)[None], classes, matrix.counts).argmax())
+        got_top = int(maka_score(unit(got)[None], classes, matrix.counts).argmax())
         checks.append(Check("int8 MAKA top-1, video frames", "same class", float(ref_top == got_top), "= 1",
                             ref_top == got_top))
     return VerificationReport(checks)
