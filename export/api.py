@@ -182,9 +182,9 @@ class _Job:
     options: ExportOptions
     log: Log
     seconds: dict[str, float]  # step -> wall seconds, for the summary
+    scoring: Scoring = field(default_factory=Scoring)  # protocol, logit_scale, template
     int8: dict | None = None  # the manifest's precisions.int8 record, once the int8 step ran
     class_encoder: str = ""  # how the class matrix was encoded (export/class_encoder.py)
-    scoring: Scoring = field(default_factory=Scoring)  # protocol, logit_scale, template
 
     @property
     def vision_normalized(self) -> bool:
