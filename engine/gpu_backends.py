@@ -110,7 +110,7 @@ def _ort(cuda: bool):
         from apclip.engine.runners import ort_runners
 
         return ort_runners(manifest, cuda=cuda, threads=options.get("threads"),
-                           batch_size=options.get("batch_size", 32))
+                           batch_size=options.get("batch_size", 32), precision=options.get("precision") or "fp32")
     return build
 
 

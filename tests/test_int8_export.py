@@ -204,3 +204,13 @@ def test_export_summary_prints_the_int8_rows(int8_bundle):
     record = json.loads((int8_bundle / MANIFEST).read_text())["precisions"]["int8"]
     lines = "\n".join(_int8_summary(record))
     assert "int8 parity" in lines and "int8 MAKA top-1, video frames" in lines and "FAILED" not in lines
+
+
+def test_int8_is_a_precision_of_the_ort_constructor(int8_bundle):
+    """How a harness lists the int8 contender: the ort backend's constructor with precision="int8"."""
+    from apclip.engine.gpu_backends import CONSTRUCTORS
+
+    vision, text = CONSTRUCTORS["ort"](read_manifest(int8_bundle), precision="int8", batch_size=8)
+    assert vision.name == "ort-cpu-int8" and text.file == TEXT_INT8
+    fp32_vision, _ = CONSTRUCTORS["ort"](read_manifest(int8_bundle), batch_size=8)
+    assert fp32_vision.name == "ort-cpu"
