@@ -129,7 +129,9 @@ def profile_from_manifest(manifest: Manifest, graph: str, opt_batch: int | None 
     if not io or not io.get("inputs"):
         raise EngineCacheError(f"bundle {manifest.path}: manifest has no io entry for {base}; re-run apclip-export")
     spec = io["inputs"][0]
-    tail = tuple(int(d) for d in spec["shape"][1:])
+    # A symbolic token axis ("L", 2..77 since text.onnx cuts at the last EOT) is built at the full
+    # context length: the TensorRT text runner is fed [M, 77], as before.
+    tail = tuple(int(d) if not isinstance(d, str) else manifest.model.context_length for d in spec["shape"][1:])
     exported_max = int(io.get("batch_max") or 1024)
     if max_batch is None:
         max_batch = min(exported_max, TEXT_ENGINE_MAX) if base == "text" else exported_max
