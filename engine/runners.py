@@ -138,7 +138,8 @@ def trt_runners(manifest: Manifest, **_):
 
 
 def torch_runners(manifest: Manifest, checkpoint: str | os.PathLike | None, base: str | None, *,
-                  batch_size: int):
+                  batch_size: int, device: str | None = None):
+    """The reference encoders on `device` (default: CUDA when torch sees a GPU, else the CPU)."""
     if checkpoint is None:
         raise BackendUnavailable("backend torch needs --ckpt, the checkpoint the bundle was exported from")
     torch = require("torch", "torch", "the torch backend")
@@ -154,6 +155,6 @@ def torch_runners(manifest: Manifest, checkpoint: str | os.PathLike | None, base
         raise BackendUnavailable(f"checkpoint {checkpoint} is not the one bundle {manifest.path} was exported "
                                  f"from (sha256 differs); pass the matching --ckpt")
     model = load_model(checkpoint, base=base)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return (TorchRunner(ImageEmbedder(model), device=device, batch_size=batch_size),
             TorchRunner(TextEmbedder(model), device=device, batch_size=256, is_text=True))
