@@ -187,6 +187,7 @@ def run_latency(bundle: str | Path, video: str | Path, *, backends: str | None =
     from apclip.benchmarks.machine import record
     from apclip.benchmarks.timing import do_bench_ms, host_timer, measure
 
+    load_before = list(os.getloadavg())
     s = settings or LatencySettings()
     video = Path(video)
     manifest = read_manifest(bundle)
@@ -252,7 +253,7 @@ def run_latency(bundle: str | Path, video: str | Path, *, backends: str | None =
                                  measure({stage: host_timer(fn)}, s.runs, s.warmup)[stage], "host clock"))
         summaries.append({"contender": contender.name, "kind": "scorer", "peak_rss_mib": peak_rss_mib()})
     return LatencyReport(str(bundle), video_info, spec.to_dict(), images, dataclasses.asdict(s), rows, summaries,
-                         unavailable, record())
+                         unavailable, record(load_before))
 
 
 def _num(value: float | None, spec: str) -> str:

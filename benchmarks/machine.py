@@ -108,11 +108,12 @@ def jetson_record() -> dict[str, str | None]:
             "power_mode": _command(["nvpmodel", "-q"])}
 
 
-def record() -> dict[str, Any]:
-    """Everything above, plus the load average, and the list of fields that could not be read."""
+def record(load_before: list[float] | None = None) -> dict[str, Any]:
+    """Everything above, the load average now (and `load_before`, taken when the run started: other
+    jobs on the machine show up there), and the list of fields that could not be read."""
     rec: dict[str, Any] = {"cpu": cpu_record(), "gpu": gpu_record(), "jetson": jetson_record(),
                            "versions": versions(), "load_average": list(os.getloadavg()),
-                           "argv": list(sys.argv)}
+                           "load_average_before": load_before, "argv": list(sys.argv)}
     missing = [f"cpu.{k}" for k, v in rec["cpu"].items() if v is None]
     missing += ["gpu"] if rec["gpu"] is None else [f"gpu.{k}" for k, v in rec["gpu"].items() if v is None]
     missing += [f"jetson.{k}" for k, v in rec["jetson"].items() if v is None]
@@ -127,5 +128,7 @@ def describe(rec: dict[str, Any]) -> str:
     gpu = rec.get("gpu") or {}
     gpu_text = f", GPU {gpu['name']} {gpu.get('sm') or ''}".rstrip() if gpu.get("name") else ", no GPU"
     load = rec.get("load_average") or [float("nan")] * 3
+    before = rec.get("load_average_before")
+    start = f"{before[0]:.2f} at the start, " if before else ""
     return (f"{cpu.get('cpu') or 'unknown CPU'}, {cpu.get('cores')} cores{gpu_text}; "
-            f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+            f"1-min load average {start}{load[0]:.2f} at the end")

@@ -9,6 +9,7 @@ Thresholds are DESIGN.md's, chosen by the contender's precision, and can be over
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -172,6 +173,7 @@ def run_parity(bundle: str | Path, checkpoint: str | Path, videos: Sequence[Path
     from apclip.benchmarks.machine import record
     from apclip.benchmarks.timing import timed
 
+    load_before = list(os.getloadavg())
     thresholds = thresholds or DEFAULT_THRESHOLDS
     manifest = read_manifest(bundle)  # every file checked against its sha256
     chosen = select(backends)  # the reference itself only when named
@@ -241,7 +243,7 @@ def run_parity(bundle: str | Path, checkpoint: str | Path, videos: Sequence[Path
                               f"the reference ({Path(checkpoint).name})",
                               file_bytes=Path(checkpoint).stat().st_size, ms_per_clip=float(np.median(ms["reference"])))
     return ParityReport(str(bundle), str(checkpoint), reference_row.contender, [str(v) for v in videos],
-                        [reference_row, *rows.values()], record())
+                        [reference_row, *rows.values()], record(load_before))
 
 
 def _num(value: float | None, spec: str) -> str:
