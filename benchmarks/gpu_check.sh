@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared GPU check: on a machine with an NVIDIA GPU, in one go and under 10 minutes, it runs
 #   1. the fused MAKA kernel's correctness checks on the real GPU (python -m apclip.benchmarks.kernel_maka_check)
-#   2. apclip-bench kernel (Triton MAKA vs eager fp32/fp16, matmul and the memory floor)
+#   2. the torch-cuda backend and MAKA TensorRT plugin checks (python -m apclip.benchmarks.gpu_backends_check)
+#      and apclip-bench kernel (Triton MAKA vs eager fp32/fp16, matmul and the memory floor)
 #   3. a random-weight ViT-B/16 checkpoint and bundle (python -m apclip.benchmarks.workload)
 #   4. apclip-bench backends, parity and latency (+ PNG) for every backend on that bundle
 # and writes every JSON, PNG and log into one folder, with summary.txt saying how each step ended.
@@ -14,7 +15,7 @@
 #
 # --dry-run prints the steps without running them (works anywhere). Environment: PYTHON (default
 # .venv/bin/python, else python3), GPU_CHECK_SECONDS (whole budget, default 570),
-# GPU_CHECK_COMPILE=1 (also time torch.compile max-autotune in step 2: minutes more).
+# GPU_CHECK_COMPILE=1 (also time torch.compile in step 2: minutes more).
 # Exit: 0 every step ok; 1 a step failed (a parity fail included); 2 no usable GPU or no apclip.
 set -uo pipefail
 
@@ -23,7 +24,7 @@ out=""
 for arg in "$@"; do
     case "$arg" in
         --dry-run) dry_run=1 ;;
-        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "gpu_check: unknown option $arg (use --dry-run, --help)" >&2; exit 2 ;;
         *) out="$arg" ;;
     esac
@@ -44,7 +45,8 @@ compile_flag="--no-compile"
 steps=(
     "nvidia-smi|20|nvidia-smi"
     "kernel_check|120|$py -m apclip.benchmarks.kernel_maka_check --json $out/kernel_check.json"
-    "kernel|150|$py -m apclip.benchmarks.cli kernel --k 400 600 --b 1 8 64 256 $compile_flag --json $out/kernel.json"
+    "gpu_backends|120|$py -m apclip.benchmarks.gpu_backends_check $compile_flag --json $out/gpu_backends.json"
+    "kernel|120|$py -m apclip.benchmarks.cli kernel --k 400 600 --b 1 8 64 256 $compile_flag --json $out/kernel.json"
     "bundle|150|$py -m apclip.benchmarks.workload --preset ViT-B-16 --out $work"
     "backends|60|$py -m apclip.benchmarks.cli backends $bundle --ckpt $ckpt --json $out/backends.json"
     "parity|180|$py -m apclip.benchmarks.cli parity $bundle --ckpt $ckpt --workdir $work --json $out/parity.json"

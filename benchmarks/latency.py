@@ -83,7 +83,7 @@ def _row(contender: str, kind: str, stage: str, times: list[float] | None, timed
 def _ingest_rows(video: Path, spec, s: LatencySettings) -> tuple[list[dict], Any]:
     """decode and preprocess, measured once; returns the rows and the clip for the encoders."""
     from apclip.engine.clips import load_clip
-    from apclip.engine.preprocess import make_views, resize_short_side
+    from apclip.engine.preprocess import resize_frame, spec_views
     from apclip.engine.sampling import sample_segment_indices
     from apclip.engine.sources import open_source
     from apclip.benchmarks.timing import host_timer, measure
@@ -101,8 +101,8 @@ def _ingest_rows(video: Path, spec, s: LatencySettings) -> tuple[list[dict], Any
     frames = [[by_index[int(i)] for i in row] for row in plan]
 
     def preprocess() -> np.ndarray:
-        resized = [[resize_short_side(f, spec.resolution) for f in row] for row in frames]
-        return make_views(resized, spec.resolution, spec.crops, spec.normalization)
+        resized = [[resize_frame(f, spec) for f in row] for row in frames]  # the bundle's profile
+        return spec_views(resized, spec)
 
     times = measure({"decode": host_timer(decode), "preprocess": host_timer(preprocess)}, s.runs, s.warmup)
     rows = [_row("all", "ingest", name, t, "host clock") for name, t in times.items()]
@@ -121,8 +121,8 @@ def _encoder_timers(runner: Any, contender, pixels: np.ndarray) -> tuple[dict, d
         timers = {"h2d": cuda_timer(torch, lambda: [runner.upload(b) for b in batches]),
                   "encode": cuda_timer(torch, lambda: [runner.encode_device(x) for x in on_device])}
         return timers, {"h2d": "cuda events", "encode": "cuda events"}, {}
-    note = ("inside encode: ONNX Runtime copies within session.run" if contender.device == "cuda"
-            else "host memory: no copy")
+    note = ("inside encode: the runner copies within its call, which returns finished numpy"
+            if contender.device == "cuda" else "host memory: no copy")
     return ({"encode": host_timer(lambda: encode_in_batches(runner, pixels))}, {"encode": "host clock"},
             {"h2d": note})
 

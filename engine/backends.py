@@ -159,8 +159,9 @@ def _importable(module: str) -> bool:
 
 def nvidia_driver_present() -> bool:
     """Cheap check before importing torch (seconds, hundreds of MB) just to learn there is no GPU."""
-    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/dxg",
-                                           "/dev/nvhost-ctrl", "/etc/nv_tegra_release"))
+    from apclip.engine.gpu_backends import cuda_may_be_present
+
+    return cuda_may_be_present() or os.path.exists("/etc/nv_tegra_release")
 
 
 def _needs_ort(ctx: BuildContext) -> str | None:
@@ -169,16 +170,14 @@ def _needs_ort(ctx: BuildContext) -> str | None:
     return None
 
 
-def _ort_cuda_reason(ctx: BuildContext) -> str | None:
-    reason = _needs_ort(ctx)
-    if reason:
-        return reason
-    import onnxruntime as ort
+def _gpu_probe(backend: str) -> Probe:
+    """The engine's own probe (apclip.engine.gpu_backends.PROBES): one answer for --backend and apclip-bench."""
+    def reason(ctx: BuildContext) -> str | None:
+        from apclip.engine.gpu_backends import PROBES
 
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return ("onnxruntime has no CUDAExecutionProvider: pip install \"apclip[gpu]\" (onnxruntime-gpu, "
-                "instead of onnxruntime) on a CUDA machine")
-    return None
+        found = PROBES[backend](ctx.manifest, ctx.checkpoint)
+        return None if found.ok else found.reason
+    return reason
 
 
 def _int8_reason(ctx: BuildContext) -> str | None:
@@ -216,8 +215,10 @@ def cuda_reason() -> str | None:
 
 
 def _torch_cuda_reason(precision: str) -> Probe:
+    probe_backend = _gpu_probe("torch-cuda")
+
     def reason(ctx: BuildContext) -> str | None:
-        why = cuda_reason() or _checkpoint_reason(ctx)
+        why = probe_backend(ctx)
         if why is None and precision == "bf16":
             import torch
 
@@ -227,12 +228,19 @@ def _torch_cuda_reason(precision: str) -> Probe:
     return reason
 
 
-def _trt_reason(ctx: BuildContext) -> str | None:
-    if not _importable("tensorrt"):
-        return "tensorrt is not installed: pip install \"apclip[trt]\" on a machine with an NVIDIA GPU"
-    if not ctx.manifest.raw.get("engines"):
-        return "the bundle has no TensorRT engines (build them on the target GPU)"
-    return "the TensorRT runner is not part of this build"
+def _trt_reason(precision: str) -> Probe:
+    probe_backend = _gpu_probe("trt")
+
+    def reason(ctx: BuildContext) -> str | None:
+        why = probe_backend(ctx)
+        if why is None:
+            engines = ctx.manifest.raw.get("engines") or {}
+            entries = engines.values() if isinstance(engines, dict) else engines
+            precisions = {str((e.get("key") or e).get("precision")) for e in entries if isinstance(e, dict)}
+            if precisions and precision not in precisions:
+                return f"the bundle has no {precision} TensorRT engine (apclip-build-engine --precision {precision})"
+        return why
+    return reason
 
 
 def _scorer_file_reason(ctx: BuildContext) -> str | None:
@@ -267,12 +275,6 @@ def _ort_cpu(ctx: BuildContext) -> EncoderRunner:
     return ort_runners(ctx.manifest, cuda=False, threads=ctx.threads, batch_size=ctx.batch_size)[0]
 
 
-def _ort_cuda(ctx: BuildContext) -> EncoderRunner:
-    from apclip.engine.runners import ort_runners
-
-    return ort_runners(ctx.manifest, cuda=True, threads=ctx.threads, batch_size=ctx.batch_size)[0]
-
-
 def _ort_int8(ctx: BuildContext) -> EncoderRunner:
     from apclip.engine.runners import OrtRunner, _default_threads, graph_batch_max
 
@@ -288,50 +290,14 @@ def _torch_cpu(ctx: BuildContext) -> EncoderRunner:
     return torch_runners(ctx.manifest, ctx.checkpoint, ctx.base, batch_size=ctx.batch_size, device="cpu")[0]
 
 
-class TorchCudaRunner:
-    """The reference ImageEmbedder cast to fp16 / bf16 on CUDA (LayerNorm stays fp32 inside the model).
-
-    `upload` and `encode_device` split the host-to-device copy from the encode, so a benchmark can time
-    each with CUDA events; calling the runner does both and returns float32 numpy."""
-
-    def __init__(self, module: Any, precision: str, batch_size: int):
-        from apclip.extras import require
-
-        torch = require("torch", "torch", "the torch-cuda backend")
-        self.torch = torch
-        self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
-        self.device = "cuda"
-        self.module = module.to(self.device, self.dtype).eval()
-        self.name = f"torch-cuda-{precision}"
-        self.batch_size = batch_size
-
-    def upload(self, batch: Any) -> Any:
-        import numpy as np
-
-        host = self.torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        return host.to(self.device, non_blocking=False).to(self.dtype)
-
-    def encode_device(self, pixels: Any) -> Any:
-        with self.torch.inference_mode():
-            return self.module(pixels)  # [N, E] float32 on the device (ImageEmbedder normalises in fp32)
-
-    def __call__(self, batch: Any) -> Any:
-        return self.encode_device(self.upload(batch)).float().cpu().numpy()
-
-
-def _torch_cuda(precision: str) -> Callable[[BuildContext], EncoderRunner]:
+def _gpu_constructor(backend: str, precision: str | None = None) -> Callable[[BuildContext], EncoderRunner]:
+    """The engine's own constructor (apclip.engine.gpu_backends.CONSTRUCTORS); the vision runner of its pair."""
     def make(ctx: BuildContext) -> EncoderRunner:
-        from apclip.engine.runners import torch_runners
+        from apclip.engine.gpu_backends import CONSTRUCTORS
 
-        reference = torch_runners(ctx.manifest, ctx.checkpoint, ctx.base, batch_size=ctx.batch_size, device="cpu")[0]
-        return TorchCudaRunner(reference.module, precision, ctx.batch_size)
+        return CONSTRUCTORS[backend](ctx.manifest, batch_size=ctx.batch_size, threads=ctx.threads,
+                                     ckpt=ctx.checkpoint, base=ctx.base, precision=precision)[0]
     return make
-
-
-def _trt(ctx: BuildContext) -> EncoderRunner:
-    from apclip.engine.runners import trt_runners
-
-    return trt_runners(ctx.manifest, batch_size=ctx.batch_size)[0]
 
 
 def _scorer(name: str) -> Callable[[BuildContext], Any]:
@@ -346,11 +312,14 @@ for _entry in (
     EncoderContender("torch-cpu", "fp32", _torch_reason, _torch_cpu, reference=True),
     EncoderContender("ort-cpu", "fp32", _needs_ort, _ort_cpu, file=VISION_FILE),
     EncoderContender("ort-cpu", "int8", _int8_reason, _ort_int8, file=VISION_INT8_FILE),
-    EncoderContender("ort-cuda", "fp32", _ort_cuda_reason, _ort_cuda, file=VISION_FILE, device="cuda"),
-    EncoderContender("torch-cuda", "fp16", _torch_cuda_reason("fp16"), _torch_cuda("fp16"), device="cuda"),
-    EncoderContender("torch-cuda", "bf16", _torch_cuda_reason("bf16"), _torch_cuda("bf16"), device="cuda"),
-    EncoderContender("trt", "fp16", _trt_reason, _trt, device="cuda"),
-    EncoderContender("trt", "int8", _trt_reason, _trt, device="cuda"),
+    EncoderContender("ort-cuda", "fp32", _gpu_probe("ort-cuda"), _gpu_constructor("ort-cuda"), file=VISION_FILE,
+                     device="cuda"),
+    EncoderContender("torch-cuda", "fp16", _torch_cuda_reason("fp16"), _gpu_constructor("torch-cuda", "fp16"),
+                     device="cuda"),
+    EncoderContender("torch-cuda", "bf16", _torch_cuda_reason("bf16"), _gpu_constructor("torch-cuda", "bf16"),
+                     device="cuda"),
+    EncoderContender("trt", "fp16", _trt_reason("fp16"), _gpu_constructor("trt", "fp16"), device="cuda"),
+    EncoderContender("trt", "int8", _trt_reason("int8"), _gpu_constructor("trt", "int8"), device="cuda"),
 ):
     register_encoder(_entry)
 for _entry in (

@@ -301,7 +301,7 @@ def test_gpu_check_script_dry_run_and_refusal(tmp_path):
     dry = subprocess.run(["bash", str(script), "--dry-run", str(tmp_path / "out")], capture_output=True, text=True,
                          timeout=60)
     assert dry.returncode == 0, dry.stderr
-    for step in ("kernel_maka_check", "cli kernel", "workload --preset ViT-B-16", "cli parity", "cli latency"):
+    for step in ("kernel_maka_check", "gpu_backends_check", "cli kernel", "workload --preset ViT-B-16", "cli parity", "cli latency"):
         assert step in dry.stdout
     assert not (tmp_path / "out").exists()
     if backends.nvidia_driver_present():
