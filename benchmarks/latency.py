@@ -114,13 +114,22 @@ def _encoder_timers(runner: Any, contender, pixels: np.ndarray) -> tuple[dict, d
     from apclip.engine.runners import encode_in_batches
     from apclip.benchmarks.timing import cuda_timer, host_timer
 
-    if hasattr(runner, "upload") and hasattr(runner, "encode_device"):  # device-resident torch runner
-        torch = runner.torch
-        batches = [pixels[i:i + runner.batch_size] for i in range(0, len(pixels), runner.batch_size)]
-        on_device = [runner.upload(b) for b in batches]
-        timers = {"h2d": cuda_timer(torch, lambda: [runner.upload(b) for b in batches]),
-                  "encode": cuda_timer(torch, lambda: [runner.encode_device(x) for x in on_device])}
-        return timers, {"h2d": "cuda events", "encode": "cuda events"}, {}
+    torch = getattr(runner, "torch", None)
+    if contender.device == "cuda" and torch is not None and hasattr(runner, "embed_on_device"):
+        # Device-resident runner (torch-cuda): events on the runner's own stream, embeddings left on the device.
+        stream = getattr(runner, "stream", None) or torch.cuda.current_stream()
+        pinned = torch.from_numpy(pixels).pin_memory()
+        copy, encode = (cuda_timer(torch, lambda: pinned.to("cuda", non_blocking=True)),
+                        cuda_timer(torch, lambda: runner.embed_on_device(pixels)))
+
+        def on_stream(timer):
+            def timed() -> float:
+                with torch.cuda.stream(stream):
+                    return timer()
+            return timed
+
+        return ({"h2d": on_stream(copy), "encode": on_stream(encode)},
+                {"h2d": "cuda events (pinned copy of the clip)", "encode": "cuda events (incl. its staging copy)"}, {})
     note = ("inside encode: the runner copies within its call, which returns finished numpy"
             if contender.device == "cuda" else "host memory: no copy")
     return ({"encode": host_timer(lambda: encode_in_batches(runner, pixels))}, {"encode": "host clock"},

@@ -287,6 +287,23 @@ def test_torch_cuda_parity(tiny_bundle, demo_assets, parity_videos, capsys):
     assert code == 0, out
 
 
+def test_torch_cuda_latency_times_on_the_device(tiny_bundle, demo_assets, latency_video, tmp_path):
+    reason = backends.cuda_reason()
+    if reason is not None:
+        pytest.skip(f"torch-cuda latency needs a CUDA GPU: {reason}")
+    out = tmp_path / "gpu.json"
+    assert cli.main(["latency", str(tiny_bundle), "--ckpt", str(demo_assets["checkpoint"]), "--video",
+                     str(latency_video), "--backends", "torch-cuda,triton", "--runs", "3", "--json", str(out),
+                     "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    stages = {r["stage"]: r for r in report["rows"] if r["contender"] == "torch-cuda:fp16"}
+    assert stages["h2d"]["timed_with"].startswith("cuda events") and stages["h2d"]["median_ms"] > 0
+    assert stages["encode"]["timed_with"].startswith("cuda events") and stages["encode"]["median_ms"] > 0
+    summary = next(c for c in report["contenders"] if c["contender"] == "torch-cuda:fp16")
+    assert summary["peak_device_mib"] > 0
+    assert any(r["timed_with"] == "triton do_bench" for r in report["rows"] if r["contender"] == "triton:fp16")
+
+
 def test_kernel_without_gpu_exits_2_with_reason(capsys):
     reason = backends.cuda_reason()
     if reason is None:
