@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # Intermixed: `apclip-infer a.mp4 --bundle b c.mp4` gives both videos as SOURCE.
+    args = build_parser().parse_intermixed_args(argv)
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
     run = InferRun(args, log)
     try:

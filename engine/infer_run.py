@@ -104,9 +104,10 @@ class InferRun:
             self.warn.once("window", "--window/--stride apply to --mode stream only; clip mode samples the whole video")
         if self.mode == "stream" and args.explain and not args.json_out:
             self.warn.once("explain", "--explain in stream mode is written only to --json; add --json FILE")
-        if args.prompts and not args.labels:
+        if args.prompts and not args.labels and not (args.report or args.explain):
             self.warn.once("prompts", "--prompts without --labels has no effect: the bundle's labels keep their "
-                                      "exported prompts (--prompts serves labels added with --labels)")
+                                      "exported prompts (--prompts serves labels added with --labels, and "
+                                      "attributes in --explain / --report)")
         if args.fps is not None and not any(_is_dir(item.path) for item in self.items):
             self.warn.once("fps", "--fps applies to image-folder sources only; videos keep their own frame rate")
 
@@ -156,11 +157,15 @@ class InferRun:
         explain = args.explain or bool(args.report)
         multi = len(self.items) > 1
 
+        seen = 0  # sources finished, done or skipped, for the [i/n] counter
+
         def on_prediction(pred: Prediction, item: SourceItem) -> None:
+            nonlocal seen
+            seen += 1
             results.append((pred, item))
             record = prediction_record(pred, item)
             if multi:
-                print(format_row(pred, item, len(results), len(self.items)), file=self.table, flush=True)
+                print(format_row(pred, item, seen, len(self.items)), file=self.table, flush=True)
                 if args.explain:
                     print(format_prediction(pred, explain=True, header=False), file=self.table, flush=True)
             else:
@@ -171,7 +176,9 @@ class InferRun:
                 self.csv_file.write(csv_row(record))
 
         def on_skip(item: SourceItem, reason: str) -> None:
-            print(f"apclip-infer: skipped {reason}", file=sys.stderr)
+            nonlocal seen
+            seen += 1
+            print(f"apclip-infer: skipped [{seen}/{len(self.items)}]: {reason}", file=sys.stderr)
             if self.csv_file:
                 self.csv_file.write(skipped_row(item, reason))
 

@@ -66,17 +66,19 @@ body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;background:#fafaf
 h1{font-size:20px} h2{font-size:16px;margin:28px 0 6px;word-break:break-all}
 .video{background:#fff;border:1px solid #ddd;border-radius:6px;padding:12px 16px;margin-bottom:24px}
 .meta{color:#666;font-size:12px}
-.frames{display:flex;gap:4px;overflow-x:auto;padding:6px 0}
-.frames figure{margin:0;text-align:center;font-size:11px;color:#666}
-.frames img{height:96px;display:block;border-radius:3px}
+.grid{overflow-x:auto;padding:6px 0}
+.grid img{height:96px;display:block;border-radius:3px;margin:0 auto}
+.cap{font-size:11px;color:#666;font-weight:normal;text-align:center}
+th.cls{text-align:right;min-width:120px;background:#f2f5fa}
+.prompt{margin-top:2px}
 .bars{margin:10px 0;max-width:640px}
 .class-bar{display:flex;align-items:center;gap:8px;margin:3px 0}
 .class-bar .name{width:180px;text-align:right;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .class-bar .bar{height:14px;background:#3b7dd8;border-radius:2px}
 .class-bar .val{font-variant-numeric:tabular-nums;color:#444}
 table.why{border-collapse:collapse;margin:6px 0 14px;font-size:12px}
-table.why td,table.why th{border:1px solid #e2e2e2;padding:4px 6px;vertical-align:top;max-width:220px}
-table.why th{background:#f2f5fa;text-align:left}
+table.why td,table.why th{border:1px solid #e2e2e2;padding:4px 6px;vertical-align:top;min-width:110px;max-width:170px}
+table.why th{background:#fff}
 .attr{display:inline-block;background:#eef3e6;color:#3d6b12;border-radius:3px;padding:0 4px;font-size:11px}
 .sim{font-variant-numeric:tabular-nums;color:#555}
 .choices{margin:2px 0 12px 0;padding-left:18px;font-size:12px}
@@ -100,15 +102,12 @@ def _e(text: object) -> str:
 def _video_section(video: ReportVideo, attributes: dict[tuple[str, str], str]) -> str:
     pred = video.prediction
     per_class = shown_matches(pred, video.crops)
-    columns = per_class[0] if per_class else []
+    # Columns in time order (sampling order is clip-major: clip 2's first frame precedes clip 1's last).
+    order = sorted(range(len(per_class[0])), key=lambda i: per_class[0][i].time) if per_class else []
+    columns = [per_class[0][i] for i in order] if per_class else []
     parts = [f'<section class="video"><h2>{_e(video.source)}</h2>',
-             f'<div class="meta">{pred.frames} frame embeddings ({pred.distinct_frames} distinct frames), '
-             f'{_e(pred.backend)} + {_e(pred.scorer)}</div>', '<div class="frames">']
-    for m in columns:
-        uri = video.thumbnails.get(m.frame, "")
-        parts.append(f'<figure><img class="frame" alt="frame {m.frame}" src="{uri}">'
-                     f'<figcaption>#{m.frame} {m.time:.2f}s</figcaption></figure>')
-    parts.append('</div><div class="bars">')
+             f'<div class="meta">{pred.frames} frame embeddings, {pred.distinct_frames} distinct frame(s) of '
+             f'{pred.sampled_frames} sampled, {_e(pred.backend)} + {_e(pred.scorer)}</div>', '<div class="bars">']
     scores = [t.score for t in pred.top]
     low, high = min(scores + [0.0]), max(scores + [1e-9])
     for t in pred.top:
@@ -116,17 +115,23 @@ def _video_section(video: ReportVideo, attributes: dict[tuple[str, str], str]) -
         parts.append(f'<div class="class-bar"><span class="name" title="{_e(t.label)}">{_e(t.label)}</span>'
                      f'<span class="bar" style="width:{max(width, 1.0):.1f}%"></span>'
                      f'<span class="val">{t.score:.4f}</span></div>')
-    parts.append("</div>")
+    parts.append('</div><div class="grid"><table class="why"><tr><th class="corner">class \\ frame</th>')
+    for m in columns:
+        uri = video.thumbnails.get(m.frame, "")
+        parts.append(f'<th><img class="frame" alt="frame {m.frame}" src="{uri}">'
+                     f'<div class="cap">#{m.frame} · {m.time:.2f}s</div></th>')
+    parts.append("</tr>")
     for explanation, matches in zip(pred.explanations or [], per_class):
-        parts.append(f'<h3 class="class-title">why “{_e(explanation.label)}” ({explanation.score:.4f})</h3>')
-        parts.append('<table class="why"><tr><th>frame</th><th>best prompt</th><th>attribute</th>'
-                     '<th>similarity</th></tr>')
-        for m in matches:
+        parts.append(f'<tr class="class-row"><th class="cls">{_e(explanation.label)}'
+                     f'<div class="sim">{explanation.score:.4f}</div></th>')
+        for m in (matches[i] for i in order):
             attribute = attributes.get((explanation.label, m.prompt), "—")
-            parts.append(f'<tr><td>#{m.frame} {m.time:.2f}s</td><td>{_e(m.prompt)}</td>'
-                         f'<td><span class="attr">{_e(attribute)}</span></td>'
-                         f'<td class="sim">{m.similarity:.3f}</td></tr>')
-        parts.append('</table><ul class="choices">')
+            parts.append(f'<td><span class="attr">{_e(attribute)}</span> <span class="sim">{m.similarity:.3f}</span>'
+                         f'<div class="prompt">{_e(_description(m.prompt, explanation.label))}</div></td>')
+        parts.append("</tr>")
+    parts.append("</table></div>")
+    for explanation in pred.explanations or []:
+        parts.append(f'<h3>prompts chosen for “{_e(explanation.label)}”</h3><ul class="choices">')
         for c in prompt_choices(explanation)[:5]:
             attribute = attributes.get((explanation.label, c.prompt))
             badge = f' <span class="attr">{_e(attribute)}</span>' if attribute else ""
@@ -135,6 +140,13 @@ def _video_section(video: ReportVideo, attributes: dict[tuple[str, str], str]) -
         parts.append("</ul>")
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _description(prompt: str, label: str) -> str:
+    """The prompt without its "a video of {label}." prefix (the row already names the class)."""
+    prefix = f"a video of {label}."
+    rest = prompt[len(prefix):].strip() if prompt.startswith(prefix) else prompt
+    return rest or prompt
 
 
 def render_report(videos: Sequence[ReportVideo], attributes: dict[tuple[str, str], str] | None = None,

@@ -111,7 +111,19 @@ def _checked(source: str, expected: str | None = None) -> SourceItem:
 
 
 def expand_sources(arguments: Iterable[str], recursive: bool = False) -> list[SourceItem]:
-    """Every SOURCE argument expanded, in the order given (see the module docstring)."""
+    """Every SOURCE argument expanded, in the order given (see the module docstring); a file reached
+    twice (a folder and a glob over it) runs once, at its first place."""
+    unique: list[SourceItem] = []
+    seen: set[str] = set()
+    for item in _expand(arguments, recursive):
+        key = item.path if item.missing or is_live(item.path) else os.path.realpath(item.path)
+        if key not in seen:
+            seen.add(key)
+            unique.append(item)
+    return unique
+
+
+def _expand(arguments: Iterable[str], recursive: bool) -> list[SourceItem]:
     items: list[SourceItem] = []
     for argument in arguments:
         if argument.startswith("@") and not os.path.exists(argument):

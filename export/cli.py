@@ -48,11 +48,12 @@ def check_paths(args: argparse.Namespace) -> None:
     from apclip.export.errors import ExportError
     from apclip.export.output_target import check_bundle_target
 
-    for flag, value in (("--ckpt", args.ckpt), ("--labels", args.labels), ("--prompts", args.prompts),
-                        ("--base", args.base), ("--bpe-vocab", args.bpe_vocab)):
+    for flag, name, value in (("--ckpt", "checkpoint", args.ckpt), ("--labels", "labels file", args.labels),
+                              ("--prompts", "prompt bank", args.prompts), ("--base", "base CLIP file", args.base),
+                              ("--bpe-vocab", "BPE vocabulary", args.bpe_vocab)):
         if value is not None and not Path(value).is_file():
-            what = "a folder, not a file" if Path(value).is_dir() else "not found"
-            raise ExportError(f"{flag} {value}: {what}")
+            what = "is a folder, not a file" if Path(value).is_dir() else "does not exist"
+            raise ExportError(f"{name} {value} {what} ({flag})")
     check_bundle_target(args.out, args.force, inputs=(args.ckpt, args.labels, args.prompts, args.base))
 
 
