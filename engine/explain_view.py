@@ -26,7 +26,9 @@ def prompt_choices(explanation: Explanation) -> list[PromptChoice]:
 
 
 def format_explain_summary(explanations: Iterable[Explanation], prompts_per_class: int = 3,
-                           width: int = 100) -> list[str]:
+                           width: int = 100, attributes: dict[tuple[str, str], str] | None = None) -> list[str]:
+    """attributes: (label, prompt) -> "scene: location" (prompt_attributes of a bank), shown when known."""
+    attributes = attributes or {}
     lines = []
     for e in explanations:
         choices = prompt_choices(e)
@@ -34,7 +36,9 @@ def format_explain_summary(explanations: Iterable[Explanation], prompts_per_clas
         lines.append(f"  why '{e.label}' ({e.score:.4f}): {total} frames chose {len(choices)} prompt(s)")
         for c in choices[:prompts_per_class]:
             text = c.prompt if len(c.prompt) <= width else c.prompt[:width - 3] + "..."
-            lines.append(f"    {c.frames:3d}/{total} frames  sim {c.mean_similarity:.3f}  {text}")
+            attribute = attributes.get((e.label, c.prompt))
+            tag = f"[{attribute}] " if attribute else ""
+            lines.append(f"    {c.frames:3d}/{total} frames  sim {c.mean_similarity:.3f}  {tag}{text}")
         if len(choices) > prompts_per_class:
             rest = sum(c.frames for c in choices[prompts_per_class:])
             lines.append(f"    ... {len(choices) - prompts_per_class} more prompt(s) chosen by {rest} frame(s) "

@@ -157,6 +157,9 @@ class InferRun:
         explain = args.explain or bool(args.report)
         multi = len(self.items) > 1
 
+        from apclip.engine.explain_view import prompt_attributes
+
+        attributes = prompt_attributes(self.bank)
         seen = 0  # sources finished, done or skipped, for the [i/n] counter
 
         def on_prediction(pred: Prediction, item: SourceItem) -> None:
@@ -167,9 +170,10 @@ class InferRun:
             if multi:
                 print(format_row(pred, item, seen, len(self.items)), file=self.table, flush=True)
                 if args.explain:
-                    print(format_prediction(pred, explain=True, header=False), file=self.table, flush=True)
+                    print(format_prediction(pred, explain=True, header=False, attributes=attributes), file=self.table,
+                          flush=True)
             else:
-                print(format_prediction(pred, explain=args.explain), file=self.table, flush=True)
+                print(format_prediction(pred, explain=args.explain, attributes=attributes), file=self.table, flush=True)
             if self.json_file:
                 self.json_file.write(record)
             if self.csv_file:
@@ -300,7 +304,8 @@ def distinct_note(pred: Prediction) -> str:
     return ""
 
 
-def format_prediction(pred: Prediction, explain: bool = False, header: bool = True) -> str:
+def format_prediction(pred: Prediction, explain: bool = False, header: bool = True,
+                      attributes: dict[tuple[str, str], str] | None = None) -> str:
     from apclip.engine.explain_view import format_explain_summary
 
     approx = " (approximate sampling: frame count unknown or wrong)" if pred.approximate else ""
@@ -311,7 +316,7 @@ def format_prediction(pred: Prediction, explain: bool = False, header: bool = Tr
                  f"[{timings}]", f"  {'rank':>4s}  {'score':>8s}  label"]
         lines += [f"  {i + 1:4d}  {t.score:8.4f}  {t.label}" for i, t in enumerate(pred.top)]
     if explain and pred.explanations:
-        lines += format_explain_summary(pred.explanations)
+        lines += format_explain_summary(pred.explanations, attributes=attributes)
     return "\n".join(lines)
 
 

@@ -55,11 +55,19 @@ def overlay_fourcc(out: str | os.PathLike) -> str:
 
 def _open_writer(path: Path, fourccs: Sequence[str], fps: float, size: tuple[int, int]):
     """The first fourcc OpenCV opens a writer for, with that writer (None, None: none could)."""
-    for fourcc in fourccs:
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
-        if writer.isOpened():
-            return writer, fourcc
-        writer.release()
+    logging = cv2.utils.logging
+    level = logging.getLogLevel()
+    try:
+        for i, fourcc in enumerate(fourccs):
+            # A failed probe of the preferred codec is expected (and said in one note): OpenCV's ERROR lines
+            # for it are silenced; the last candidate keeps the caller's level.
+            logging.setLogLevel(logging.LOG_LEVEL_SILENT if i < len(fourccs) - 1 else level)
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+            if writer.isOpened():
+                return writer, fourcc
+            writer.release()
+    finally:
+        logging.setLogLevel(level)
     return None, None
 
 
