@@ -25,7 +25,8 @@ from apclip.class_matrix import ClassMatrix, load_prompt_texts
 from apclip.errors import ApclipError
 from apclip.extras import require
 
-from apclip.engine.clips import Clip, iter_window_clips, load_clip
+from apclip.engine.clips import Clip, load_clip
+from apclip.engine.windows import iter_window_clips
 from apclip.engine.predictions import Explanation, FrameMatch, LabelScore, Prediction, WindowPrediction
 from apclip.engine.preprocess import flatten_views
 from apclip.engine.runners import BACKENDS, BackendUnavailable, EncoderRunner, encode_in_batches, ort_runners, torch_runners, trt_runners

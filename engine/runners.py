@@ -71,13 +71,12 @@ class OrtRunner:
 class TorchRunner:
     """The PyTorch reference (ImageEmbedder / TextEmbedder) from the checkpoint the bundle came from."""
 
-    def __init__(self, module, *, device: str = "cpu", batch_size: int = 32, is_text: bool = False):
+    def __init__(self, module, *, device: str = "cpu", batch_size: int = 32):
         self.torch = require("torch", "torch", "the torch backend")
         self.module = module.to(device).eval()
         self.device = device
         self.name = f"torch-{device.split(':')[0]}"
         self.batch_size = batch_size
-        self.is_text = is_text
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
@@ -156,4 +155,4 @@ def torch_runners(manifest: Manifest, checkpoint: str | os.PathLike | None, base
     model = load_model(checkpoint, base=base)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return (TorchRunner(ImageEmbedder(model), device=device, batch_size=batch_size),
-            TorchRunner(TextEmbedder(model), device=device, batch_size=256, is_text=True))
+            TorchRunner(TextEmbedder(model), device=device, batch_size=256))
