@@ -268,3 +268,20 @@ def test_tampered_bundle_is_refused(tiny_bundle, tmp_path):
     (copy / CLASSES_FILE).write_bytes(bytes(data))
     with pytest.raises(BundleError, match=CLASSES_FILE):
         read_manifest(copy)
+
+
+def test_force_rechecks_the_target_before_replacing_it(tmp_path, demo_assets, reuse_session_onnx):
+    """A bundle swapped for other files while the export ran is not deleted at the final rename."""
+    import shutil
+
+    out = fake_bundle(tmp_path / "bundle")
+
+    def swap(work: Path) -> None:
+        shutil.rmtree(out)
+        out.mkdir()
+        (out / "thesis.tex").write_text("precious", encoding="utf-8")
+
+    with pytest.raises(ExportError, match="no longer an apclip bundle"):
+        export_bundle(demo_assets["checkpoint"], out=out, force=True, verify=False, _before_rename=swap, **QUIET)
+    assert (out / "thesis.tex").read_text(encoding="utf-8") == "precious"
+    _no_partials(tmp_path)
