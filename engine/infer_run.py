@@ -150,15 +150,13 @@ class InferRun:
         return self._clips()
 
     def _clips(self) -> int:
+        from apclip.engine.explain_view import prompt_attributes
         from apclip.engine.multi_source import csv_row, prediction_record, run_sources, skipped_row
 
         args = self.args
         results: list[tuple[Prediction, SourceItem]] = []
         explain = args.explain or bool(args.report)
         multi = len(self.items) > 1
-
-        from apclip.engine.explain_view import prompt_attributes
-
         attributes = prompt_attributes(self.bank)
         seen = 0  # sources finished, done or skipped, for the [i/n] counter
 
@@ -203,7 +201,8 @@ class InferRun:
             skipped, interrupted = summary.skipped, summary.interrupted
             if not args.quiet:
                 print(summary.line(), file=sys.stderr)
-        self._finish_files(bool(results))
+        # A CSV of only skipped rows still says what failed; JSON lines hold predictions only.
+        self._finish_files(bool(results), bool(results or skipped))
         if args.report and results:
             self._write_report(results)
         if args.out_video and results:
@@ -236,7 +235,7 @@ class InferRun:
                     self.json_file.write(pred.to_dict())
         except KeyboardInterrupt:
             interrupted = True
-        self._finish_files(bool(count))
+        self._finish_files(bool(count), bool(count))
         if args.out_video and predictions:
             self._write_overlay(predictions)
         elapsed = time.perf_counter() - start
@@ -245,11 +244,11 @@ class InferRun:
         return EXIT_OK  # Ctrl-C is how a camera run ends: the windows so far are kept
 
     # -- outputs ----------------------------------------------------------------------------
-    def _finish_files(self, any_result: bool) -> None:
-        for target in (self.json_file, self.csv_file):
+    def _finish_files(self, any_prediction: bool, any_row: bool) -> None:
+        for target, keep in ((self.json_file, any_prediction), (self.csv_file, any_row)):
             if target is None:
                 continue
-            if any_result:
+            if keep:
                 target.commit()
             else:  # interrupted before the first prediction: no file rather than an empty one
                 target.discard()

@@ -207,3 +207,14 @@ def test_runtime_labels_use_the_bundled_vocabulary(capsys, tiny_bundle, demo_ass
     code, _, err = run(capsys, demo_assets["video"], "--bundle", old, "--labels", labels, "--no-cache")
     assert code == 1 and "--bpe-vocab" in err
     tokenizer.get_tokenizer.cache_clear()
+
+
+def test_only_skipped_sources_still_write_the_csv(capsys, tiny_bundle, tmp_path):
+    table, jsonl = tmp_path / "r.csv", tmp_path / "r.jsonl"
+    code, _, err = run(capsys, tmp_path / "a.mp4", str(tmp_path / "*.avi"), "--bundle", tiny_bundle,
+                       "--csv", table, "--json", jsonl)
+    assert code == 1 and "0 done, 2 skipped" in err
+    rows = list(csv.DictReader(table.open(encoding="utf-8")))
+    assert [(r["status"], r["error"].split(": ")[-1]) for r in rows] == [("skipped", "not found"),
+                                                                         ("skipped", "the pattern matches nothing")]
+    assert not jsonl.exists()  # no prediction: no JSON file rather than an empty one
