@@ -47,7 +47,9 @@ def bundle_info(path: str) -> dict[str, Any]:
     manifest = read_manifest(path, verify=False)
     raw, pre = manifest.raw, manifest.preprocessing
     present = sorted(name for name in manifest.files if (manifest.path / name).is_file())
-    engines = raw.get("engines") or {}
+    from apclip.engine.trt_cache import listed_engines
+
+    engines = {name: _engine_summary(entry) for name, entry in listed_engines(manifest).items()}
     backends = []
     if manifest.has("vision.onnx") and manifest.has("text.onnx"):
         backends.append("onnx (ort, ort-cuda)")
@@ -58,12 +60,23 @@ def bundle_info(path: str) -> dict[str, Any]:
         "labels": manifest.labels, "model": manifest.model.to_dict(), "preprocessing": pre.to_dict(),
         "views": pre.views, "frames_per_video": pre.views * pre.frames,
         "class_matrix": raw.get("class_matrix") or {}, "prompt_bank_sha256": raw.get("prompt_bank_sha256"),
-        "backends": backends, "precisions": sorted(set(raw.get("precisions") or ["fp32"])),
+        "backends": backends,
+        "precisions": sorted(set(raw.get("precisions") or ["fp32"]) | {e["precision"] for e in engines.values()}),
         "engines": engines, "files": {name: info.get("bytes", 0) for name, info in manifest.files.items()},
         "missing_files": sorted(set(manifest.files) - set(present)),
         "vocabulary": VOCAB_FILE in manifest.files, "tools": raw.get("tools") or {},
         "checkpoint": raw.get("checkpoint") or {}, "verification": raw.get("verification"), "opset": raw.get("opset"),
     }
+
+
+def _engine_summary(entry: dict[str, Any]) -> dict[str, Any]:
+    key = entry.get("key") or {}
+    gpu = key.get("gpu") or {}
+    capability = gpu.get("capability") or []
+    sm = "sm" + "".join(map(str, capability)) if capability else ""
+    return {"graph": key.get("graph"), "precision": key.get("precision"), "tensorrt": key.get("tensorrt"),
+            "gpu": f"{gpu.get('name', '?')} {sm}".strip(), "bytes": entry.get("bytes", 0),
+            "file": entry.get("file"), "sha256": entry.get("sha256"), "built": entry.get("built")}
 
 
 def format_info(info: dict[str, Any], first: int = 5) -> str:
@@ -83,7 +96,9 @@ def format_info(info: dict[str, Any], first: int = 5) -> str:
         f"{info['views']} views, {info['frames_per_video']} frames per video",
         f"  backends        {', '.join(info['backends']) or 'none'}; precisions {', '.join(info['precisions'])}"
         f"; opset {info['opset']}",
-        f"  engines         {', '.join(sorted(info['engines'])) if info['engines'] else 'none (TensorRT engines are built on the target GPU)'}",
+        f"  engines         {len(info['engines']) if info['engines'] else 'none (TensorRT engines are built on the target GPU)'}",
+        *[f"    {name}: {e['graph']} {e['precision']}, {e['gpu']}, TensorRT {e['tensorrt']}, {_mb(e['bytes'] or 0)}"
+          for name, e in sorted(info["engines"].items())],
         f"  tokenizer       {'bundled BPE vocabulary (run-time labels need no open_clip)' if info['vocabulary'] else 'not bundled: run-time labels need open_clip_torch or --bpe-vocab'}",
         f"  checkpoint      {info['checkpoint'].get('name')} ({info['checkpoint'].get('format')}), "
         f"sha256 {str(info['checkpoint'].get('sha256'))[:12]}",
@@ -147,6 +162,26 @@ def verify_bundle(path: str) -> list[Finding]:
             intact.add(name)
     for name in sorted(intact):
         findings.append(_load(manifest, name))
+    findings.extend(_engine_findings(manifest))
+    return findings
+
+
+def _engine_findings(manifest) -> list[Finding]:
+    """TensorRT engines listed in the manifest: present and matching their sha256. Deserialising one
+    needs its GPU and TensorRT version; the trt runner does that (and refuses a mismatch) at load."""
+    from apclip.bundle import sha256_file
+    from apclip.engine.trt_cache import listed_engines
+
+    findings = []
+    for name, entry in sorted(listed_engines(manifest).items()):
+        file = manifest.path / str(entry.get("file") or f"engines/{name}")
+        if not file.is_file():
+            findings.append(Finding(name, "sha256", False, "listed in the manifest but missing"))
+        elif sha256_file(file) != entry.get("sha256"):
+            findings.append(Finding(name, "sha256", False, "does not match the manifest (modified or corrupt)"))
+        else:
+            findings.append(Finding(name, "sha256", True, f"{_mb(file.stat().st_size)} (deserialised by the trt "
+                                                          f"runner on its GPU)"))
     return findings
 
 

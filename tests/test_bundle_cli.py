@@ -73,3 +73,29 @@ def test_info_and_verify_without_torch(tiny_bundle):
     proc = subprocess.run([sys.executable, "-c", code, str(tiny_bundle)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith(": ok")
+
+
+def test_engines_listed_in_info_and_hashed_by_verify(capsys, tiny_bundle, tmp_path):
+    from apclip.bundle import read_manifest
+    from apclip.engine.trt_cache import (ENGINES_DIR, GpuIdentity, engine_entry, engine_key, profile_from_manifest,
+                                         record_engine)
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    manifest = read_manifest(bundle)
+    key = engine_key(manifest, "vision", "fp16", "10.9.0.34", GpuIdentity("NVIDIA H200", (9, 0)),
+                     profile_from_manifest(manifest, "vision"))
+    engine = bundle / ENGINES_DIR / key.file_name()
+    engine.parent.mkdir()
+    engine.write_bytes(b"serialized engine")
+    record_engine(manifest, engine.name, engine_entry(key, engine, None, "2026-12-02T07:00:00+00:00", 1.0))
+
+    code, out, _ = run(capsys, "info", bundle)
+    assert code == 0 and "engines         1" in out and "tensorrt (trt)" in out
+    assert f"{engine.name}: vision fp16, NVIDIA H200 sm90, TensorRT 10.9.0.34" in out
+    assert "precisions fp16, fp32" in out
+    code, out, _ = run(capsys, "verify", bundle)
+    assert code == 0 and any(line.split()[:3] == [engine.name, "sha256", "ok"] for line in out.splitlines())
+    engine.write_bytes(b"tampered")
+    code, out, _ = run(capsys, "verify", bundle)
+    assert code == 1 and any(line.split()[:3] == [engine.name, "sha256", "FAILED"] for line in out.splitlines())

@@ -125,7 +125,7 @@ print(json.dumps({"apclip": apclip.__file__, "engine": apclip.engine.__file__}))
 # itself and the torch-made kernel cases. Everything else in apclip, apclip.engine and apclip.kernels
 # must import without torch.
 TORCH_MODULES = {"apclip.model", "apclip.checkpoint", "apclip.safe_pickle", "apclip.kernels.maka",
-                 "apclip.testing.kernel_cases"}
+                 "apclip.kernels.maka_trt_plugin", "apclip.testing.kernel_cases"}
 HEAVY = ("torch", "triton", "onnx", "onnxruntime")
 
 WALK_MODULES = BLOCK_TORCH + """
