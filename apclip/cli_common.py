@@ -30,6 +30,17 @@ def exit_code(exc: BaseException) -> int:
     return EXIT_FAILURE
 
 
+def silence_broken_pipe() -> int:
+    """stdout was closed early (`apclip-infer ... | head`): not an error worth a message. Later writes
+    (and the interpreter's final flush) go to /dev/null instead of raising again."""
+    import os
+    import sys
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_FAILURE
+
+
 def add_version(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (apclip)")
     return parser

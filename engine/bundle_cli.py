@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from apclip.cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, add_version, exit_code
+from apclip.cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, add_version, exit_code, silence_broken_pipe
 from apclip.errors import ApclipError
 
 PROG = "apclip-bundle"
@@ -268,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command].run(args)
+    except BrokenPipeError:
+        return silence_broken_pipe()
     except (ApclipError, OSError) as exc:
         if args.debug:
             raise

@@ -12,7 +12,7 @@ import sys
 import warnings
 from typing import Iterator
 
-from apclip.cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, add_version, exit_code
+from apclip.cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, add_version, exit_code, silence_broken_pipe
 from apclip.errors import ApclipError
 
 from apclip.engine.infer_run import DEFAULT_STRIDE, DEFAULT_WINDOW, InferRun, format_prediction, format_window  # noqa: F401
@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         with _one_line_diagnostics(args.debug):
             run.prepare()
             return run.execute()
+    except BrokenPipeError:
+        run.discard()
+        return silence_broken_pipe()
     except (ApclipError, OSError) as exc:
         run.discard()
         if args.debug:

@@ -81,28 +81,34 @@ def run_sources(rec, items: Sequence[SourceItem], *, explain: bool = False, fps:
     A missing or undecodable source calls on_skip (and, with strict, raises StopRun after it)."""
     summary = RunSummary()
     start = time.perf_counter()
-    runnable = []
-    for item in items:
-        if item.missing:
+    runnable = [i for i, item in enumerate(items) if not item.missing]
+    position = 0  # predict_many reports results and errors in source order: runnable[position] is next
+    reported = 0  # items[:reported] have been reported, so missing ones are said in their place
+
+    def report_missing_before(index: int) -> None:
+        nonlocal reported
+        for item in items[reported:index]:
             _skip(summary, item, f"{item.path}: {item.missing}", on_skip, strict)
-        else:
-            runnable.append(item)
-    position = 0  # predict_many reports results and errors in source order
+        reported = max(reported, index + 1)
+
+    def next_item() -> SourceItem:
+        nonlocal position
+        index = runnable[position]
+        position += 1
+        report_missing_before(index)
+        return items[index]
 
     def failed(source, exc: Exception) -> None:
-        nonlocal position
-        item = runnable[position]
-        position += 1
-        _skip(summary, item, one_line(exc), on_skip, strict)
+        _skip(summary, next_item(), one_line(exc), on_skip, strict)
 
     try:
-        for pred in rec.predict_many([item.path for item in runnable], explain=explain, fps=fps,
+        for pred in rec.predict_many([items[i].path for i in runnable], explain=explain, fps=fps,
                                      on_error=failed):
-            item = runnable[position]
-            position += 1
+            item = next_item()
             summary.done += 1
             summary.clips += 1
             on_prediction(pred, item)
+        report_missing_before(len(items))
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:

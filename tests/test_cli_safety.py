@@ -141,3 +141,14 @@ def test_infer_refuses_an_output_that_is_an_input(capsys, tmp_path, flag):
     line = one_error_line(capsys.readouterr().err, "apclip-infer")
     assert code == 2 and "is the input" in line and "overwritten" in line
     assert video.read_bytes() == b"precious video bytes"
+
+
+def test_closed_stdout_is_not_an_error(tiny_bundle):
+    """`apclip-bundle info bundle | head -1`: the reader leaves early; no error line, no traceback."""
+    script = Path(sys.executable).with_name("apclip-bundle")
+    if not script.exists():
+        pytest.skip("apclip-bundle not installed in this environment")
+    proc = subprocess.Popen([str(script), "info", str(tiny_bundle)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command writes anything
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and err == b""

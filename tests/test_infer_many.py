@@ -218,3 +218,14 @@ def test_only_skipped_sources_still_write_the_csv(capsys, tiny_bundle, tmp_path)
     assert [(r["status"], r["error"].split(": ")[-1]) for r in rows] == [("skipped", "not found"),
                                                                          ("skipped", "the pattern matches nothing")]
     assert not jsonl.exists()  # no prediction: no JSON file rather than an empty one
+
+
+def test_missing_sources_are_reported_in_their_place(capsys, tiny_bundle, demo_assets, tmp_path):
+    table = tmp_path / "r.csv"
+    code, _, err = run(capsys, tmp_path / "first.mp4", demo_assets["video"], tmp_path / "last.mp4",
+                       "--bundle", tiny_bundle, "--csv", table)
+    assert code == 1
+    rows = list(csv.DictReader(table.open(encoding="utf-8")))
+    assert [Path(r["source"]).name for r in rows] == ["first.mp4", "video.mp4", "last.mp4"]
+    assert [r["status"] for r in rows] == ["skipped", "ok", "skipped"]
+    assert "skipped [1/3]" in err and "skipped [3/3]" in err
