@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-camel-case", action="store_true",
                    help="split CamelCase labels into words (UCF-101 classInd.txt: ApplyEyeMakeup -> Apply Eye Makeup)")
     p.add_argument("--prompts", help="prompt bank JSON for labels not in the bundle (else the template)")
+    p.add_argument("--template", help="text of run-time labels without bank entries, {} marks the label, e.g. "
+                                      "\"a photo of a {}.\" (default: the bundle's)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="vision/text runner (default auto: ORT CUDA when available, else ORT CPU)")
     p.add_argument("--scorer", default="auto", choices=SCORERS,

@@ -31,6 +31,11 @@ def format_explain_summary(explanations: Iterable[Explanation], prompts_per_clas
     attributes = attributes or {}
     lines = []
     for e in explanations:
+        if e.views is not None:  # vificlip: ViFi-CLIP scores views (mean-pooled frames), not frames
+            lines.append(f"  why '{e.label}' ({e.score:.4f}): per view, softmax probability (summed)")
+            lines += [f"    view {v.view} frames {v.first_frame}-{v.last_frame} @ {v.start:7.2f}-{v.end:.2f}s  "
+                      f"cos {v.similarity:.3f}  p {v.probability:.4f}  {v.prompt}" for v in e.views]
+            continue
         choices = prompt_choices(e)
         total = len(e.frames)
         lines.append(f"  why '{e.label}' ({e.score:.4f}): {total} frames chose {len(choices)} prompt(s)")

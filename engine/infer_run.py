@@ -55,6 +55,13 @@ class InferRun:
         for flag, value in (("--window", args.window), ("--stride", args.stride), ("--fps", args.fps)):
             if value is not None and value <= 0:
                 raise UsageError(f"{flag} {value:g}: must be positive")
+        if args.template is not None:
+            from apclip.scoring_protocol import check_template
+
+            try:
+                check_template(args.template)
+            except ValueError as exc:
+                raise UsageError(f"--template: {exc}") from None
         if args.threads is not None and args.threads < 1:
             raise UsageError(f"--threads {args.threads}: use 1 or more (or leave it out for all cores)")
         if args.ckpt and not _is_file(args.ckpt):
@@ -125,7 +132,8 @@ class InferRun:
         labels = read_labels(args.labels, split_camel=args.split_camel_case) if args.labels else None
         self.rec = Recognizer.from_bundle(args.bundle, args.backend, labels, prompts=args.prompts,
                                           scorer=args.scorer, threads=args.threads, ckpt=args.ckpt, base=args.base,
-                                          topk=args.topk, use_cache=args.cache, log=self.log)
+                                          topk=args.topk, use_cache=args.cache, template=args.template,
+                                          log=self.log)
         if args.prompts and (args.report or args.explain):
             from apclip.prompt_bank import load_prompt_bank
 
@@ -311,8 +319,8 @@ def format_prediction(pred: Prediction, explain: bool = False, header: bool = Tr
     timings = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in pred.timings.items())
     lines = []
     if header:
-        lines = [f"{pred.source}: {pred.frames} frames{distinct_note(pred)}, {pred.backend} + {pred.scorer}{approx} "
-                 f"[{timings}]", f"  {'rank':>4s}  {'score':>8s}  label"]
+        lines = [f"{pred.source}: {pred.frames} frames{distinct_note(pred)}, {pred.backend} + {pred.scorer} "
+                 f"({pred.protocol}){approx} [{timings}]", f"  {'rank':>4s}  {'score':>8s}  label"]
         lines += [f"  {i + 1:4d}  {t.score:8.4f}  {t.label}" for i, t in enumerate(pred.top)]
     if explain and pred.explanations:
         lines += format_explain_summary(pred.explanations, attributes=attributes)

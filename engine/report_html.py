@@ -131,6 +131,15 @@ def _video_section(video: ReportVideo, attributes: dict[tuple[str, str], str]) -
         parts.append("</tr>")
     parts.append("</table></div>")
     for explanation in pred.explanations or []:
+        if explanation.views is not None:  # vificlip protocol: one prompt per class, scored per view
+            parts.append(f'<h3>views of “{_e(explanation.label)}” ({explanation.score:.4f})</h3>'
+                         '<table class="why views"><tr><th>view</th><th>frames</th><th>seconds</th><th>cosine</th>'
+                         '<th>probability</th></tr>')
+            parts += [f'<tr><td>{v.view}</td><td>#{v.first_frame}-#{v.last_frame}</td><td>{v.start:.2f}-{v.end:.2f}</td>'
+                      f'<td class="sim">{v.similarity:.3f}</td><td class="sim">{v.probability:.4f}</td></tr>'
+                      for v in explanation.views]
+            parts.append("</table>")
+            continue
         parts.append(f'<h3>prompts chosen for “{_e(explanation.label)}”</h3><ul class="choices">')
         for c in prompt_choices(explanation)[:5]:
             attribute = attributes.get((explanation.label, c.prompt))
