@@ -59,7 +59,7 @@ def bundle_info(path: str) -> dict[str, Any]:
         "path": str(manifest.path), "format_version": raw.get("format_version"), "created": raw.get("created"),
         "labels": manifest.labels, "model": manifest.model.to_dict(), "preprocessing": pre.to_dict(),
         "views": pre.views, "frames_per_video": pre.views * pre.frames,
-        "class_matrix": raw.get("class_matrix") or {}, "prompt_bank_sha256": raw.get("prompt_bank_sha256"),
+        "class_matrix": raw.get("class_matrix") or {}, "scoring": raw.get("scoring") or {"protocol": "maka"}, "prompt_bank_sha256": raw.get("prompt_bank_sha256"),
         "backends": backends,
         "precisions": sorted(set(raw.get("precisions") or ["fp32"]) | {e["precision"] for e in engines.values()}),
         "engines": engines, "files": {name: info.get("bytes", 0) for name, info in manifest.files.items()},
@@ -91,7 +91,9 @@ def format_info(info: dict[str, Any], first: int = 5) -> str:
         f"template fallback(s); prompt bank {(info['prompt_bank_sha256'] or 'none')[:12]}",
         f"  model           ViT {model.get('vision_width')}w/{model.get('vision_layers')}L/p{model.get('vision_patch_size')}"
         f" @ {model.get('image_resolution')}px, embed {model.get('embed_dim')}",
-        f"  preprocessing   {pre.get('resolution')}px, normalisation {norm.get('name', norm)}",
+        f"  preprocessing   profile {pre.get('profile', 'apclip')}, {pre.get('resolution')}px, normalisation "
+        f"{norm.get('name', norm)}",
+        f"  scoring         {info['scoring'].get('protocol')}, template {info['scoring'].get('template', '?')!r}",
         f"  frames/views    T={pre.get('frames')} x {pre.get('clips')} clip(s) x {pre.get('crops')} crop(s) = "
         f"{info['views']} views, {info['frames_per_video']} frames per video",
         f"  backends        {', '.join(info['backends']) or 'none'}; precisions {', '.join(info['precisions'])}"

@@ -24,6 +24,7 @@ def test_info(capsys, tiny_bundle):
     assert code == 0
     assert "labels          5: abseiling, playing guitar, riding a bike, juggling balls, surfing water" in out
     assert "T=8 x 2 clip(s) x 2 crop(s) = 4 views, 32 frames per video" in out
+    assert "profile apclip, 32px, normalisation clip" in out and "scoring         maka" in out
     assert "bundled BPE vocabulary" in out and "onnx (ort, ort-cuda)" in out
     size = (tiny_bundle / VISION_FILE).stat().st_size
     assert f"{size / 1e6:.2f} MB" in out
