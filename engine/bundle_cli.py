@@ -3,7 +3,8 @@
     apclip-bundle info bundle/       labels, preprocessing, frames/views, backends, engines, sizes, versions
     apclip-bundle verify bundle/     every file's sha256, then every file loaded; exit 0 only if all pass
 
-Subcommands live in COMMANDS; another module adds one with `register(Command(...))` (build-engine).
+Subcommands live in COMMANDS. Packages outside the engine add theirs as entry points of the group
+`apclip.bundle_commands`, each a `Command` (export's `build-engine`), so the engine never imports them.
 """
 from __future__ import annotations
 
@@ -255,7 +256,26 @@ register(Command("verify", "check every file's sha256 and load it; exit 1 on any
                  _run_verify))
 
 
+PLUGIN_GROUP = "apclip.bundle_commands"
+
+
+def load_plugin_commands() -> None:
+    """Register the `Command`s other apclip packages declare under PLUGIN_GROUP (loaded on use only)."""
+    from importlib import metadata
+
+    for entry in metadata.entry_points(group=PLUGIN_GROUP):
+        if entry.name in COMMANDS:
+            continue
+        try:
+            command = entry.load()
+        except ImportError as exc:  # a partial install: the other commands still work
+            print(f"{PROG}: note: subcommand {entry.name} is unavailable ({exc})", file=sys.stderr)
+            continue
+        register(command)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    load_plugin_commands()
     p = argparse.ArgumentParser(prog=PROG, description="Inspect and check apclip bundles (no torch needed).",
                                 epilog="Exit status: 0 ok, 1 failure, 2 usage or missing package, 130 interrupted.")
     add_version(p)

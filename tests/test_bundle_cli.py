@@ -100,3 +100,19 @@ def test_engines_listed_in_info_and_hashed_by_verify(capsys, tiny_bundle, tmp_pa
     engine.write_bytes(b"tampered")
     code, out, _ = run(capsys, "verify", bundle)
     assert code == 1 and any(line.split()[:3] == [engine.name, "sha256", "FAILED"] for line in out.splitlines())
+
+
+def test_build_engine_is_a_subcommand_through_the_entry_point(capsys, tiny_bundle):
+    """export's build-engine joins apclip-bundle through the apclip.bundle_commands entry point (the
+    engine never imports export); without TensorRT it says so and exits 2."""
+    pytest.importorskip("torch")
+    from importlib import metadata
+
+    names = {ep.name for ep in metadata.entry_points(group="apclip.bundle_commands")}
+    assert "build-engine" in names
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        assert main(["build-engine", str(tiny_bundle)]) == 2
+        assert "tensorrt is not installed" in capsys.readouterr().err
+    assert "build-engine" in COMMANDS
