@@ -10,6 +10,7 @@ Defined once here (torch-free) so the exporter, the runners and the tests agree:
       prompts.json          {label: [prompt text of each row]}
       vision.int8.onnx      (optional, --precision fp32,int8) vision.onnx with int8 MatMul/Gemm weights
       text.int8.onnx        (optional, --precision fp32,int8) text.onnx likewise
+      bpe_simple_vocab_16e6.txt.gz  CLIP's BPE merges (tokenizer for run-time labels; bundles since 0.1)
       scorer.onnx           (optional) frames [B, Nv, E], classes [K, P, E], counts [K] -> scores [B, K]
       engines/              (optional) TensorRT engines built on the target GPU
     (L: 2..77 tokens in bundles made since the dynamic token axis, 77 before.)
@@ -39,6 +40,7 @@ SCORER_FILE = "scorer.onnx"
 # apclip-export --precision int8: dynamically quantized copies of the encoders (same inputs/outputs)
 INT8_FILES = {VISION_FILE: "vision.int8.onnx", TEXT_FILE: "text.int8.onnx"}
 PRECISIONS = ("fp32", "int8")
+VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"  # CLIP's BPE merges, so run-time labels need no open_clip
 
 VISION_INPUT = "pixels"
 TEXT_INPUT = "tokens"
