@@ -195,6 +195,13 @@ class EvalClips:
         return {"video": torch.from_numpy(clip.views), "label": item.label, "index": index}
 
 
+def single_threaded_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: one OpenCV thread per worker (the workers are the parallelism)."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def collate_clips(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack the good samples; the indices of bad videos travel in `bad` (counted by the caller)."""
     import torch

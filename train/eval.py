@@ -160,12 +160,12 @@ def score_with_model(clip, items: Sequence[VideoItem], preprocessing, classes, *
 
     from apclip.model import ImageEmbedder
     from apclip.scoring import maka_score
-    from apclip.train.data import EvalClips, collate_clips
+    from apclip.train.data import EvalClips, collate_clips, single_threaded_worker
 
     was_training = clip.training
     embedder = ImageEmbedder(clip).eval()
     loader = DataLoader(EvalClips(items, preprocessing), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, collate_fn=collate_clips)
+                        num_workers=workers, collate_fn=collate_clips, worker_init_fn=single_threaded_worker)
     try:
         with torch.inference_mode():
             for batch in loader:

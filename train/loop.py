@@ -32,7 +32,7 @@ from apclip.preprocessing import Preprocessing
 from apclip.train import state as run_state
 from apclip.train.config import TrainConfig
 from apclip.train.data import (DataError, EpochSampler, TrainClips, collate_clips, few_shot_subset,
-                               read_class_split, read_video_list, restrict_classes)
+                               read_class_split, read_video_list, restrict_classes, single_threaded_worker)
 
 Log = Callable[[str], None]
 
@@ -193,6 +193,9 @@ def train(cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, pro
     dev = torch.device(device or (f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
+    elif cfg.workers > 0:
+        # Leave the decoding workers their cores: oversubscribed intra-op threads spin and slow every step.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - cfg.workers))
     setup = _Setup(cfg, dist, log if dist.main else (lambda m: None))
     if dist.main:
         run.mkdir(parents=True, exist_ok=True)
@@ -238,7 +241,7 @@ def train(cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, pro
     sampler = EpochSampler(len(dataset), seed=cfg.seed, num_replicas=dist.world, rank=dist.rank)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
                         num_workers=cfg.workers, collate_fn=collate_clips, persistent_workers=cfg.workers > 0,
-                        pin_memory=dev.type == "cuda")
+                        pin_memory=dev.type == "cuda", worker_init_fn=single_threaded_worker)
     json_log = run_state.JsonLog(run / run_state.LOG_FILE, enabled=dist.main)
     from tqdm import tqdm
 
@@ -299,6 +302,7 @@ def train(cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, pro
                 batches_done += 1
                 if not last_micro:
                     continue
+                lr = optimizer.param_groups[0]["lr"]  # the rate this update uses
                 if group_has_data:
                     scaler.step(optimizer)
                     scaler.update()
@@ -309,13 +313,12 @@ def train(cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, pro
                 mark_boundary()
                 bar.update(1)
                 if losses:
-                    bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+                    bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}")
                 if update % cfg.log_every == 0 and losses:
                     elapsed = time.perf_counter() - window_t
                     json_log.write({"event": "update", "epoch": epoch + 1, "update": update,
                                     "loss": float(np.mean(losses[-cfg.log_every * accum:])),
-                                    "lr": optimizer.param_groups[0]["lr"],
-                                    "train_top1": 100.0 * correct / max(1, seen),
+                                    "lr": lr, "train_top1": 100.0 * correct / max(1, seen),
                                     "clips_per_s": window_clips * dist.world / max(elapsed, 1e-9),
                                     "memory_mb": run_state.memory_mb(dev), "skipped_videos": len(bad)})
                     window_t, window_clips = time.perf_counter(), 0
