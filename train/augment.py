@@ -19,7 +19,8 @@ ViFi-CLIP `datasets/build.py` train_pipeline, step by step (R = input size, 224 
 Every random draw comes from one numpy Generator passed in (ViFi-CLIP mixes python's `random`,
 numpy's global state and torch's), so a clip is a pure function of (seed, epoch, index): training
 resumes exactly and loader workers need no seeding. The colour operations follow PIL's formulas
-(what torchvision runs on PIL images) in float32 with uint8 rounding at each step, as PIL does.
+(what torchvision runs on PIL images: blends in float32 truncated to uint8, PIL's integer luma and
+its HSV conversion), so they match PIL pixel for pixel.
 """
 from __future__ import annotations
 
@@ -71,9 +72,10 @@ def multiscale_crop_box(height: int, width: int, size: int, rng: np.random.Gener
 
 
 def _blend(image: np.ndarray, other: np.ndarray | float, factor: float) -> np.ndarray:
-    """PIL Image.blend(other, image, factor) = other + factor * (image - other), clipped to uint8."""
-    out = other + factor * (image.astype(np.float32) - other)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    """PIL Image.blend(other, image, factor): other + factor * (image - other) in float32, truncated to uint8."""
+    other = np.asarray(other, dtype=np.float32)
+    out = other + np.float32(factor) * (image.astype(np.float32) - other)
+    return np.clip(out, 0, 255).astype(np.uint8)  # in [0, 255] the cast truncates, as PIL's (UINT8) does
 
 
 def luma(image_bgr: np.ndarray) -> np.ndarray:
@@ -96,11 +98,46 @@ def adjust_saturation(image: np.ndarray, factor: float) -> np.ndarray:
     return _blend(image, gray, factor)
 
 
+def rgb_to_hsv_pil(rgb: np.ndarray) -> np.ndarray:
+    """PIL's convert("HSV") (libImaging/Convert.c rgb2hsv): [..., 3] uint8 RGB -> uint8 H, S, V."""
+    rgb = rgb.astype(np.int32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    maxc, minc = rgb.max(axis=-1), rgb.min(axis=-1)
+    span = np.where(maxc > minc, maxc - minc, 1).astype(np.float32)
+    rc, gc, bc = ((maxc - c).astype(np.float32) / span for c in (r, g, b))
+    # C's promotions: float operands, double literals (2.0, 6.0, 255.0), results stored in floats.
+    h = np.where(r == maxc, bc - gc, np.where(g == maxc, 2.0 + rc.astype(np.float64) - bc,
+                                              4.0 + gc.astype(np.float64) - rc)).astype(np.float32)
+    h = np.fmod(h.astype(np.float64) / 6.0 + 1.0, 1.0).astype(np.float32)
+    s = span / np.where(maxc > 0, maxc, 1).astype(np.float32)
+    flat = maxc == minc
+    hue = np.where(flat, 0, np.clip((h.astype(np.float64) * 255.0).astype(np.int32), 0, 255))
+    sat = np.where(flat, 0, np.clip((s.astype(np.float64) * 255.0).astype(np.int32), 0, 255))
+    return np.stack([hue, sat, maxc], axis=-1).astype(np.uint8)
+
+
+def hsv_to_rgb_pil(hsv: np.ndarray) -> np.ndarray:
+    """PIL's HSV -> RGB (libImaging/Convert.c hsv2rgb): [..., 3] uint8 -> uint8 RGB."""
+    h, s, v = (hsv[..., c].astype(np.float32) for c in range(3))
+    sector = np.floor(h * np.float32(6.0) / np.float32(255.0))
+    f = h * np.float32(6.0) / np.float32(255.0) - sector
+    fs = s / np.float32(255.0)
+    p = np.clip(np.round(v * (1 - fs)), 0, 255)
+    q = np.clip(np.round(v * (1 - fs * f)), 0, 255)
+    t = np.clip(np.round(v * (1 - fs * (1 - f))), 0, 255)
+    i = sector.astype(np.int32) % 6
+    choices = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
+    out = np.stack([np.select([i == k for k in range(6)], [c[channel] for c in choices]) for channel in range(3)],
+                   axis=-1)
+    grey = (hsv[..., 1] == 0)[..., None]
+    return np.where(grey, hsv[..., 2:3], out).astype(np.uint8)
+
+
 def adjust_hue(image_bgr: np.ndarray, shift: float) -> np.ndarray:
-    """torchvision adjust_hue on PIL: HSV with hue in 0..255, shifted by int(shift * 255) modulo 256."""
-    hsv = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2HSV_FULL)  # hue over 0..255, as PIL's HSV mode
-    hsv[..., 0] = ((hsv[..., 0].astype(np.int32) + int(shift * 255)) % 256).astype(np.uint8)
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR_FULL)
+    """torchvision adjust_hue on a PIL image: PIL HSV, hue += uint8(shift * 255) with wrap-around, back to RGB."""
+    hsv = rgb_to_hsv_pil(image_bgr[..., ::-1])
+    hsv[..., 0] = ((hsv[..., 0].astype(np.int64) + int(shift * 255)) % 256).astype(np.uint8)
+    return np.ascontiguousarray(hsv_to_rgb_pil(hsv)[..., ::-1])
 
 
 @dataclass(frozen=True)
