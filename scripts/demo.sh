@@ -10,7 +10,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 rm -rf "$OUT/run" "$OUT/predictions"
 set -x
 python -m apclip.train.synthetic --out "$OUT/data"
-apclip-train --run "$OUT/run" --preset tiny --train "$OUT/data/train.txt" --val "$OUT/data/val.txt" \
+apclip-train --output "$OUT/run" --preset tiny --train "$OUT/data/train.txt" --val "$OUT/data/val.txt" \
     --root "$OUT/data" --labels "$OUT/data/labels.txt" --prompts "$OUT/data/bank.json" --workers 1
 apclip-export --ckpt "$OUT/run/best.pt" --prompts "$OUT/data/bank.json" --out "$OUT/bundle" --force --no-progress
 mkdir -p "$OUT/predictions"

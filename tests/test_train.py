@@ -168,14 +168,41 @@ def test_cli_train_errors_and_resume_rules(dataset, tmp_path, capsys):
     from apclip.train.cli import main
 
     common = ["--labels", str(dataset.labels), "--root", str(dataset.root), "--preset", "tiny", "--no-progress"]
-    assert main(["--run", str(tmp_path / "a"), "--train", str(tmp_path / "nope.txt")] + common) == 1
+    assert main(["--output", str(tmp_path / "a"), "--train", str(tmp_path / "nope.txt")] + common) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"apclip-train: list file {tmp_path / 'nope.txt'} does not exist"]
-    assert main(["--run", str(tmp_path / "b"), "--resume"]) == 1
+    assert main(["--output", str(tmp_path / "b"), "--resume"]) == 1
     assert "is not a training run" in capsys.readouterr().err
-    assert main(["--run", str(tmp_path / "b"), "--resume", "--lr", "1"]) == 2
+    assert main(["--output", str(tmp_path / "b"), "--resume", "--lr", "1"]) == 2
     assert "drop --lr" in capsys.readouterr().err
     bad_list = tmp_path / "bad.txt"
     bad_list.write_text("videos/a.avi 7\n")
-    assert main(["--run", str(tmp_path / "c"), "--train", str(bad_list)] + common) == 1
+    assert main(["--output", str(tmp_path / "c"), "--train", str(bad_list)] + common) == 1
     assert "label id 7 is outside the 4 labels" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_two_processes_on_cpu(dataset, tmp_path):
+    """torchrun + DistributedDataParallel (gloo on CPU): rank 0 validates and writes, the run completes."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed next to this Python")
+    run = tmp_path / "ddp"
+    cmd = [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", "29531",
+           "-m", "apclip.train.cli", "--output", str(run), "--preset", "tiny", "--epochs", "1",
+           "--train", str(dataset.lists["train"]), "--val", str(dataset.lists["val"]), "--root", str(dataset.root),
+           "--labels", str(dataset.labels), "--prompts", str(dataset.bank), "--workers", "0", "--batch-size", "4",
+           "--accumulation", "2", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("trained 1 epochs") == 1  # only rank 0 reports
+    derived = json.loads((run / "config.json").read_text())["derived"]
+    assert derived["world_size"] == 2 and derived["effective_batch"] == 16
+    assert derived["updates_per_epoch"] == 5  # 80 videos / 2 ranks / batch 4 / accumulation 2
+    assert len(_records(run, "epoch")) == 1 and (run / "best.pt").is_file()

@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="apclip-train",
         description="Fine-tune CLIP on videos (ViFi-CLIP protocol, MAKA over prompts); writes best.pt for apclip-export. "
                     "Multi-GPU: torchrun --nproc_per_node N $(which apclip-train) ...")
-    p.add_argument("--run", required=True, help="run folder: config.json, log.jsonl, last.pt, best.pt")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run exactly where it stopped")
+    # Not --run: torchrun would read it as an abbreviation of its own --run-path.
+    p.add_argument("--output", dest="run", required=True, help="run folder: config.json, log.jsonl, last.pt, best.pt")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output exactly where it stopped")
     p.add_argument("--preset", choices=sorted(PRESETS), help="the paper's settings (lr, epochs, batch) or tiny")
     for flag, (name, kind, help_text) in _FIELDS.items():
         p.add_argument(f"--{flag.replace('_', '-')}", dest=name, type=kind, default=None, help=help_text)
@@ -115,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if result.interrupted:
         return 130
+    if not result.main_process:
+        return 0
     best = f"{result.best_top1:.2f}%" if result.best_top1 is not None else "n/a (no --val)"
     print(f"trained {result.epochs} epochs ({result.updates} updates): best val top-1 {best}, "
           f"{result.clips_per_second:.1f} clips/s, skipped videos {result.skipped_videos}; "

@@ -55,6 +55,7 @@ class TrainResult:
     skipped_videos: int
     clips_per_second: float  # training throughput of the last epoch (all processes)
     interrupted: bool = False
+    main_process: bool = True  # rank 0 (the one that validates, writes and reports)
 
 
 @dataclass
@@ -187,7 +188,7 @@ def train(cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, pro
     else:
         if (run / run_state.STATE_FILE).exists() or (run / run_state.CONFIG_FILE).exists():
             raise run_state.RunError(f"run folder {run} already holds a run: pass --resume to continue it, "
-                                     "or choose another --run")
+                                     "or choose another --output")
         snapshot = None
     dist = _init_distributed()
     dev = torch.device(device or (f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"))
@@ -356,7 +357,9 @@ def train(cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, pro
     finally:
         bar.close()
         json_log.close()
-    return TrainResult(run, best, epoch, update, len(bad), clips_per_second, interrupted)
+        if dist.world > 1:
+            torch.distributed.destroy_process_group()
+    return TrainResult(run, best, epoch, update, len(bad), clips_per_second, interrupted, dist.main)
 
 
 def _validate(classifier, setup: _Setup, dev: torch.device, workers: int) -> float:
