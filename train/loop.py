@@ -343,9 +343,10 @@ def train(cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, pro
                                 "clips_per_s": clips_per_second, "train_seconds": train_seconds,
                                 "memory_mb": run_state.memory_mb(dev), "skipped_videos": len(bad),
                                 "skipped_paths": [str(setup.items[i].path) for i in sorted(bad)[:20]]})
-                bar.write(f"epoch {epoch}/{cfg.epochs}: loss {np.mean(losses) if losses else float('nan'):.4f}, "
-                          f"val top-1 {val_top1 if val_top1 is not None else float('nan'):.2f}%, "
-                          f"{clips_per_second:.1f} clips/s, skipped videos {len(bad)}", file=sys.stderr)
+                val_text = f"val top-1 {val_top1:.2f}%, " if val_top1 is not None else ""
+                line = (f"epoch {epoch}/{cfg.epochs}: loss {np.mean(losses) if losses else float('nan'):.4f}, "
+                        f"{val_text}{clips_per_second:.1f} clips/s, skipped videos {len(bad)}")
+                bar.write(line, file=sys.stderr) if not bar.disable else log(line)
             save(boundary)
             if dist.world > 1:
                 torch.distributed.barrier()
