@@ -206,3 +206,39 @@ def test_torchrun_ddp_two_processes_on_cpu(dataset, tmp_path):
     assert derived["world_size"] == 2 and derived["effective_batch"] == 16
     assert derived["updates_per_epoch"] == 5  # 80 videos / 2 ranks / batch 4 / accumulation 2
     assert len(_records(run, "epoch")) == 1 and (run / "best.pt").is_file()
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_console_script_leaves_a_resumable_run(dataset, tmp_path):
+    """A real SIGINT (decoding in a worker process): exit 130, last.pt at an update, --resume finishes."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = shutil.which("apclip-train", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("apclip-train is not installed next to this Python")
+    run = tmp_path / "run"
+    cmd = [script, "--output", str(run), "--preset", "tiny", "--epochs", "2", "--train", str(dataset.lists["train"]),
+           "--root", str(dataset.root), "--labels", str(dataset.labels), "--workers", "1", "--log-every", "1",
+           "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    log = run / "log.jsonl"
+    deadline = time.monotonic() + 300
+    while not (log.exists() and len(log.read_text().splitlines()) >= 3):  # three updates done
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume" in err
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["update"] >= 3 and state["batches_done"] == state["update"] % 10
+    done = subprocess.run([script, "--output", str(run), "--resume", "--no-progress"], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "trained 2 epochs (20 updates)" in done.stdout

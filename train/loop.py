@@ -354,7 +354,7 @@ def train(cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, pro
         interrupted = True
         save(boundary)  # the state after the last complete update: --resume continues exactly
         log(f"interrupted: saved {run / run_state.STATE_FILE} at update {boundary['update']}; "
-            f"continue with apclip-train --resume {run}")
+            f"continue with apclip-train --output {run} --resume")
     finally:
         bar.close()
         json_log.close()
