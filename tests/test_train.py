@@ -83,7 +83,7 @@ def test_best_checkpoint_is_apclips_format(trained, dataset):
     ckpt = load_checkpoint(trained.run / "best.pt")
     assert ckpt.format == "apclip"
     assert ckpt.labels == dataset.labels.read_text().split("\n")[:4]
-    assert ckpt.preprocessing == {"normalize": "clip", "frames": 4, "clips": 1, "crops": 1}
+    assert ckpt.preprocessing == {"profile": "apclip", "normalize": "clip", "frames": 4, "clips": 1, "crops": 1}
     assert ckpt.prompt_bank_sha256 == load_prompt_bank(dataset.bank).sha256
     assert ckpt.train_config["val_top1"] == trained.best_top1 and ckpt.train_config["preset"] == "tiny"
 

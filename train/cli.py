@@ -21,7 +21,9 @@ _FIELDS = {
     "init": ("init", str, "checkpoint to fine-tune (OpenAI CLIP .pt, ViFi-CLIP .pth, apclip best.pt)"),
     "base": ("base", str, "OpenAI CLIP file for a ViFi-CLIP --init (its token embedding)"),
     "model_preset": ("model_preset", str, "random-init model instead of --init (tiny: tests and demo)"),
-    "normalize": ("normalize", str, "pixel normalisation (default: the init checkpoint's, else clip)"),
+    "profile": ("profile", str, "preprocessing profile apclip | vificlip | clip for validation and best.pt "
+                                "(default: the init checkpoint's; apclip for --model-preset)"),
+    "normalize": ("normalize", str, "pixel normalisation (default: the profile's; apclip: the init checkpoint's, else clip)"),
     "frames": ("frames", int, "frames per training clip T"),
     "test_clips": ("test_clips", int, "temporal clips at validation (recorded in best.pt)"),
     "test_crops": ("test_crops", int, "spatial crops at validation (recorded in best.pt)"),

@@ -27,7 +27,8 @@ class TrainConfig:
     init: str | None = None  # checkpoint to fine-tune (any format apclip.load_checkpoint reads)
     base: str | None = None  # OpenAI CLIP file for a ViFi-CLIP `init` (token embedding)
     model_preset: str | None = None  # random-init model instead of `init` (tests: "tiny")
-    normalize: str | None = None  # pixel normalisation; default: the init checkpoint's, else "clip"
+    profile: str | None = None  # preprocessing profile at validation and in best.pt; default: the init checkpoint's
+    normalize: str | None = None  # pixel normalisation; default: the profile's (apclip: the init checkpoint's, else clip)
     # sampling and augmentation (ViFi-CLIP AUG.*)
     frames: int = DEFAULT_FRAMES  # T per training clip
     test_clips: int = 1  # temporal clips at validation (and in best.pt's preprocessing)

@@ -141,12 +141,13 @@ def score_with_recognizer(recognizer, items: Sequence[VideoItem],
             progress()
 
 
-def compile_classes(clip, labels: Sequence[str], bank):
-    """The class matrix of `labels` with every prompt, compiled as apclip-export does."""
+def compile_classes(clip, labels: Sequence[str], bank, template: str | None = None):
+    """The class matrix of `labels` with every prompt, compiled as apclip-export does (MAKA protocol)."""
     from apclip.class_matrix import class_prompts, encode_class_matrix
     from apclip.export.api import trimmed_text_encoder
+    from apclip.scoring_protocol import DEFAULT_TEMPLATE
 
-    prompts, fallback = class_prompts(labels, bank)
+    prompts, fallback = class_prompts(labels, bank, template or DEFAULT_TEMPLATE)
     return encode_class_matrix(labels, prompts, trimmed_text_encoder(clip), fallback_labels=fallback)
 
 

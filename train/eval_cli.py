@@ -60,7 +60,7 @@ def evaluate(args: argparse.Namespace, log) -> "EvalReport":  # noqa: F821
             rec = Recognizer.from_bundle(args.bundle, args.backend, labels, prompts=args.prompts, scorer=args.scorer,
                                          threads=args.threads, ckpt=args.ckpt, base=args.base, log=log)
             source = {"bundle": str(args.bundle), "backend": rec.backend, "scorer": rec.scorer.name,
-                      "preprocessing": rec.spec.to_dict()}
+                      "protocol": rec.scoring.protocol, "preprocessing": rec.spec.to_dict()}
             scored = list(score_with_recognizer(rec, items, progress=lambda: bar.update(1)))
         else:
             scored, source = _score_checkpoint(args, labels, items, bar, log)
@@ -74,33 +74,34 @@ def _score_checkpoint(args, labels, items, bar, log):
 
     torch = require("torch", "torch", "apclip-eval --ckpt")
     from apclip.checkpoint import load_checkpoint
-    from apclip.config import DEFAULT_CLIPS, DEFAULT_CROPS, DEFAULT_FRAMES, normalization
-    from apclip.preprocessing import Preprocessing
+    from apclip.export.defaults import choose
+    from apclip.train.data import DataError
     from apclip.train.eval import compile_classes, score_with_model
 
     checkpoint = load_checkpoint(args.ckpt, base=args.base)
     model = checkpoint.model.eval()
-    pre = checkpoint.preprocessing or {}
-    # The preprocessing apclip-export would record for this checkpoint (same defaults).
-    spec = Preprocessing(frames=int(pre.get("frames") or DEFAULT_FRAMES), clips=int(pre.get("clips") or DEFAULT_CLIPS),
-                         crops=int(pre.get("crops") or DEFAULT_CROPS), resolution=model.config.image_resolution,
-                         normalization=normalization(pre.get("normalize") or "clip"))
     bank = None
     if args.prompts:
         from apclip.prompt_bank import load_prompt_bank
 
         bank = load_prompt_bank(args.prompts)
+    # The preprocessing, scoring protocol and template apclip-export would choose for this checkpoint.
+    choices = choose(checkpoint, has_bank=bank is not None)
+    spec, scoring = choices.preprocessing, choices.scoring
+    if scoring.protocol != "maka":
+        raise DataError(f"apclip-eval --ckpt scores with MAKA; {args.ckpt} implies the {scoring.protocol} protocol: "
+                        f"export it and use apclip-eval --bundle, or pass --prompts")
     if checkpoint.prompt_bank_sha256 and (bank is None or bank.sha256 != checkpoint.prompt_bank_sha256):
         log(f"warning: {args.ckpt} was trained with prompt bank {checkpoint.prompt_bank_sha256[:12]}...; "
             f"{'no --prompts given' if bank is None else '--prompts differs'}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     with torch.inference_mode():
-        classes = compile_classes(model, labels, bank)
+        classes = compile_classes(model, labels, bank, scoring.template)
     scored = list(score_with_model(model, items, spec, classes, workers=args.workers, device=device,
                                    progress=lambda: bar.update(1)))
     return scored, {"checkpoint": str(args.ckpt), "backend": f"torch-{device}", "scorer": "numpy",
-                    "preprocessing": spec.to_dict()}
+                    "protocol": scoring.protocol, "preprocessing": spec.to_dict()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -130,33 +130,42 @@ class _Setup:
                             f"(batch {cfg.batch_size} x accumulation {cfg.accumulation} x {dist.world} process(es))")
         self.total_updates = cfg.epochs * self.updates_per_epoch
         self.warmup_updates = int(cfg.warmup_epochs * self.updates_per_epoch)
-        self.model, self.normalize, self.init_format = self._model(log)
+        self.model, self.profile, self.normalize, self.init_format = self._model(log)
         r = self.model.config.image_resolution
-        self.preprocessing = Preprocessing(frames=cfg.frames, clips=cfg.test_clips, crops=cfg.test_crops,
-                                           resolution=r, normalization=self.normalize)
+        try:
+            # Validation (and best.pt, so export and apclip-eval) see frames the way the init checkpoint's code did.
+            self.preprocessing = Preprocessing(frames=cfg.frames, clips=cfg.test_clips, crops=cfg.test_crops,
+                                               resolution=r, normalization=self.normalize, profile=self.profile)
+        except ValueError as exc:
+            raise DataError(f"{exc} (set --profile, --normalize or --test-crops)") from None
 
     def _model(self, log: Log):
         from apclip.config import NORMALIZATIONS
+        from apclip.preprocessing import LEGACY_PROFILE, PROFILE_NORMALIZATION, PROFILES
 
         cfg = self.cfg
+        pre: dict[str, Any] = {}
         if cfg.init:
             from apclip.checkpoint import load_checkpoint
 
             checkpoint = load_checkpoint(cfg.init, base=cfg.base)
-            model, fmt = checkpoint.model, checkpoint.format
-            normalize = cfg.normalize or (checkpoint.preprocessing or {}).get("normalize") or "clip"
+            model, fmt, pre = checkpoint.model, checkpoint.format, dict(checkpoint.preprocessing or {})
             log(f"fine-tuning {cfg.init} ({fmt})")
         elif cfg.model_preset:
             from apclip.model import build_preset
 
             model, fmt = build_preset(cfg.model_preset, seed=cfg.seed), f"preset:{cfg.model_preset}"
-            normalize = cfg.normalize or "clip"
             log(f"training a random-init {cfg.model_preset} model")
         else:
             raise DataError("pass --init CHECKPOINT (e.g. OpenAI's ViT-B-16.pt) or --model-preset tiny")
+        profile = cfg.profile or pre.get("profile") or LEGACY_PROFILE
+        if profile not in PROFILES:
+            raise DataError(f"--profile {profile}: choose one of {', '.join(PROFILES)}")
+        default_norm = (pre.get("normalize") or "clip") if profile == LEGACY_PROFILE else PROFILE_NORMALIZATION[profile]
+        normalize = cfg.normalize or default_norm
         if normalize not in NORMALIZATIONS:
             raise DataError(f"--normalize {normalize}: choose one of {', '.join(NORMALIZATIONS)}")
-        return model.float(), normalize, fmt
+        return model.float(), profile, normalize, fmt
 
     def derived(self, dist: _Distributed) -> dict[str, Any]:
         return {"labels": self.labels, "all_labels": len(self.all_labels), "class_ids": self.class_ids,
@@ -385,8 +394,8 @@ def _save_best(path: Path, clip, setup: _Setup, cfg: TrainConfig, epoch: int, va
 
     pre = setup.preprocessing
     save_checkpoint(path, clip, labels=setup.all_labels,
-                    preprocessing={"normalize": pre.normalization.name, "frames": pre.frames, "clips": pre.clips,
-                                   "crops": pre.crops},
+                    preprocessing={"profile": pre.profile, "normalize": pre.normalization.name, "frames": pre.frames,
+                                   "clips": pre.clips, "crops": pre.crops},
                     prompt_bank_sha256=setup.bank.sha256 if setup.bank is not None else None,
                     train_config={**cfg.to_dict(), "epoch": epoch, "val_top1": val_top1,
                                   "trained_labels": setup.labels})
