@@ -242,3 +242,19 @@ def test_ctrl_c_on_the_console_script_leaves_a_resumable_run(dataset, tmp_path):
                           timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "trained 2 epochs (20 updates)" in done.stdout
+
+
+def test_fine_tuning_an_openai_checkpoint_keeps_its_clip_profile(dataset, tmp_path):
+    from apclip.checkpoint import load_checkpoint
+    from apclip.model import build_preset
+    from apclip.train.loop import train
+
+    init = tmp_path / "openai.pt"
+    torch.save(build_preset("tiny", seed=3).state_dict(), init)  # a plain OpenAI-layout state_dict
+    cfg = tiny_config(dataset, model_preset=None, init=str(init), epochs=1, shots=4, batch_size=4)
+    result = train(cfg, tmp_path / "run", progress=False, log=_quiet)
+    assert result.updates == 4
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert best.preprocessing["profile"] == "clip" and best.preprocessing["normalize"] == "clip"
+    start = build_preset("tiny", seed=3).state_dict()
+    assert any(not torch.equal(start[k], v) for k, v in best.model.state_dict().items())  # it was trained
