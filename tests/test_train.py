@@ -153,8 +153,9 @@ def test_corrupt_and_missing_videos_are_skipped_and_counted(dataset, tmp_path):
     listing.write_text("\n".join(base + [f"{tmp_path / 'corrupt.avi'} 1", f"{tmp_path / 'missing.avi'} 2"]) + "\n")
     classes = tmp_path / "base.txt"
     classes.write_text("rolling red ball\nsliding green box\n2\n")  # names or ids
-    # Decoded in a worker process: bad videos are counted across the process boundary.
-    cfg = tiny_config(dataset, train_list=str(listing), base_classes=str(classes), epochs=1, batch_size=4, workers=1)
+    # Decoded inline: a DataLoader worker forked from this test process (which earlier tests filled with
+    # thread pools) can deadlock; test_ctrl_c_on_the_console_script... counts a bad video across workers.
+    cfg = tiny_config(dataset, train_list=str(listing), base_classes=str(classes), epochs=1, batch_size=4)
     result = train(cfg, tmp_path / "run", progress=False, log=_quiet)
     assert result.skipped_videos == 2 and result.updates == 2
     epoch = _records(tmp_path / "run", "epoch")[0]
@@ -210,7 +211,8 @@ def test_torchrun_ddp_two_processes_on_cpu(dataset, tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_on_the_console_script_leaves_a_resumable_run(dataset, tmp_path):
-    """A real SIGINT (decoding in a worker process): exit 130, last.pt at an update, --resume finishes."""
+    """A real SIGINT (decoding in a worker process): exit 130, last.pt at an update, --resume finishes; a
+    corrupt video in the list is skipped and counted across the worker boundary."""
     import os
     import shutil
     import signal
@@ -222,7 +224,11 @@ def test_ctrl_c_on_the_console_script_leaves_a_resumable_run(dataset, tmp_path):
     if script is None:
         pytest.skip("apclip-train is not installed next to this Python")
     run = tmp_path / "run"
-    cmd = [script, "--output", str(run), "--preset", "tiny", "--epochs", "2", "--train", str(dataset.lists["train"]),
+    (tmp_path / "corrupt.avi").write_bytes(b"RIFF\x00\x00\x00\x00AVI garbage" * 50)
+    listing = tmp_path / "train.txt"
+    lines = dataset.lists["train"].read_text().splitlines()[:79] + [f"{tmp_path / 'corrupt.avi'} 0"]
+    listing.write_text("\n".join(lines) + "\n")
+    cmd = [script, "--output", str(run), "--preset", "tiny", "--epochs", "2", "--train", str(listing),
            "--root", str(dataset.root), "--labels", str(dataset.labels), "--workers", "1", "--log-every", "1",
            "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -241,7 +247,8 @@ def test_ctrl_c_on_the_console_script_leaves_a_resumable_run(dataset, tmp_path):
     done = subprocess.run([script, "--output", str(run), "--resume", "--no-progress"], capture_output=True, text=True,
                           timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "trained 2 epochs (20 updates)" in done.stdout
+    assert "trained 2 epochs (20 updates)" in done.stdout and "skipped videos 1" in done.stdout
+    assert _records(run, "epoch")[-1]["skipped_videos"] == 1
 
 
 def test_fine_tuning_an_openai_checkpoint_keeps_its_clip_profile(dataset, tmp_path):

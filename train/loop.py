@@ -182,7 +182,9 @@ def train(cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, pro
           on_update: Callable[[int], None] | None = None) -> TrainResult:
     """Train into the run folder `run` (created), or continue it with resume=True (its config.json wins).
 
-    on_update(update): called after every optimizer update (tests raise KeyboardInterrupt from it)."""
+    on_update(update): called after every optimizer update (tests raise KeyboardInterrupt from it).
+    Loader workers (cfg.workers > 0) are forked, PyTorch's default on Linux: call this from a fresh process
+    (as apclip-train does); one that already ran multi-threaded native code can deadlock a forked worker."""
     from torch.utils.data import DataLoader
 
     from apclip.class_matrix import class_prompts
