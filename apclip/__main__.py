@@ -15,6 +15,7 @@ SUMMARIES = {
     "apclip-export": "export a checkpoint to a verified ONNX bundle with the precompiled class matrix",
     "apclip-infer": "recognise actions in a video file, image folder, camera or stream",
     "apclip-prompts": "generate action-conditioned prompts for labels with an LLM",
+    "apclip-bundle": "inspect (info) and check (verify) a bundle",
     "apclip-build-engine": "build a TensorRT engine for a bundle on this GPU (cached in BUNDLE/engines/)",
     "apclip-train": "fine-tune CLIP on labelled videos (ViFi-CLIP protocol, MAKA over prompts) into best.pt",
     "apclip-eval": "top-1/top-5/mean-class (and base/novel/HM) accuracy of a bundle or checkpoint on labelled videos",
