@@ -18,6 +18,8 @@ SUMMARIES = {
     "apclip-prompts": "generate action-conditioned prompts for labels with an LLM",
     "apclip-bundle": "inspect (info) and check (verify) a bundle",
     "apclip-build-engine": "build a TensorRT engine for a bundle on this GPU (cached in BUNDLE/engines/)",
+    "apclip-train": "fine-tune CLIP on labelled videos (ViFi-CLIP protocol, MAKA over prompts) into best.pt",
+    "apclip-eval": "top-1/top-5/mean-class (and base/novel/HM) accuracy of a bundle or checkpoint on labelled videos",
 }
 
 

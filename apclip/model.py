@@ -74,10 +74,17 @@ class Transformer(nn.Module):
         super().__init__()
         self.causal = causal
         self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads) for _ in range(layers)])
+        # Training (apclip-train --grad-checkpointing): recompute each block in backward to save memory.
+        self.gradient_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, L, W] batch-first
         for block in self.resblocks:
-            x = block(x, self.causal)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                from torch.utils.checkpoint import checkpoint
+
+                x = checkpoint(block, x, self.causal, use_reentrant=False)
+            else:
+                x = block(x, self.causal)
         return x
 
 

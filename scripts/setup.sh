@@ -8,7 +8,7 @@ PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[cpu,torch,llm,triton,test]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[cpu,torch,train,llm,triton,test]"
 # The CLIP BPE vocabulary ships inside open_clip_torch; its dependencies (torchvision) are not needed.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt --no-deps "open_clip_torch==3.3.0"
 # Headless Chromium for the --report browser test (tests/test_report_browser.py skips without it).
