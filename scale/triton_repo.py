@@ -1,0 +1,185 @@
+"""apclip-triton-repo: a bundle -> a Triton Inference Server model repository for NVIDIA's containers.
+
+    repo/
+      vision/config.pbtxt    platform onnxruntime_onnx (1/model.onnx), or tensorrt_plan (1/model.plan)
+                             when the bundle has a TensorRT engine; max_batch_size frames,
+                             dynamic_batching, instance_group
+      maka/config.pbtxt      Python backend (1/model.py, numpy only) holding the class matrix
+                             (1/class_embeddings.npy [K, P, E], 1/class_counts.npy [K], 1/labels.json)
+      apclip/config.pbtxt    ensemble: views [Nv, 3, R, R] -> vision -> embeddings [Nv, E] -> maka
+                             -> labels [k], scores [k], all_scores [K]
+
+Serve it with `tritonserver --model-repository repo` in nvcr.io/nvidia/tritonserver:<yy.mm>-py3.
+`--vision python` writes a vision model that runs ONNX Runtime inside the Python backend instead,
+for servers without the onnxruntime backend (such as the one in the nvidia-pytriton wheel).
+The client sends the preprocessed views of one clip (apclip.engine.clips.load_clip(...).views,
+flattened to [V*T, 3, R, R]); apclip-serve's `apclip_clip` model also takes raw frames.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from apclip.bundle import VISION_FILE, VISION_INPUT, EMBEDDINGS_OUTPUT, Manifest, read_manifest
+from apclip.errors import ApclipError
+from apclip.fileio import publish
+
+from apclip.scale.triton_config import ModelConfig, Step, Tensor
+
+ENSEMBLE = "apclip"
+VISION = "vision"
+MAKA = "maka"
+VISION_KINDS = ("auto", "onnx", "tensorrt", "python")
+
+
+def model_source(name: str) -> str:
+    """The text of scale/triton_models/<name>.py (installed as apclip.scale.triton_models)."""
+    return resources.files("apclip.scale.triton_models").joinpath(f"{name}.py").read_text(encoding="utf-8")
+
+
+def _engine_file(manifest: Manifest) -> Path | None:
+    engine = (manifest.raw.get("engines") or {}).get("vision")
+    path = manifest.path / engine if isinstance(engine, str) else None
+    return path if path is not None and path.is_file() else None
+
+
+def vision_config(manifest: Manifest, kind: str, *, max_batch: int, instances: int, gpu: bool,
+                  max_queue_delay_us: int, threads: int = 0) -> ModelConfig:
+    r, e = manifest.preprocessing.resolution, manifest.embed_dim
+    config = ModelConfig(VISION, [Tensor(VISION_INPUT, "TYPE_FP32", [3, r, r])],
+                         [Tensor(EMBEDDINGS_OUTPUT, "TYPE_FP32", [e])], max_batch_size=max_batch,
+                         instance_kind="KIND_GPU" if gpu and kind != "python" else "KIND_CPU", instances=instances,
+                         dynamic_batching=True, max_queue_delay_us=max_queue_delay_us)
+    if kind == "python":
+        config.backend = "python"
+        config.parameters = {"threads": str(threads)}
+    else:
+        config.platform = "tensorrt_plan" if kind == "tensorrt" else "onnxruntime_onnx"
+    return config
+
+
+def maka_config(manifest: Manifest, num_classes: int, topk: int) -> ModelConfig:
+    k = min(topk, num_classes)
+    return ModelConfig(MAKA, [Tensor("embeddings", "TYPE_FP32", [-1, manifest.embed_dim])], _clip_outputs(k, num_classes),
+                       backend="python", parameters={"topk": str(topk)})
+
+
+def _clip_outputs(k: int, num_classes: int) -> list[Tensor]:
+    return [Tensor("labels", "TYPE_STRING", [k]), Tensor("scores", "TYPE_FP32", [k]),
+            Tensor("all_scores", "TYPE_FP32", [num_classes])]
+
+
+def ensemble_config(manifest: Manifest, num_classes: int, topk: int) -> ModelConfig:
+    r = manifest.preprocessing.resolution
+    k = min(topk, num_classes)
+    # max_batch_size 0: one request is one clip; its Nv views are the batch the vision model sees.
+    return ModelConfig(ENSEMBLE, [Tensor("views", "TYPE_FP32", [-1, 3, r, r])], _clip_outputs(k, num_classes),
+                       platform="ensemble", instance_kind=None, steps=[
+                           Step(VISION, {VISION_INPUT: "views"}, {EMBEDDINGS_OUTPUT: "frame_embeddings"}),
+                           Step(MAKA, {"embeddings": "frame_embeddings"},
+                                {"labels": "labels", "scores": "scores", "all_scores": "all_scores"}),
+                       ])
+
+
+def write_triton_repo(bundle: str | Path, out: str | Path, *, vision: str = "auto", max_batch: int = 64,
+                      instances: int = 1, gpu: bool = True, max_queue_delay_us: int = 2000, topk: int = 5,
+                      threads: int = 0, overwrite: bool = False) -> Path:
+    """Write the repository to `out` (a temporary folder renamed into place). Returns `out`."""
+    from apclip.engine.vocabulary import bundle_class_matrix
+
+    if vision not in VISION_KINDS:
+        raise ApclipError(f"--vision {vision}: choose one of {', '.join(VISION_KINDS)}")
+    if max_batch < 1 or instances < 1 or topk < 1 or max_queue_delay_us < 0:
+        raise ApclipError("--max-batch, --instances and --topk must be 1 or more, --max-queue-delay-us 0 or more")
+    manifest = read_manifest(bundle)
+    views = manifest.preprocessing.views * manifest.preprocessing.frames
+    if max_batch < views:
+        raise ApclipError(f"--max-batch {max_batch}: one clip of this bundle is {views} frames; use at least that")
+    engine = _engine_file(manifest)
+    kind = vision if vision != "auto" else ("tensorrt" if engine is not None else "onnx")
+    if kind == "tensorrt" and engine is None:
+        raise ApclipError(f"bundle {bundle} has no TensorRT engine for the vision encoder; use --vision onnx")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ApclipError(f"{out} exists: remove it or pass --overwrite")
+    classes = bundle_class_matrix(manifest)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Built in a sibling folder and renamed into place: never a half-written repository.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        (tmp / VISION / "1").mkdir(parents=True)
+        (tmp / MAKA / "1").mkdir(parents=True)
+        (tmp / ENSEMBLE / "1").mkdir(parents=True)  # an ensemble needs a (empty) version folder
+        configs = [vision_config(manifest, kind, max_batch=max_batch, instances=instances, gpu=gpu,
+                                 max_queue_delay_us=max_queue_delay_us, threads=threads),
+                   maka_config(manifest, classes.num_classes, topk),
+                   ensemble_config(manifest, classes.num_classes, topk)]
+        for config in configs:
+            (tmp / config.name / "config.pbtxt").write_text(config.pbtxt(), encoding="utf-8")
+        if kind == "tensorrt":
+            shutil.copyfile(engine, tmp / VISION / "1" / "model.plan")
+        else:
+            shutil.copyfile(manifest.file(VISION_FILE), tmp / VISION / "1" / "model.onnx")
+        if kind == "python":
+            (tmp / VISION / "1" / "model.py").write_text(model_source("vision_ort"), encoding="utf-8")
+        maka_dir = tmp / MAKA / "1"
+        (maka_dir / "model.py").write_text(model_source("maka"), encoding="utf-8")
+        np.save(maka_dir / "class_embeddings.npy", np.ascontiguousarray(classes.embeddings, dtype=np.float32))
+        np.save(maka_dir / "class_counts.npy", np.ascontiguousarray(classes.counts, dtype=np.int32))
+        (maka_dir / "labels.json").write_text(json.dumps(classes.labels, ensure_ascii=False), encoding="utf-8")
+        if out.exists():  # --overwrite
+            old = out.with_name(f".{out.name}.old-{tmp.name[-8:]}")
+            os.replace(out, old)
+            publish(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="apclip-triton-repo",
+                                description="Write a Triton Inference Server model repository from a bundle.")
+    p.add_argument("bundle", help="bundle directory (from apclip-export)")
+    p.add_argument("--out", required=True, help="repository folder to create")
+    p.add_argument("--vision", default="auto", choices=VISION_KINDS,
+                   help="vision model: onnx (onnxruntime_onnx), tensorrt (tensorrt_plan, needs an engine in the "
+                        "bundle), python (ONNX Runtime inside the Python backend); auto: tensorrt if an engine "
+                        "exists, else onnx")
+    p.add_argument("--max-batch", type=int, default=64, help="vision max_batch_size in frames (default 64)")
+    p.add_argument("--max-queue-delay-us", type=int, default=2000,
+                   help="dynamic batching: longest wait to fill a batch (default 2000 us)")
+    p.add_argument("--instances", type=int, default=1, help="vision instance count (default 1)")
+    p.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=True,
+                   help="vision instances on GPUs (KIND_GPU; default) or CPUs (--no-gpu)")
+    p.add_argument("--topk", type=int, default=5, help="labels and scores returned (default 5)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing repository")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        out = write_triton_repo(args.bundle, args.out, vision=args.vision, max_batch=args.max_batch,
+                                instances=args.instances, gpu=args.gpu, max_queue_delay_us=args.max_queue_delay_us,
+                                topk=args.topk, overwrite=args.overwrite)
+    except (ApclipError, OSError) as exc:
+        print(f"apclip-triton-repo: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    print(f"wrote the Triton model repository {out} (models {VISION}, {MAKA}, ensemble {ENSEMBLE})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
