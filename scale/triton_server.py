@@ -94,12 +94,10 @@ class ServerInstall:
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
             [str(self.libdir), str(self.libs)] + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p])
-        # The stub's interpreter starts from its base prefix: the environment's packages (numpy<2
-        # first) go on PYTHONPATH, and the models add them as site dirs (for .pth files such as an
-        # editable apclip install).
-        site = os.pathsep.join(map(str, self.site_dirs))
-        env["PYTHONPATH"] = site
-        env["APCLIP_SITE_DIRS"] = site
+        # The stub's interpreter ignores PYTHONPATH (it runs with -E semantics) and starts from its
+        # base prefix, whose site-packages may hold numpy 2: the models put these folders first
+        # themselves (scale/triton_models/*.py).
+        env["APCLIP_SITE_DIRS"] = os.pathsep.join(map(str, self.site_dirs))
         env["PYTHONNOUSERSITE"] = "1"
         env["ORT_DISABLE_TELEMETRY"] = "1"
         env.update(extra or {})

@@ -1,15 +1,7 @@
-"""Shared by apclip-serve's Python-backend models (copied next to each model.py as serve_common.py).
-
-The stub's interpreter starts from its base prefix: the server environment's site-packages are added
-as site dirs first, so that .pth files (an editable apclip install) work too.
-"""
+"""Helpers shared by apclip-serve's Python-backend models (clip.py, labels.py)."""
 import hashlib
 import json
 import os
-import site
-
-for _folder in filter(None, os.environ.get("APCLIP_SITE_DIRS", "").split(os.pathsep)):
-    site.addsitedir(_folder)
 
 
 def parameters(args):
@@ -35,3 +27,10 @@ def load_bank(params):
 
 def decode_strings(array):
     return [item.decode("utf-8") if isinstance(item, bytes) else str(item) for item in array.reshape(-1)]
+
+
+def request_error(pb_utils, message):
+    """A client error (HTTP 400 / gRPC INVALID_ARGUMENT), not an internal one."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    error = pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+    return pb_utils.InferenceResponse(error=error)

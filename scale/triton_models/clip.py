@@ -10,14 +10,23 @@ outputs: labels string [B, k], scores float32 [B, k], all_scores float32 [B, K]
 The dynamic batcher hands this model several requests at once: all their frames go through the
 vision encoder in one call, then each clip is scored with MAKA against its label set.
 """
+
 import json
 import os
-import time
+import site
+import sys
 
-import numpy as np
-import triton_python_backend_utils as pb_utils
+# The backend stub's interpreter ignores PYTHONPATH and starts from its base prefix: put the server
+# environment's site-packages (numpy<2 above all) first, with their .pth files (an editable apclip
+# install), before numpy is imported. Unset (NVIDIA's containers): nothing to do.
+for _folder in reversed(list(filter(None, os.environ.get("APCLIP_SITE_DIRS", "").split(os.pathsep)))):
+    sys.path.insert(0, _folder)
+    site.addsitedir(_folder)
 
-import serve_common
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+from apclip.scale.triton_models import _serve_common as serve_common  # noqa: E402
 
 
 class RequestError(Exception):
@@ -102,7 +111,7 @@ class TritonPythonModel:
         responses = []
         for item in parsed:
             if isinstance(item, str):
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(item)))
+                responses.append(serve_common.request_error(pb_utils, item))
                 continue
             request_clips, classes = item
             labels, top, full = [], [], []

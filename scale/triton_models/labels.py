@@ -5,13 +5,23 @@ the text encoder now; 0 when the bundle or the on-disk cache had them all). New 
 once with text.onnx and cached ($APCLIP_CACHE_DIR); the label list is saved under the server's state
 folder, where every apclip_clip instance (its own process) finds it by id.
 """
+
 import json
 import os
+import site
+import sys
 
-import numpy as np
-import triton_python_backend_utils as pb_utils
+# The backend stub's interpreter ignores PYTHONPATH and starts from its base prefix: put the server
+# environment's site-packages (numpy<2 above all) first, with their .pth files (an editable apclip
+# install), before numpy is imported. Unset (NVIDIA's containers): nothing to do.
+for _folder in reversed(list(filter(None, os.environ.get("APCLIP_SITE_DIRS", "").split(os.pathsep)))):
+    sys.path.insert(0, _folder)
+    site.addsitedir(_folder)
 
-import serve_common
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+from apclip.scale.triton_models import _serve_common as serve_common  # noqa: E402
 
 
 class TritonPythonModel:
@@ -46,7 +56,7 @@ class TritonPythonModel:
                 with atomic_write(path, "w") as f:
                     json.dump(labels, f, ensure_ascii=False)
         except (ApclipError, UnicodeDecodeError, ValueError) as exc:
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(" ".join(str(exc).split())))
+            return serve_common.request_error(pb_utils, " ".join(str(exc).split()))
         return pb_utils.InferenceResponse([
             pb_utils.Tensor("label_set", np.array([set_id.encode()], dtype=np.object_)),
             pb_utils.Tensor("classes", np.array([classes.num_classes], dtype=np.int32)),
