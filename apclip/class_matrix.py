@@ -43,10 +43,6 @@ class ClassMatrix:
         return int(self.embeddings.shape[1])
 
 
-def template_prompt(label: str) -> str:
-    return format_prompt(label)
-
-
 def class_prompts(labels: Sequence[str], bank: PromptSource | None) -> tuple[list[list[str]], list[str]]:
     """The prompt texts of each label ("a video of {label}. {description}") and the labels that fell
     back to the single template "a video of {label}." because the bank has no entry for them."""
@@ -56,7 +52,7 @@ def class_prompts(labels: Sequence[str], bank: PromptSource | None) -> tuple[lis
         if descriptions:
             prompts.append([format_prompt(label, d) for d in descriptions])
         else:
-            prompts.append([template_prompt(label)])
+            prompts.append([format_prompt(label)])
             fallback.append(label)
     return prompts, fallback
 
@@ -84,7 +80,7 @@ def encode_class_matrix(labels: Sequence[str], prompts: Sequence[Sequence[str]],
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(texts), desc=desc, unit="prompt", file=sys.stdout, dynamic_ncols=True)
+        bar = tqdm(total=len(texts), desc=desc, unit="prompt", file=sys.stderr, dynamic_ncols=True)
     chunks = []
     for start in range(0, len(texts), batch_size):
         chunks.append(np.asarray(encode(tokens[start:start + batch_size]), dtype=np.float32))

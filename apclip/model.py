@@ -171,23 +171,23 @@ def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return x / (x * x).sum(dim=-1, keepdim=True).sqrt().clamp_min(eps)
 
 
-class ImageEmbedder(nn.Module):
-    """[N, 3, R, R] -> [N, E] normalised: the graph exported as vision.onnx and run by the torch runner."""
+class _Embedder(nn.Module):
+    """One tower of a CLIP model with L2-normalised float32 outputs (state_dict keys stay clip.*)."""
 
     def __init__(self, clip: CLIP):
         super().__init__()
         self.clip = clip
+
+
+class ImageEmbedder(_Embedder):
+    """[N, 3, R, R] -> [N, E] normalised: the graph exported as vision.onnx and run by the torch runner."""
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return l2_normalize(self.clip.encode_image(pixels).float())
 
 
-class TextEmbedder(nn.Module):
+class TextEmbedder(_Embedder):
     """[M, L] token ids -> [M, E] normalised: the graph exported as text.onnx."""
-
-    def __init__(self, clip: CLIP):
-        super().__init__()
-        self.clip = clip
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return l2_normalize(self.clip.encode_text(tokens).float())

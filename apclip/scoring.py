@@ -51,7 +51,12 @@ def maka_score(v: Any, c: Any, counts: Any = None) -> Any:
     _check_shapes(v, c)
     mask = prompt_mask(counts, c.shape[0], c.shape[1])
     if _is_torch(v):
-        return _maka_torch(v, c, mask)
+        import torch
+
+        c = torch.as_tensor(c, device=v.device)  # a numpy class matrix scored against torch frames
+        dtype = torch.promote_types(torch.promote_types(v.dtype, c.dtype), torch.float32)
+        real_counts = torch.from_numpy(mask.sum(axis=1)).to(v.device)  # validated above
+        return maka_torch(v.to(dtype), c.to(dtype), real_counts)
     v = np.asarray(v)
     c = np.asarray(c)
     dtype = np.result_type(v.dtype, c.dtype, np.float32)
@@ -69,17 +74,17 @@ def maka_score(v: Any, c: Any, counts: Any = None) -> Any:
     return out
 
 
-def _maka_torch(v: Any, c: Any, mask_np: np.ndarray) -> Any:
+def maka_torch(v: Any, c: Any, counts: Any) -> Any:
+    """MAKA in torch ops only, no host checks: v [B, Nv, E] x c [K, P, E] (same float dtype), counts [K]
+    integer tensor of real prompts per class -> [B, K]. Traceable: export writes scorer.onnx from this
+    function, and `maka_score` calls it for torch inputs after validating counts."""
     import torch
 
-    mask = torch.from_numpy(mask_np).to(v.device)  # [K, P]
-    c = torch.as_tensor(c, device=v.device)  # a numpy class matrix scored against torch frames
-    dtype = torch.promote_types(torch.promote_types(v.dtype, c.dtype), torch.float32)
-    v, c = v.to(dtype), c.to(dtype)
+    real = torch.arange(c.shape[1], device=c.device)[None, :] < counts[:, None]  # [K, P]
     sim = torch.einsum("bne,kpe->bknp", v, c)  # [B, K, Nv, P]
-    best_prompt = sim.masked_fill(~mask[None, :, None, :], float("-inf")).amax(dim=3).mean(dim=2)  # [B, K]
-    best_frame = sim.amax(dim=2).masked_fill(~mask[None], 0.0)  # [B, K, P]
-    mean_best_frame = best_frame.sum(dim=2) / mask.sum(dim=1).to(dtype)  # [B, K]
+    best_prompt = sim.masked_fill(~real[None, :, None, :], float("-inf")).amax(dim=3).mean(dim=2)  # [B, K]
+    best_frame = sim.amax(dim=2).masked_fill(~real[None], 0.0)  # [B, K, P]
+    mean_best_frame = best_frame.sum(dim=2) / counts.to(sim.dtype)  # [B, K]
     return 0.5 * (best_prompt + mean_best_frame)
 
 

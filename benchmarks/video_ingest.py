@@ -30,7 +30,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from apclip.engine.clips import FrameResizer, iter_window_clips, load_clip
+from apclip.engine.clips import FrameResizer, load_clip
+from apclip.engine.windows import iter_window_clips
 from apclip.preprocessing import Preprocessing
 from apclip.engine.preprocess import make_views
 from apclip.engine.sampling import sample_segment_indices

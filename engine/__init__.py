@@ -9,7 +9,7 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "Clip": "clips", "iter_window_clips": "clips", "load_clip": "clips",
+    "Clip": "clips", "iter_window_clips": "windows", "load_clip": "clips",
     "NoFramesError": "errors", "SourceError": "errors",
     "Explanation": "predictions", "FrameMatch": "predictions", "LabelScore": "predictions",
     "Prediction": "predictions", "WindowPrediction": "predictions",

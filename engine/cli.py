@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="labels file; labels not in the bundle are encoded at run time")
     p.add_argument("--prompts", help="prompt bank JSON for labels not in the bundle (else the template)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="vision/text runner (default auto: TensorRT > ORT CUDA > ORT CPU)")
+                   help="vision/text runner (default auto: ORT CUDA when available, else ORT CPU)")
     p.add_argument("--scorer", default="auto", choices=SCORERS,
                    help="MAKA scorer (default auto: Triton kernel on CUDA, else numpy)")
     p.add_argument("--ckpt", help="checkpoint the bundle was exported from (only for --backend torch)")

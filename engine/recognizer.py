@@ -24,10 +24,11 @@ from apclip.bundle import Manifest, PROMPTS_FILE, read_manifest
 from apclip.class_matrix import ClassMatrix, load_prompt_texts
 from apclip.extras import require
 
-from apclip.engine.clips import Clip, iter_window_clips, load_clip
+from apclip.engine.clips import Clip, load_clip
+from apclip.engine.windows import iter_window_clips
 from apclip.engine.predictions import Explanation, FrameMatch, LabelScore, Prediction, WindowPrediction
 from apclip.engine.preprocess import flatten_views
-from apclip.engine.runners import BACKENDS, BackendUnavailable, EncoderRunner, encode_in_batches, ort_runners, torch_runners, trt_runners
+from apclip.engine.runners import BACKENDS, BackendUnavailable, EncoderRunner, encode_in_batches
 from apclip.engine.scorers import Scorer, make_scorer
 from apclip.engine.vocabulary import resolve_classes
 
@@ -38,23 +39,19 @@ def _quiet(message: str) -> None:
     pass
 
 
-def select_backend(backend: str, manifest: Manifest, *, tensorrt: bool = True) -> str:
-    """`auto`: TensorRT when engines and tensorrt are present, else ORT CUDA when available, else ORT CPU."""
+def select_backend(backend: str, manifest: Manifest, *, tensorrt: bool = True, ckpt=None) -> str:
+    """`auto`: the first of trt > torch-cuda > ort-cuda > ort whose probe passes (engine/gpu_backends.py)."""
     if backend not in BACKENDS:
         raise BackendUnavailable(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend != "auto":
         return backend
-    if tensorrt and manifest.raw.get("engines") and _importable("tensorrt"):
-        return "trt"
-    # The torch reference is never picked automatically: it needs the checkpoint, which bundles omit.
-    ort = require("onnxruntime", "cpu", "inference (or \"apclip[gpu]\" on a CUDA machine)")
-    return "ort-cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "ort"
+    from apclip.engine.gpu_backends import AUTO_ORDER, PROBES
 
-
-def _importable(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
+    for name in AUTO_ORDER:
+        if (tensorrt or name != "trt") and PROBES[name](manifest, ckpt).ok:
+            return name
+    require("onnxruntime", "cpu", "inference (or \"apclip[gpu]\" on a CUDA machine)")
+    return "ort"
 
 
 class Recognizer:
@@ -79,28 +76,20 @@ class Recognizer:
                     topk: int = 5, use_cache: bool = True, log: Log = _quiet) -> "Recognizer":
         """Load a bundle (every file checked against its sha256) and pick the runners and the scorer.
 
-        backend: auto | ort | ort-cuda | trt | torch (torch needs `ckpt`, the exported checkpoint).
+        backend: auto | ort | ort-cuda | trt | torch-cuda | torch (torch and torch-cuda need `ckpt`, the
+        exported checkpoint); auto tries trt > torch-cuda > ort-cuda > ort and logs what it chose and why.
         labels: the classes to rank (default: the bundle's); labels not in the bundle are encoded with
         text.onnx from `prompts` (a prompt bank) or the template, and cached on disk unless use_cache
         is False. scorer: auto | numpy | onnx | triton. log: receives one-line progress messages.
         """
         manifest = read_manifest(path)
-        chosen = select_backend(backend, manifest)
-        if chosen == "trt":
-            try:
-                vision, text = trt_runners(manifest, batch_size=batch_size)
-            except BackendUnavailable as exc:
-                if backend != "auto":
-                    raise
-                # auto promised the best backend that works, not an error: fall back and say why.
-                log(f"{exc}; falling back to ONNX Runtime")
-                chosen = select_backend("auto", manifest, tensorrt=False)
-        if chosen in ("ort", "ort-cuda"):
-            vision, text = ort_runners(manifest, cuda=chosen == "ort-cuda", threads=threads, batch_size=batch_size)
-        elif chosen == "torch":
-            vision, text = torch_runners(manifest, ckpt, base, batch_size=batch_size)
+        from apclip.engine.gpu_backends import CONSTRUCTORS, auto_runners
+
+        options = dict(batch_size=batch_size, threads=threads, ckpt=ckpt, base=base)
         if backend == "auto":
-            log(f"backend auto -> {vision.name}")
+            vision, text, _ = auto_runners(manifest, log=log, **options)
+        else:
+            vision, text = CONSTRUCTORS[select_backend(backend, manifest)](manifest, **options)
         bank = None
         if prompts is not None:
             from apclip.prompt_bank import load_prompt_bank

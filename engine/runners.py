@@ -18,7 +18,7 @@ from apclip.errors import ApclipError
 from apclip.extras import require
 
 
-BACKENDS = ("auto", "ort", "ort-cuda", "trt", "torch")
+BACKENDS = ("auto", "ort", "ort-cuda", "trt", "torch-cuda", "torch")
 
 
 class BackendUnavailable(ApclipError):
@@ -71,13 +71,12 @@ class OrtRunner:
 class TorchRunner:
     """The PyTorch reference (ImageEmbedder / TextEmbedder) from the checkpoint the bundle came from."""
 
-    def __init__(self, module, *, device: str = "cpu", batch_size: int = 32, is_text: bool = False):
+    def __init__(self, module, *, device: str = "cpu", batch_size: int = 32):
         self.torch = require("torch", "torch", "the torch backend")
         self.module = module.to(device).eval()
         self.device = device
         self.name = f"torch-{device.split(':')[0]}"
         self.batch_size = batch_size
-        self.is_text = is_text
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
@@ -131,20 +130,21 @@ def ort_runners(manifest: Manifest, *, cuda: bool, threads: int | None, batch_si
     return vision, text
 
 
-def trt_runners(manifest: Manifest, **_):
-    """The TensorRT backend's slot: a later issue returns (vision, text) runners here."""
-    raise BackendUnavailable(f"the TensorRT runner is not part of this release (bundle {manifest.path}): use "
-                             "--backend ort, or ort-cuda with pip install \"apclip[gpu]\"")
+def trt_runners(manifest: Manifest, **options):
+    """(vision, text) TensorRT runners of the bundle's engines (apclip.engine.trt_runner)."""
+    from apclip.engine.trt_runner import trt_runners as build
+
+    return build(manifest, **options)
 
 
-def torch_runners(manifest: Manifest, checkpoint: str | os.PathLike | None, base: str | None, *,
-                  batch_size: int):
+def checked_checkpoint(manifest: Manifest, checkpoint: str | os.PathLike | None, base: str | None, *,
+                       backend: str = "torch"):
+    """The float32 CLIP of `checkpoint`, refused unless it is the one the bundle was exported from."""
     if checkpoint is None:
-        raise BackendUnavailable("backend torch needs --ckpt, the checkpoint the bundle was exported from")
-    torch = require("torch", "torch", "the torch backend")
+        raise BackendUnavailable(f"backend {backend} needs --ckpt, the checkpoint the bundle was exported from")
+    require("torch", "torch", f"the {backend} backend")
     from apclip.bundle import sha256_file
     from apclip.checkpoint import load_model
-    from apclip.model import ImageEmbedder, TextEmbedder
 
     if not Path(checkpoint).is_file():
         raise BackendUnavailable(f"--ckpt {checkpoint} does not exist: pass the checkpoint bundle "
@@ -153,7 +153,15 @@ def torch_runners(manifest: Manifest, checkpoint: str | os.PathLike | None, base
     if expected and sha256_file(checkpoint) != expected:
         raise BackendUnavailable(f"checkpoint {checkpoint} is not the one bundle {manifest.path} was exported "
                                  f"from (sha256 differs); pass the matching --ckpt")
-    model = load_model(checkpoint, base=base)
+    return load_model(checkpoint, base=base)
+
+
+def torch_runners(manifest: Manifest, checkpoint: str | os.PathLike | None, base: str | None, *,
+                  batch_size: int):
+    torch = require("torch", "torch", "the torch backend")
+    from apclip.model import ImageEmbedder, TextEmbedder
+
+    model = checked_checkpoint(manifest, checkpoint, base)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return (TorchRunner(ImageEmbedder(model), device=device, batch_size=batch_size),
-            TorchRunner(TextEmbedder(model), device=device, batch_size=256, is_text=True))
+            TorchRunner(TextEmbedder(model), device=device, batch_size=256))

@@ -78,6 +78,7 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
     if normalize is not None and normalize not in NORMALIZATIONS:
         raise ExportError(f"--normalize {normalize}: choose one of {', '.join(NORMALIZATIONS)}")
     label_list = read_labels(labels) if labels else None
+    out.parent.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after the slow steps
     bank = None
     if prompts:
         from apclip.prompt_bank import load_prompt_bank
@@ -110,7 +111,6 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
     except ValueError:
         raise ExportError(f"checkpoint {ckpt} carries unusable preprocessing {pre}; pass --frames/--clips/--crops") from None
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     # Built next to `out` so the final rename stays on one filesystem; the name is never a bundle path.
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:

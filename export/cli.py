@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             args.ckpt, out=args.out, labels=args.labels, prompts=args.prompts, base=args.base,
             opset=args.opset, frames=args.frames, clips=args.clips, crops=args.crops,
             normalize=args.normalize, batch_max=args.batch_max, verify=args.verify, force=args.force,
-            scorer=args.scorer, progress=args.progress,
+            scorer=args.scorer, progress=args.progress, log=_log,
         )
     except ApclipError as exc:
         if args.debug:
@@ -78,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(summary(result, time.perf_counter() - start))
     return 0
+
+
+def _log(message: str) -> None:
+    # Progress and warnings on stderr: stdout carries the summary only, so it can be redirected cleanly.
+    print(message, file=sys.stderr, flush=True)
 
 
 def summary(result, total: float) -> str:

@@ -17,6 +17,7 @@ from torch import nn
 
 from apclip.bundle import EMBEDDINGS_OUTPUT, SCORER_INPUTS, SCORER_OUTPUT, TEXT_INPUT, VISION_INPUT
 from apclip.model import CLIP, ImageEmbedder, TextEmbedder
+from apclip.scoring import maka_torch
 
 from apclip.export.errors import ExportError
 
@@ -24,15 +25,10 @@ MIN_OPSET = 17
 
 
 class MakaScorer(nn.Module):
-    """frames [B, Nv, E] x classes [K, P, E] (+ counts [K]) -> MAKA scores [B, K] (apclip.scoring)."""
+    """frames [B, Nv, E] x classes [K, P, E] (+ counts [K]) -> MAKA scores [B, K]: apclip.scoring.maka_torch."""
 
     def forward(self, frames: torch.Tensor, classes: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        real = torch.arange(classes.shape[1], device=classes.device)[None, :] < counts[:, None]  # [K, P]
-        sim = torch.einsum("bne,kpe->bknp", frames, classes)  # [B, K, Nv, P]
-        best_prompt = sim.masked_fill(~real[None, :, None, :], float("-inf")).amax(dim=3).mean(dim=2)  # [B, K]
-        best_frame = sim.amax(dim=2).masked_fill(~real[None], 0.0)  # [B, K, P]
-        mean_best_frame = best_frame.sum(dim=2) / counts.to(sim.dtype)  # [B, K]
-        return 0.5 * (best_prompt + mean_best_frame)
+        return maka_torch(frames, classes, counts)
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
     repo/
       vision/config.pbtxt    platform onnxruntime_onnx (1/model.onnx), or tensorrt_plan (1/model.plan)
-                             when the bundle has a TensorRT engine; max_batch_size frames,
+                             when the bundle has a TensorRT vision engine (apclip-build-engine); max_batch_size frames,
                              dynamic_batching, instance_group
       maka/config.pbtxt      Python backend (1/model.py, numpy only) holding the class matrix
                              (1/class_embeddings.npy [K, P, E], 1/class_counts.npy [K], 1/labels.json)
@@ -25,6 +25,7 @@ import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,6 +34,9 @@ from apclip.errors import ApclipError
 from apclip.fileio import publish
 
 from apclip.scale.triton_config import ModelConfig, Step, Tensor
+
+if TYPE_CHECKING:
+    from apclip.engine.trt_cache import EngineKey
 
 ENSEMBLE = "apclip"
 VISION = "vision"
@@ -45,10 +49,34 @@ def model_source(name: str) -> str:
     return resources.files("apclip.scale.triton_models").joinpath(f"{name}.py").read_text(encoding="utf-8")
 
 
-def _engine_file(manifest: Manifest) -> Path | None:
-    engine = (manifest.raw.get("engines") or {}).get("vision")
-    path = manifest.path / engine if isinstance(engine, str) else None
-    return path if path is not None and path.is_file() else None
+def vision_engines(manifest: Manifest) -> dict[str, EngineKey]:
+    """The bundle's TensorRT vision engines (apclip-build-engine), by file name, that are on disk."""
+    from apclip.engine.trt_cache import ENGINES_DIR, EngineCacheError, EngineKey, listed_engines
+
+    found = {}
+    for name, entry in listed_engines(manifest).items():
+        try:
+            key = EngineKey.from_dict(entry["key"])
+        except EngineCacheError:
+            continue
+        if key.graph == "vision" and (manifest.path / ENGINES_DIR / name).is_file():
+            found[name] = key
+    return found
+
+
+def _pick_engine(manifest: Manifest, engine: str | None):
+    """(file name, EngineKey) of the engine to serve, or None; several need --engine to choose."""
+    engines = vision_engines(manifest)
+    if engine is not None:
+        if engine not in engines:
+            raise ApclipError(f"--engine {engine}: not a vision engine of bundle {manifest.path} "
+                              f"(it has: {', '.join(sorted(engines)) or 'none'})")
+        return engine, engines[engine]
+    if len(engines) > 1:
+        # An engine runs only on the GPU model and TensorRT version it was built for: the user knows the target.
+        raise ApclipError(f"bundle {manifest.path} has {len(engines)} vision engines; choose the one built for the "
+                          f"target GPU and the container's TensorRT with --engine ({', '.join(sorted(engines))})")
+    return next(iter(engines.items()), None)
 
 
 def vision_config(manifest: Manifest, kind: str, *, max_batch: int, instances: int, gpu: bool,
@@ -91,7 +119,7 @@ def ensemble_config(manifest: Manifest, num_classes: int, topk: int) -> ModelCon
 
 def write_triton_repo(bundle: str | Path, out: str | Path, *, vision: str = "auto", max_batch: int = 64,
                       instances: int = 1, gpu: bool = True, max_queue_delay_us: int = 2000, topk: int = 5,
-                      threads: int = 0, overwrite: bool = False) -> Path:
+                      threads: int = 0, overwrite: bool = False, engine: str | None = None) -> Path:
     """Write the repository to `out` (a temporary folder renamed into place). Returns `out`."""
     from apclip.engine.vocabulary import bundle_class_matrix
 
@@ -103,10 +131,16 @@ def write_triton_repo(bundle: str | Path, out: str | Path, *, vision: str = "aut
     views = manifest.preprocessing.views * manifest.preprocessing.frames
     if max_batch < views:
         raise ApclipError(f"--max-batch {max_batch}: one clip of this bundle is {views} frames; use at least that")
-    engine = _engine_file(manifest)
-    kind = vision if vision != "auto" else ("tensorrt" if engine is not None else "onnx")
-    if kind == "tensorrt" and engine is None:
-        raise ApclipError(f"bundle {bundle} has no TensorRT engine for the vision encoder; use --vision onnx")
+    picked = _pick_engine(manifest, engine) if vision in ("auto", "tensorrt") else None
+    kind = vision if vision != "auto" else ("tensorrt" if picked is not None else "onnx")
+    if kind == "tensorrt" and picked is None:
+        raise ApclipError(f"bundle {bundle} has no TensorRT engine for the vision encoder (apclip-build-engine "
+                          "makes one on the target GPU); use --vision onnx")
+    if kind == "tensorrt":
+        profile = picked[1].profile
+        if profile.max_batch < views:
+            raise ApclipError(f"engine {picked[0]} takes at most {profile.max_batch} frames, one clip is {views}")
+        max_batch = min(max_batch, profile.max_batch)  # Triton must not send batches the profile cannot take
     out = Path(out)
     if out.exists() and not overwrite:
         raise ApclipError(f"{out} exists: remove it or pass --overwrite")
@@ -125,7 +159,9 @@ def write_triton_repo(bundle: str | Path, out: str | Path, *, vision: str = "aut
         for config in configs:
             (tmp / config.name / "config.pbtxt").write_text(config.pbtxt(), encoding="utf-8")
         if kind == "tensorrt":
-            shutil.copyfile(engine, tmp / VISION / "1" / "model.plan")
+            from apclip.engine.trt_cache import ENGINES_DIR
+
+            shutil.copyfile(manifest.path / ENGINES_DIR / picked[0], tmp / VISION / "1" / "model.plan")
         else:
             shutil.copyfile(manifest.file(VISION_FILE), tmp / VISION / "1" / "model.onnx")
         if kind == "python":
@@ -157,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vision model: onnx (onnxruntime_onnx), tensorrt (tensorrt_plan, needs an engine in the "
                         "bundle), python (ONNX Runtime inside the Python backend); auto: tensorrt if an engine "
                         "exists, else onnx")
+    p.add_argument("--engine", help="the bundle's TensorRT vision engine to serve (file name under engines/), "
+                                    "when it has several")
     p.add_argument("--max-batch", type=int, default=64, help="vision max_batch_size in frames (default 64)")
     p.add_argument("--max-queue-delay-us", type=int, default=2000,
                    help="dynamic batching: longest wait to fill a batch (default 2000 us)")
@@ -173,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = write_triton_repo(args.bundle, args.out, vision=args.vision, max_batch=args.max_batch,
                                 instances=args.instances, gpu=args.gpu, max_queue_delay_us=args.max_queue_delay_us,
-                                topk=args.topk, overwrite=args.overwrite)
+                                topk=args.topk, overwrite=args.overwrite, engine=args.engine)
     except (ApclipError, OSError) as exc:
         print(f"apclip-triton-repo: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1

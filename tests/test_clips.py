@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from apclip.config import NORMALIZATIONS
-from apclip.engine.clips import Clip, iter_window_clips, load_clip
+from apclip.engine.clips import Clip, load_clip
+from apclip.engine.windows import iter_window_clips
 from apclip.preprocessing import Preprocessing
 from apclip.engine.errors import NoFramesError, SourceError, SourceWarning
 from apclip.engine.preprocess import flatten_views, unflatten_views

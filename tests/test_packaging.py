@@ -119,3 +119,68 @@ print(json.dumps({"apclip": apclip.__file__, "engine": apclip.engine.__file__}))
     where = json.loads(run_python(code, cwd=tmp_path, env=env).stdout.strip().splitlines()[-1])
     for module, path in where.items():
         assert Path(path).is_relative_to(site), f"{module} imported from {path}, not the installed wheel"
+
+
+# The torch side of the runtime packages: the reference model, checkpoint reading, the Triton kernel
+# itself and the torch-made kernel cases. Everything else in apclip, apclip.engine and apclip.kernels
+# must import without torch.
+TORCH_MODULES = {"apclip.model", "apclip.checkpoint", "apclip.safe_pickle", "apclip.kernels.maka",
+                 "apclip.kernels.maka_trt_plugin", "apclip.testing.kernel_cases"}
+HEAVY = ("torch", "triton", "onnx", "onnxruntime")
+
+WALK_MODULES = BLOCK_TORCH + """
+import importlib, json, pkgutil
+import apclip, apclip.engine, apclip.kernels
+names = set()
+for package in (apclip, apclip.engine, apclip.kernels):
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        names.add(info.name)
+needs_torch, imported = [], []
+for name in sorted(names):
+    try:
+        importlib.import_module(name)
+        imported.append(name)
+    except ImportError as exc:
+        if "torch is blocked" not in str(exc) and "torch" not in str(exc):
+            raise
+        needs_torch.append(name)
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in {heavy!r})
+print(json.dumps({{"imported": imported, "needs_torch": needs_torch, "heavy": heavy}}))
+"""
+
+
+def test_every_runtime_module_imports_without_torch():
+    """Walks apclip, apclip.engine and apclip.kernels with pkgutil (a lazy __init__ hides nothing): each
+    module imports with torch blocked, except the torch side listed above, and none pulls in torch,
+    triton, onnx or onnxruntime."""
+    code = WALK_MODULES.replace("{heavy!r}", repr(set(HEAVY))).replace("{{", "{").replace("}}", "}")
+    report = json.loads(run_python(code).stdout.strip().splitlines()[-1])
+    assert set(report["needs_torch"]) == TORCH_MODULES, report["needs_torch"]
+    assert {"apclip.engine.recognizer", "apclip.engine.cli", "apclip.engine.runners", "apclip.engine.windows",
+            "apclip.scoring", "apclip.testing.videos", "apclip.testing.assets"} <= set(report["imported"])
+    assert len(report["imported"]) >= 20, report["imported"]
+    assert report["heavy"] == [], f"importing the runtime pulled in {report['heavy']}"
+
+
+def test_onnxruntime_loads_only_when_a_runner_is_built(tiny_bundle):
+    code = BLOCK_TORCH + f"""
+from apclip.engine.recognizer import Recognizer
+import apclip.engine.runners, apclip.engine.scorers, apclip.engine.vocabulary
+assert "onnxruntime" not in sys.modules, "onnxruntime imported before any runner was built"
+rec = Recognizer.from_bundle({str(tiny_bundle)!r}, backend="ort", scorer="numpy")
+assert "onnxruntime" in sys.modules
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "triton", "onnx"))
+assert not heavy, heavy
+print(rec.backend)
+"""
+    assert run_python(code).stdout.strip().splitlines()[-1] == "ort-cpu"
+
+
+def test_python_m_apclip_runs_a_command():
+    result = subprocess.run([sys.executable, "-m", "apclip", "infer", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: apclip-infer")
+    unknown = subprocess.run([sys.executable, "-m", "apclip", "frobnicate"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+    assert unknown.returncode == 2 and "unknown command 'frobnicate'" in unknown.stderr

@@ -259,14 +259,15 @@ def test_auto_backend_says_which(tiny_bundle):
 
 def test_auto_backend_falls_back_when_tensorrt_engines_cannot_run(tiny_bundle, tmp_path, monkeypatch):
     """A bundle with engines on a machine with tensorrt still runs (ORT), and says why."""
-    import apclip.engine.recognizer as recognizer
+    import apclip.engine.gpu_backends as gpu_backends
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
     manifest = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"))
     manifest["engines"] = {"vision": "engines/vision.engine"}
     (bundle / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
-    monkeypatch.setattr(recognizer, "_importable", lambda module: True)
+    monkeypatch.setattr(gpu_backends, "_importable", lambda module: True)
+    monkeypatch.setattr(gpu_backends, "cuda_may_be_present", lambda: True)
     messages: list[str] = []
     rec = Recognizer.from_bundle(bundle, log=messages.append)
     assert rec.backend == "ort-cpu"

@@ -54,19 +54,36 @@ def test_onnx_repository_configs_parse_with_the_settings_asked_for(tiny_bundle, 
     assert len(labels) == embeddings.shape[0] == 5 and embeddings.shape[2] == 64
 
 
+def _add_engine(bundle: Path, gpu: str, max_batch: int) -> str:
+    """List a (fake) vision engine in the manifest the way apclip-build-engine does."""
+    from apclip.engine.trt_cache import ENGINES_DIR, EngineKey, GpuIdentity, Profile
+
+    key = EngineKey("vision", "0" * 64, "10.9.0", GpuIdentity(gpu, (9, 0)), "fp16",
+                    Profile("pixels", 1, 32, max_batch, (3, 32, 32)))
+    (bundle / ENGINES_DIR).mkdir(exist_ok=True)
+    (bundle / ENGINES_DIR / key.file_name()).write_bytes(f"serialized engine for {gpu}".encode())
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest.setdefault("engines", {})[key.file_name()] = {"key": key.to_dict(), "sha256": "unchecked here"}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return key.file_name()
+
+
 def test_tensorrt_engine_gives_a_plan_model_and_cpu_kind(tiny_bundle, tmp_path):
     bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
-    (bundle / "engines").mkdir()
-    (bundle / "engines" / "vision.engine").write_bytes(b"serialized engine")
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["engines"] = {"vision": "engines/vision.engine"}
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
-    out = write_triton_repo(bundle, tmp_path / "repo", gpu=True)
+    name = _add_engine(bundle, "NVIDIA H200", max_batch=40)
+    out = write_triton_repo(bundle, tmp_path / "repo", gpu=True)  # auto: the engine
     vision = parse(out / "vision" / "config.pbtxt")
-    assert vision.platform == "tensorrt_plan"
-    assert (out / "vision" / "1" / "model.plan").read_bytes() == b"serialized engine"
+    assert vision.platform == "tensorrt_plan" and kind_name(vision) == "KIND_GPU"
+    assert vision.max_batch_size == 40  # capped by the engine's profile, not the default 64
+    assert (out / "vision" / "1" / "model.plan").read_bytes() == b"serialized engine for NVIDIA H200"
     cpu = write_triton_repo(bundle, tmp_path / "cpu", vision="onnx", gpu=False)
     assert kind_name(parse(cpu / "vision" / "config.pbtxt")) == "KIND_CPU"
+    other = _add_engine(bundle, "NVIDIA L4", max_batch=64)
+    with pytest.raises(ApclipError, match="--engine"):
+        write_triton_repo(bundle, tmp_path / "two")
+    chosen = write_triton_repo(bundle, tmp_path / "two", engine=other)
+    assert (chosen / "vision" / "1" / "model.plan").read_bytes() == b"serialized engine for NVIDIA L4"
+    assert name != other
 
 
 def test_refusals_leave_nothing_behind(tiny_bundle, tmp_path):
