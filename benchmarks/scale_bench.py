@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -95,6 +96,7 @@ def bench_batch(bundle: Path, videos: list[Path], work: Path, threads: int) -> d
             # Steady state: first to last committed video, without Ray's start and the actors' bundle load.
             row["steady_videos_per_s"] = (len(progress) - 1) / (progress[-1] - progress[0])
         results[f"apclip-batch, {workers} encode worker(s)"] = row
+    shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
     for row in results.values():
         row["videos_per_s"] = len(videos) / row["seconds"]
         if "after_ray_start_s" in row:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,7 +43,14 @@ def archive(tmp_path_factory) -> Path:
     return root
 
 
-def ray_env(tmp: Path) -> dict[str, str]:
+@pytest.fixture
+def ray_env(tmp_path):
+    env = make_ray_env(tmp_path)
+    yield env
+    shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)  # Ray's session logs and sockets
+
+
+def make_ray_env(tmp: Path) -> dict[str, str]:
     home = tmp / "home"
     home.mkdir(exist_ok=True)
     (home / "ray_bootstrap_config.yaml").write_text("")  # `ray` must never find a real cluster config
@@ -68,8 +76,8 @@ def infer_json(bundle: Path, video: Path, out: Path) -> dict | None:
 
 
 @pytest.mark.slow
-def test_batch_killed_and_resumed_matches_apclip_infer(tiny_bundle, archive, tmp_path, capsys):
-    env = ray_env(tmp_path)
+def test_batch_killed_and_resumed_matches_apclip_infer(tiny_bundle, archive, tmp_path, ray_env, capsys):
+    env = ray_env
     output = tmp_path / "results.parquet"
     store = ResultStore(output)
     videos = sorted(str(p) for p in archive.rglob("*") if p.suffix in (".avi", ".mp4"))
