@@ -23,6 +23,7 @@ from typing import Any
 from apclip.config import CROP_COUNTS, ModelConfig
 from apclip.errors import ApclipError
 from apclip.preprocessing import Preprocessing
+from apclip.scoring_protocol import Scoring
 
 FORMAT = "apclip-bundle"
 FORMAT_VERSION = 1
@@ -65,6 +66,17 @@ class Manifest:
     def has(self, name: str) -> bool:
         return name in self.files
 
+    @property
+    def scoring(self) -> Scoring:
+        """The scoring protocol (MAKA with the paper's template for bundles from before protocols)."""
+        return Scoring.from_dict(self.raw.get("scoring"))
+
+    @property
+    def vision_normalized(self) -> bool:
+        """Whether vision.onnx emits L2-normalised embeddings (every bundle but vificlip-protocol ones,
+        whose views are mean-pooled before normalisation)."""
+        return bool(((self.raw.get("io") or {}).get("vision") or {}).get("normalized", True))
+
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
@@ -98,6 +110,7 @@ def read_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
             preprocessing=Preprocessing.from_dict(raw["preprocessing"]),
             labels=list(raw["labels"]), files=dict(raw["files"]), raw=raw,
         )
+        Scoring.from_dict(raw.get("scoring"))  # a bad scoring entry is a bad field too
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"bundle manifest {path} is missing or has a bad field ({exc}); re-run apclip-export") from None
     _check_consistency(manifest, path)
@@ -106,12 +119,29 @@ def read_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
     return manifest
 
 
-def bound_metadata(labels_sha256: str, preprocessing: Preprocessing) -> dict[str, str]:
+def bound_metadata(labels_sha256: str, preprocessing: Preprocessing, scoring: Scoring | None = None) -> dict[str, str]:
     """What classes.safetensors carries of the manifest in its header. That file is hashed in the
-    manifest, so editing the manifest's labels or preprocessing (even with a recomputed
+    manifest, so editing the manifest's labels, preprocessing or scoring (even with a recomputed
     labels_sha256) no longer matches it."""
-    return {"labels_sha256": labels_sha256,
-            "preprocessing": json.dumps(preprocessing.to_dict(), sort_keys=True)}
+    out = {"labels_sha256": labels_sha256, "preprocessing": json.dumps(preprocessing.to_dict(), sort_keys=True)}
+    if scoring is not None:
+        out["scoring"] = json.dumps(scoring.to_dict(), sort_keys=True)
+    return out
+
+
+def _same_bound_value(key: str, stored: str, expected: str) -> bool:
+    """Header and manifest agree. Compared as parsed values, so that headers written before a field existed
+    (preprocessing without a profile) still match the manifest that means the same."""
+    if stored == expected:
+        return True
+    try:
+        if key == "preprocessing":
+            return Preprocessing.from_dict(json.loads(stored)) == Preprocessing.from_dict(json.loads(expected))
+        if key == "scoring":
+            return Scoring.from_dict(json.loads(stored)) == Scoring.from_dict(json.loads(expected))
+    except (ValueError, KeyError, TypeError):
+        return False
+    return False
 
 
 def _bound_to_class_matrix(manifest: Manifest) -> str | None:
@@ -126,9 +156,11 @@ def _bound_to_class_matrix(manifest: Manifest) -> str | None:
             stored = f.metadata() or {}
     except Exception:  # unreadable: verify_files or the loader reports it with its own message
         return None
-    expected = bound_metadata(manifest.raw.get("labels_sha256", ""), manifest.preprocessing)
+    expected = bound_metadata(manifest.raw.get("labels_sha256", ""), manifest.preprocessing, manifest.scoring)
+    if "scoring" not in stored and "preprocessing" in stored:  # bound before protocols existed: compiled for MAKA
+        stored = dict(stored, scoring=json.dumps(Scoring().to_dict(), sort_keys=True))
     for key, value in expected.items():
-        if key in stored and stored[key] != value:
+        if key in stored and not _same_bound_value(key, stored[key], value):
             return f"its {key} does not match the one {CLASSES_FILE} was compiled for (edited by hand?)"
     return None
 

@@ -12,7 +12,9 @@ Formats, detected automatically:
 
 Everything else is read with `torch.load(weights_only=True)`, or, for zips that pickle a known plain-data
 class (ViFi-CLIP's yacs config), with `safe_pickle`'s allow-list reader: a pickle that needs code is refused
-before any of it runs. Each format also implies a pixel normalisation, reported in `preprocessing`.
+before any of it runs. Each format also implies a pixel normalisation and a preprocessing profile, reported
+in `preprocessing`; a ViFi-CLIP config adds its frames, clips, crops and resolution (DATA.*, TEST.*) and its
+single prompt template (TRAINER.ViFi_CLIP.CTX_INIT / ZS_EVAL). `defaults_from` says where each came from.
 """
 from __future__ import annotations
 
@@ -38,6 +40,9 @@ OWN_FORMAT_VERSION = 1
 # The pixel normalisation each format was trained with (config.NORMALIZATIONS); apclip checkpoints
 # carry theirs. ViFi-CLIP, and AP-CLIP trained the same way, normalise 0-255 RGB with ImageNet constants.
 _FORMAT_NORMALIZATION = {"openai": "clip", "openai-torchscript": "clip", "vificlip": "imagenet255", "apclip": "clip"}
+# The preprocessing profile (apclip.preprocessing) each format's own code used; apclip checkpoints carry theirs
+# (none recorded: the profile bundles had before profiles existed).
+_FORMAT_PROFILE = {"openai": "clip", "openai-torchscript": "clip", "vificlip": "vificlip", "apclip": "apclip"}
 # Non-parameter entries OpenAI archives carry (build_model in openai/CLIP deletes the same).
 _OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 
@@ -48,9 +53,12 @@ class Checkpoint:
     format: str  # openai | openai-torchscript | vificlip | apclip
     path: Path
     labels: list[str] | None = None
-    preprocessing: dict[str, Any] | None = None  # e.g. {"normalize": "imagenet255", "frames": 8}
+    preprocessing: dict[str, Any] | None = None  # e.g. {"normalize": "imagenet255", "profile": "vificlip", "frames": 8}
     prompt_bank_sha256: str | None = None
     train_config: dict[str, Any] = field(default_factory=dict)
+    template: str | None = None  # the single prompt per class its code used (ViFi-CLIP's CTX_INIT), if known
+    # Where each value of `preprocessing` and `template` came from, e.g. {"frames": "checkpoint config DATA.NUM_FRAMES"}
+    defaults_from: dict[str, str] = field(default_factory=dict)
 
 
 def _torch_load(path: Path) -> Any:
@@ -178,24 +186,58 @@ def load_checkpoint(path: str | os.PathLike, *, base: str | os.PathLike | None =
         sd = dict(sd)
         sd["token_embedding.weight"] = _token_embedding_from_base(path, base)
     model = _build(path, sd, meta.get("model_config"))
+    preprocessing = dict(meta.get("preprocessing") or {"normalize": _FORMAT_NORMALIZATION[fmt]})
+    defaults_from = dict(meta.get("defaults_from") or {})
+    for key in preprocessing:
+        defaults_from.setdefault(key, f"checkpoint ({fmt})" if meta.get("preprocessing") else f"checkpoint format {fmt}")
+    if "profile" not in preprocessing:
+        preprocessing["profile"] = _FORMAT_PROFILE[fmt]
+        defaults_from["profile"] = (f"checkpoint format {fmt}" if fmt != "apclip" else
+                                    "apclip checkpoint without a profile (the profile of bundles before profiles)")
     return Checkpoint(
         model=model, format=fmt, path=path,
         labels=list(meta["labels"]) if meta.get("labels") else None,
-        preprocessing=dict(meta.get("preprocessing") or {"normalize": _FORMAT_NORMALIZATION[fmt]}),
+        preprocessing=preprocessing,
         prompt_bank_sha256=meta.get("prompt_bank_sha256"),
         train_config=dict(meta.get("train_config") or {}),
+        template=meta.get("template"),
+        defaults_from=defaults_from,
     )
 
 
+# ViFi-CLIP config entries -> preprocessing keys (TEST.NUM_CROP is turned into the crops its pipeline takes).
+_VIFICLIP_CONFIG = {"frames": "DATA.NUM_FRAMES", "resolution": "DATA.INPUT_SIZE", "clips": "TEST.NUM_CLIP",
+                    "crops": "TEST.NUM_CROP"}
+
+
+def _config_value(config: dict[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 def _vificlip_metadata(config: Any) -> dict[str, Any]:
-    """ViFi-CLIP's yacs config (if pickled alongside) as plain dicts, and the preprocessing it implies."""
+    """ViFi-CLIP's yacs config (if pickled alongside) as plain dicts, and the preprocessing and single prompt
+    template it implies (datasets/build.py's test pipeline, trainers/vificlip.py's VLPromptLearner)."""
+    from apclip.preprocessing import vificlip_crops
+    from apclip.scoring_protocol import vificlip_template
+
     config = _plain_dict(config) if isinstance(config, dict) else {}
-    preprocessing: dict[str, Any] = {"normalize": _FORMAT_NORMALIZATION["vificlip"]}
-    data = config.get("DATA")
-    frames = data.get("NUM_FRAMES") if isinstance(data, dict) else None
-    if isinstance(frames, int) and frames > 0:
-        preprocessing["frames"] = frames
-    return {"preprocessing": preprocessing, "train_config": config}
+    preprocessing: dict[str, Any] = {"normalize": _FORMAT_NORMALIZATION["vificlip"], "profile": "vificlip"}
+    sources = {"normalize": "checkpoint format vificlip", "profile": "checkpoint format vificlip"}
+    for key, dotted in _VIFICLIP_CONFIG.items():
+        value = _config_value(config, dotted)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            preprocessing[key] = vificlip_crops(value) if key == "crops" else value
+            sources[key] = f"checkpoint config {dotted}={value}"
+    ctx_init = _config_value(config, "TRAINER.ViFi_CLIP.CTX_INIT")
+    zs_eval = _config_value(config, "TRAINER.ViFi_CLIP.ZS_EVAL") is True
+    template = vificlip_template(ctx_init if isinstance(ctx_init, str) else None, zs_eval)
+    sources["template"] = ("checkpoint config TRAINER.ViFi_CLIP.ZS_EVAL" if zs_eval else
+                           "checkpoint config TRAINER.ViFi_CLIP.CTX_INIT" if isinstance(ctx_init, str) else
+                           "ViFi-CLIP's default CTX_INIT 'a photo of a'")
+    return {"preprocessing": preprocessing, "train_config": config, "template": template, "defaults_from": sources}
 
 
 def _plain_dict(node: dict) -> dict[str, Any]:

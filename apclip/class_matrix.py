@@ -16,6 +16,7 @@ import numpy as np
 from apclip.bundle import CLASS_COUNTS, CLASS_EMBEDDINGS
 from apclip.errors import ApclipError
 from apclip.prompt_bank import format_prompt
+from apclip.scoring_protocol import DEFAULT_TEMPLATE, format_template
 from apclip.tokenizer import CONTEXT_LENGTH, get_tokenizer
 from apclip.fileio import atomic_write
 
@@ -43,16 +44,17 @@ class ClassMatrix:
         return int(self.embeddings.shape[1])
 
 
-def class_prompts(labels: Sequence[str], bank: PromptSource | None) -> tuple[list[list[str]], list[str]]:
+def class_prompts(labels: Sequence[str], bank: PromptSource | None,
+                  template: str = DEFAULT_TEMPLATE) -> tuple[list[list[str]], list[str]]:
     """The prompt texts of each label ("a video of {label}. {description}") and the labels that fell
-    back to the single template "a video of {label}." because the bank has no entry for them."""
+    back to the single `template` (default "a video of {label}.") because the bank has no entry for them."""
     prompts, fallback = [], []
     for label in labels:
         descriptions = bank.descriptions(label) if bank is not None else None
         if descriptions:
             prompts.append([format_prompt(label, d) for d in descriptions])
         else:
-            prompts.append([format_prompt(label)])
+            prompts.append([format_template(template, label)])
             fallback.append(label)
     return prompts, fallback
 

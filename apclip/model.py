@@ -180,10 +180,18 @@ class _Embedder(nn.Module):
 
 
 class ImageEmbedder(_Embedder):
-    """[N, 3, R, R] -> [N, E] normalised: the graph exported as vision.onnx and run by the torch runner."""
+    """[N, 3, R, R] -> [N, E] normalised: the graph exported as vision.onnx and run by the torch runner.
+
+    normalize=False keeps the raw features, which the vificlip scoring protocol mean-pools per view
+    before normalising (as ViFi-CLIP does)."""
+
+    def __init__(self, clip: CLIP, normalize: bool = True):
+        super().__init__(clip)
+        self.normalize = normalize
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return l2_normalize(self.clip.encode_image(pixels).float())
+        features = self.clip.encode_image(pixels).float()
+        return l2_normalize(features) if self.normalize else features
 
 
 class TextEmbedder(_Embedder):

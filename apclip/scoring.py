@@ -102,6 +102,61 @@ def maka_score_views(video: Any, c: Any, counts: Any = None, views: str = "pool"
     raise ValueError(f"views must be 'pool' or 'mean', got {views!r}")
 
 
+def vificlip_score(frames: Any, text: Any, frames_per_view: int, logit_scale: float) -> Any:
+    """ViFi-CLIP's test score (main.py validate + ViFi_CLIP.forward), [B, V*T, E] x [K, E] -> [B, K].
+
+    frames: the encoder's per-frame features in view-major order, unnormalised as ViFi-CLIP pools them
+    (normalised inputs are accepted, but then the pooling weighs frames differently); text: one
+    L2-normalised embedding per class. Per view: mean over T, normalise, logit_scale * cosine, softmax
+    over K; summed over V. numpy in, numpy out (float64 inside); torch in, torch out (traceable).
+    """
+    if frames.ndim != 3 or text.ndim != 2 or frames.shape[-1] != text.shape[-1]:
+        raise ValueError(f"expected frames [B, V*T, E] and text [K, E], got {tuple(frames.shape)} and {tuple(text.shape)}")
+    t = int(frames_per_view)
+    if _is_torch(frames):
+        import torch
+
+        b, n, e = frames.shape
+        video = frames.reshape(b, n // t, t, e).mean(dim=2)  # [B, V*T, E] -> [B, V, T, E] -> [B, V, E]
+        video = video / (video * video).sum(dim=-1, keepdim=True).sqrt()
+        logits = logit_scale * torch.einsum("bve,ke->bvk", video, torch.as_tensor(text, device=video.device).to(video.dtype))
+        return logits.softmax(dim=-1).sum(dim=1)  # [B, V, K] -> [B, K]
+    frames = np.asarray(frames, dtype=np.float64)
+    b, n, e = frames.shape
+    if n % t:
+        raise ValueError(f"{n} frames are not a whole number of views of {t} frames")
+    video = frames.reshape(b, n // t, t, e).mean(axis=2)  # [B, V*T, E] -> [B, V, T, E] -> [B, V, E]
+    video /= np.linalg.norm(video, axis=-1, keepdims=True)
+    logits = logit_scale * np.einsum("bve,ke->bvk", video, np.asarray(text, dtype=np.float64))  # [B, V, K]
+    logits -= logits.max(axis=-1, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    return probs.sum(axis=1)  # [B, V, K] -> [B, K]
+
+
+@dataclass(frozen=True)
+class ViewExplanation:
+    """One view's part in a vificlip score: its pooled cosine with the class and its softmax probability."""
+
+    view: int
+    cosine: float
+    probability: float
+
+
+def explain_vificlip(frames: Any, text: Any, frames_per_view: int, logit_scale: float,
+                     classes: Sequence[int]) -> list[list[ViewExplanation]]:
+    """For one video's features [V*T, E] and [K, E] class embeddings: per class, every view's cosine and probability."""
+    frames = np.asarray(frames, dtype=np.float64)
+    t = int(frames_per_view)
+    video = frames.reshape(frames.shape[0] // t, t, -1).mean(axis=1)  # [V*T, E] -> [V, T, E] -> [V, E]
+    video /= np.linalg.norm(video, axis=-1, keepdims=True)
+    cosine = video @ np.asarray(text, dtype=np.float64).T  # [V, K]
+    logits = logit_scale * cosine
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    return [[ViewExplanation(v, float(cosine[v, k]), float(probs[v, k])) for v in range(len(video))] for k in classes]
+
+
 def mean_pool_score(v: Any, c: Any, counts: Any = None) -> np.ndarray:
     """Single-prompt baseline: cosine of the mean-pooled video and the mean of the class's prompts."""
     _check_shapes(v, c)

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     from apclip.class_matrix import ClassMatrix
     from apclip.engine import Recognizer
     from apclip.engine.clips import load_clip
-    from apclip.engine.preprocess import make_views, resize_short_side
+    from apclip.engine.preprocess import resize_frame, spec_views
     from apclip.engine.sampling import sample_segment_indices
     from apclip.engine.scorers import NumpyScorer
     from apclip.engine.sources import open_source
@@ -158,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                       for row in sample_segment_indices(frame_count, spec.frames, spec.clips)]
 
     def preprocess_only() -> np.ndarray:
-        resized = [[resize_short_side(f, spec.resolution) for f in row] for row in rows_of_frames]
-        return make_views(resized, spec.resolution, spec.crops, spec.normalization)
+        resized = [[resize_frame(f, spec) for f in row] for row in rows_of_frames]
+        return spec_views(resized, spec)
 
     clip = load_clip(video, spec)
     rng = np.random.default_rng(0)

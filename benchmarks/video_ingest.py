@@ -59,7 +59,7 @@ def _summary(seconds: list[float]) -> dict[str, float]:
 
 def _decode(path: Path, threads: int | None, resize_workers: int | None) -> int:
     """Decode every frame; resize each too when resize_workers is not None. Returns frames seen."""
-    resizer = FrameResizer(SPEC.resolution, resize_workers) if resize_workers is not None else None
+    resizer = FrameResizer(SPEC, resize_workers) if resize_workers is not None else None
     count = 0
     with open_source(path, threads=threads) as source:
         for frame in source.frames():
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     del decoded
 
     def preprocess_only(workers: int) -> None:
-        resizer = FrameResizer(SPEC.resolution, workers)
+        resizer = FrameResizer(SPEC, workers)
         handles = [[resizer.submit(f) for f in row] for row in clip_frames]
         make_views([[resizer.get(h) for h in row] for row in handles], SPEC.resolution, SPEC.crops,
                    SPEC.normalization)

@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", default="bundle", help="bundle directory (default: bundle)")
     p.add_argument("--labels", help="labels file; labels not in the bundle are encoded at run time")
     p.add_argument("--prompts", help="prompt bank JSON for labels not in the bundle (else the template)")
+    p.add_argument("--template", help="text of run-time labels without bank entries, {} marks the label, e.g. "
+                                      "\"a photo of a {}.\" (default: the bundle's)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="vision/text runner (default auto: ORT CUDA when available, else ORT CPU)")
     p.add_argument("--scorer", default="auto", choices=SCORERS,
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             labels = read_labels(args.labels) if args.labels else None
             rec = Recognizer.from_bundle(args.bundle, args.backend, labels, prompts=args.prompts, scorer=args.scorer,
                                          threads=args.threads, ckpt=args.ckpt, base=args.base, topk=args.topk,
-                                         use_cache=args.cache, log=log)
+                                         use_cache=args.cache, template=args.template, log=log)
             log(f"bundle {args.bundle}: {len(rec.labels)} classes, runner {rec.backend}, scorer {rec.scorer.name}, "
                 f"mode {mode}")
             json_file = (_LiveLines if is_live(args.source) else _AtomicLines)(args.json_out) if args.json_out else None
@@ -137,6 +139,13 @@ def check_arguments(args: argparse.Namespace, mode: str) -> None:
         raise ApclipError(f"--topk {args.topk}: show at least 1 class")
     if args.window <= 0 or args.stride <= 0:
         raise ApclipError(f"--window {args.window:g} / --stride {args.stride:g}: both must be positive seconds")
+    if args.template is not None:
+        from apclip.scoring_protocol import check_template
+
+        try:
+            check_template(args.template)
+        except ValueError as exc:
+            raise ApclipError(f"--template: {exc}") from None
     if args.threads is not None and args.threads < 1:
         raise ApclipError(f"--threads {args.threads}: use 1 or more (or leave it out for all cores)")
     if mode == "clip" and is_live(args.source):
@@ -181,11 +190,17 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def format_prediction(pred: Prediction, explain: bool = False) -> str:
     approx = " (approximate sampling: frame count unknown or wrong)" if pred.approximate else ""
     timings = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in pred.timings.items())
-    lines = [f"{pred.source}: {pred.frames} frames, {pred.backend} + {pred.scorer}{approx} [{timings}]",
+    lines = [f"{pred.source}: {pred.frames} frames, {pred.backend} + {pred.scorer} ({pred.protocol}){approx} "
+             f"[{timings}]",
              f"  {'rank':>4s}  {'score':>8s}  label"]
     lines += [f"  {i + 1:4d}  {t.score:8.4f}  {t.label}" for i, t in enumerate(pred.top)]
     if explain and pred.explanations:
         for e in pred.explanations:
+            if e.views is not None:  # vificlip: ViFi-CLIP scores views, not frames
+                lines.append(f"  why '{e.label}' ({e.score:.4f}): per view, softmax probability (summed)")
+                lines += [f"    view {v.view} frames {v.first_frame}-{v.last_frame} @ {v.start:7.2f}-{v.end:.2f}s  "
+                          f"cos {v.similarity:.3f}  p {v.probability:.4f}  {v.prompt}" for v in e.views]
+                continue
             lines.append(f"  why '{e.label}' ({e.score:.4f}): best prompt per frame")
             for f in e.frames:
                 lines.append(f"    view {f.view} frame {f.frame:5d} @ {f.time:7.2f}s  {f.similarity:.3f}  {f.prompt}")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from apclip.engine.errors import NoFramesError, SourceError
-from apclip.engine.preprocess import make_views, resize_short_side
+from apclip.engine.preprocess import resize_frame, spec_views
 from apclip.engine.sampling import StridedReservoir, nearest_kept, sample_segment_indices, sample_train_indices
 from apclip.engine.sources import SourceInfo, SourceSpec, open_source
 from apclip.preprocessing import Preprocessing
@@ -46,21 +46,22 @@ class Clip:
 
 
 class FrameResizer:
-    """Resize frames to the short side R inline, or on a small thread pool (cv2 releases the GIL).
+    """Resize frames as the profile says (preprocess.resize_frame) inline, or on a small thread pool
+    (cv2 and PIL release the GIL).
 
     At most 2 * workers frames wait for the pool, so full-resolution frames never pile up.
     """
 
-    def __init__(self, size: int, workers: int) -> None:
-        self._size = size
+    def __init__(self, spec: Preprocessing, workers: int) -> None:
+        self._spec = spec
         self._pool = concurrent.futures.ThreadPoolExecutor(workers) if workers > 0 else None
         self._pending: collections.deque[concurrent.futures.Future] = collections.deque()
         self._limit = 2 * workers
 
     def submit(self, image: np.ndarray) -> Any:
         if self._pool is None:
-            return resize_short_side(image, self._size)
-        future = self._pool.submit(resize_short_side, image, self._size)
+            return resize_frame(image, self._spec)
+        future = self._pool.submit(resize_frame, image, self._spec)
         self._pending.append(future)
         while len(self._pending) > self._limit:
             self._pending.popleft().result()
@@ -79,7 +80,7 @@ def assemble_views(kept: dict[int, tuple[Any, float]], indices: np.ndarray, spec
     """[N, T] indices into kept frames -> views [V, T, 3, R, R], indices [V, T], timestamps [V, T]."""
     frames = [[FrameResizer.get(kept[int(i)][0]) for i in row] for row in indices]
     times = np.array([[kept[int(i)][1] for i in row] for row in indices], dtype=np.float64)  # [N, T]
-    views = make_views(frames, spec.resolution, spec.crops, spec.normalization)
+    views = spec_views(frames, spec)
     # [N, T] -> [V, T]: every clip's row repeated once per crop, matching the clip-major view order
     return views, np.repeat(indices, spec.crops, axis=0), np.repeat(times, spec.crops, axis=0)
 
@@ -124,7 +125,7 @@ def load_clip(source: SourceSpec, spec: Preprocessing = Preprocessing(), *, mode
         return sample_segment_indices(count, spec.frames, spec.clips)
 
     src = open_source(source, fps=fps)
-    resizer = FrameResizer(spec.resolution, workers)
+    resizer = FrameResizer(spec, workers)
     try:
         info = src.info
         if info.live and max_frames is None:

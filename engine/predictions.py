@@ -25,10 +25,25 @@ class FrameMatch:
 
 
 @dataclass(frozen=True)
+class ViewMatch:
+    """One view's part in a vificlip-protocol score (ViFi-CLIP scores views, not frames)."""
+
+    view: int  # view index (clip-major)
+    first_frame: int  # decoded frame index of the view's first and last frame
+    last_frame: int
+    start: float  # seconds of those frames
+    end: float
+    prompt: str  # the class's one prompt
+    similarity: float  # cosine of the view's mean-pooled features with the prompt
+    probability: float  # the view's softmax probability of the class (the score sums these)
+
+
+@dataclass(frozen=True)
 class Explanation:
     label: str
     score: float
-    frames: list[FrameMatch]
+    frames: list[FrameMatch]  # maka: every frame's best prompt
+    views: list[ViewMatch] | None = None  # vificlip: every view's similarity and probability
 
 
 @dataclass
@@ -37,9 +52,10 @@ class Prediction:
 
     source: str
     top: list[LabelScore]
-    scores: np.ndarray = field(repr=False)  # [K] MAKA score of every class, in label order
+    scores: np.ndarray = field(repr=False)  # [K] score of every class (by `protocol`), in label order
     backend: str = ""
     scorer: str = ""
+    protocol: str = "maka"  # scoring protocol that made the scores: maka | vificlip (sum of per-view softmax)
     frames: int = 0  # frame embeddings scored together (views x T)
     approximate: bool = False  # sampled from an unknown or wrong frame count (nearest kept frames)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
@@ -53,17 +69,12 @@ class Prediction:
         out: dict[str, Any] = {
             "source": self.source,
             "top": [{"label": t.label, "score": round(t.score, 6)} for t in self.top],
-            "backend": self.backend, "scorer": self.scorer, "frames": self.frames,
+            "backend": self.backend, "scorer": self.scorer, "protocol": self.protocol, "frames": self.frames,
             "approximate": self.approximate,
             "timings_ms": {k: round(v * 1000, 3) for k, v in self.timings.items()},
         }
         if self.explanations is not None:
-            out["explain"] = [
-                {"label": e.label, "score": round(e.score, 6),
-                 "frames": [{"view": f.view, "frame": f.frame, "time": round(f.time, 3), "prompt": f.prompt,
-                             "similarity": round(f.similarity, 6)} for f in e.frames]}
-                for e in self.explanations
-            ]
+            out["explain"] = [_explanation_dict(e) for e in self.explanations]
         return out
 
 
@@ -80,3 +91,16 @@ class WindowPrediction(Prediction):
         out = {"source": out.pop("source"), "window": self.index, "start": round(self.start, 3),
                "end": round(self.end, 3), **out}
         return out
+
+
+def _explanation_dict(e: Explanation) -> dict[str, Any]:
+    out: dict[str, Any] = {"label": e.label, "score": round(e.score, 6)}
+    if e.views is not None:
+        out["views"] = [{"view": v.view, "frames": [v.first_frame, v.last_frame],
+                         "time": [round(v.start, 3), round(v.end, 3)], "prompt": v.prompt,
+                         "similarity": round(v.similarity, 6), "probability": round(v.probability, 6)}
+                        for v in e.views]
+    else:
+        out["frames"] = [{"view": f.view, "frame": f.frame, "time": round(f.time, 3), "prompt": f.prompt,
+                          "similarity": round(f.similarity, 6)} for f in e.frames]
+    return out

@@ -6,7 +6,8 @@
         print(window.start, window.top[0].label)
 
 Clip mode samples T frames x N temporal clips x C crops (the bundle's numbers), encodes all V*T
-frames and scores them together with MAKA. Stream mode samples each window with one temporal clip
+frames and scores them with the bundle's protocol (MAKA over all frames pooled, or ViFi-CLIP's
+per-view softmax summed over views). Stream mode samples each window with one temporal clip
 and the bundle's crops. Decoding and preprocessing run in a producer thread, a window ahead of the
 encoder, so neither waits while both are busy.
 """
@@ -26,7 +27,7 @@ from apclip.extras import require
 
 from apclip.engine.clips import Clip, load_clip
 from apclip.engine.windows import iter_window_clips
-from apclip.engine.predictions import Explanation, FrameMatch, LabelScore, Prediction, WindowPrediction
+from apclip.engine.predictions import Explanation, FrameMatch, LabelScore, Prediction, ViewMatch, WindowPrediction
 from apclip.engine.preprocess import flatten_views
 from apclip.engine.runners import BACKENDS, BackendUnavailable, EncoderRunner, encode_in_batches
 from apclip.engine.scorers import Scorer, make_scorer
@@ -65,6 +66,7 @@ class Recognizer:
         self.topk = topk
         self.workers = workers
         self.spec = manifest.preprocessing
+        self.scoring = manifest.scoring
         # How the class matrix was made: {"reused": bundle rows, "encoded": new labels run through the
         # text encoder, "cached": new labels read from the on-disk cache} (set by from_bundle).
         self.class_stats: dict[str, int] = {"reused": classes.num_classes, "encoded": 0, "cached": 0}
@@ -73,16 +75,26 @@ class Recognizer:
     def from_bundle(cls, path: str | os.PathLike, backend: str = "auto", labels: Sequence[str] | None = None, *,
                     prompts: str | os.PathLike | None = None, scorer: str = "auto", threads: int | None = None,
                     batch_size: int = 32, ckpt: str | os.PathLike | None = None, base: str | None = None,
-                    topk: int = 5, use_cache: bool = True, log: Log = _quiet) -> "Recognizer":
+                    topk: int = 5, use_cache: bool = True, template: str | None = None,
+                    log: Log = _quiet) -> "Recognizer":
         """Load a bundle (every file checked against its sha256) and pick the runners and the scorer.
 
         backend: auto | ort | ort-cuda | trt | torch-cuda | torch (torch and torch-cuda need `ckpt`, the
         exported checkpoint); auto tries trt > torch-cuda > ort-cuda > ort and logs what it chose and why.
         labels: the classes to rank (default: the bundle's); labels not in the bundle are encoded with
         text.onnx from `prompts` (a prompt bank) or the template, and cached on disk unless use_cache
-        is False. scorer: auto | numpy | onnx | triton. log: receives one-line progress messages.
+        is False. scorer: auto | numpy | onnx | triton. template: text of new labels without bank
+        entries (default: the bundle's). log: receives one-line progress messages.
         """
+        from apclip.errors import ApclipError
+        from apclip.scoring_protocol import check_template
+
         manifest = read_manifest(path)
+        template = template or manifest.scoring.template
+        try:
+            check_template(template)
+        except ValueError as exc:
+            raise ApclipError(f"--template: {exc}") from None
         from apclip.engine.gpu_backends import CONSTRUCTORS, auto_runners
 
         options = dict(batch_size=batch_size, threads=threads, ckpt=ckpt, base=base)
@@ -91,7 +103,10 @@ class Recognizer:
         else:
             vision, text = CONSTRUCTORS[select_backend(backend, manifest)](manifest, **options)
         bank = None
-        if prompts is not None:
+        if prompts is not None and manifest.scoring.protocol == "vificlip":
+            log(f"note: bundle {path} scores with the vificlip protocol (one prompt per class): {prompts} is not "
+                f"used; new labels use the template {template!r}")
+        elif prompts is not None:
             from apclip.prompt_bank import load_prompt_bank
 
             bank = load_prompt_bank(prompts)
@@ -99,9 +114,10 @@ class Recognizer:
             if bank.sha256 != exported and set(bank.labels) & set(manifest.labels):
                 log(f"note: {prompts} differs from the prompt bank the bundle was exported with; labels already "
                     f"in the bundle keep their exported prompts (re-export to use the new ones)")
-        classes, stats = resolve_classes(manifest, labels, bank, text, use_cache=use_cache, log=log)
+        classes, stats = resolve_classes(manifest, labels, bank, text, use_cache=use_cache, template=template,
+                                         log=log)
         if classes.prompt_texts is None:
-            classes.prompt_texts = _prompt_texts(manifest, classes, bank)
+            classes.prompt_texts = _prompt_texts(manifest, classes, bank, template)
         rec = cls(manifest, vision, text, classes, make_scorer(scorer, manifest), topk=topk,
                   workers=1 if (os.cpu_count() or 1) > 1 else 0)
         rec.class_stats = stats
@@ -117,11 +133,11 @@ class Recognizer:
 
     # -- one clip -> scores -------------------------------------------------------------------
     def encode_clip(self, clip: Clip) -> np.ndarray:
-        """[V, T, 3, R, R] views -> [V*T, E] normalised frame embeddings."""
+        """[V, T, 3, R, R] views -> [V*T, E] frame embeddings (normalised; raw features for vificlip bundles)."""
         return encode_in_batches(self.vision, flatten_views(clip.views))  # [V*T, 3, R, R] -> [V*T, E]
 
     def score(self, embeddings: np.ndarray) -> np.ndarray:
-        """[Nv, E] -> [K] MAKA scores of all classes (all frames pooled into one set)."""
+        """[Nv, E] -> [K] scores of all classes by the bundle's protocol (maka: all frames pooled into one set)."""
         return self.scorer(embeddings[None], self.classes)[0]
 
     def _fill(self, pred: Prediction, clip: Clip, timings: dict[str, float], topk: int, explain: bool,
@@ -139,15 +155,20 @@ class Recognizer:
         order = np.argsort(-scores, kind="stable")[:topk]
         pred.top = [LabelScore(self.labels[k], float(scores[k])) for k in order]
         pred.scores = scores
-        pred.backend, pred.scorer = self.backend, self.scorer.name
+        pred.backend, pred.scorer, pred.protocol = self.backend, self.scorer.name, self.scoring.protocol
         pred.frames, pred.approximate, pred.timings = len(emb), bool(clip.approximate), timings
         if explain:
             pred.explanations = self.explain(emb, clip, order)
 
     def explain(self, emb: np.ndarray, clip: Clip, classes: Iterable[int]) -> list[Explanation]:
-        """For each class, the prompt every frame matched best, with its similarity."""
+        """For each class, the prompt every frame matched best, with its similarity (maka), or every
+        view's similarity and probability (vificlip)."""
         from apclip.scoring import explain as explain_scores
 
+        if self.scoring.protocol == "vificlip":
+            return self._explain_views(emb, clip, list(classes))
+        if not self.manifest.vision_normalized:
+            emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
         frames = clip.frame_indices.reshape(-1)  # [V, T] -> [V*T]
         times = clip.timestamps.reshape(-1)
         t = clip.frame_indices.shape[1]
@@ -158,6 +179,20 @@ class Recognizer:
                                   texts[p] if texts else f"prompt {p}", sim)
                        for i, (p, sim) in enumerate(zip(ex.best_prompt_per_frame, ex.frame_similarity))]
             out.append(Explanation(self.labels[ex.class_index], ex.score, matches))
+        return out
+
+    def _explain_views(self, emb: np.ndarray, clip: Clip, classes: list[int]) -> list[Explanation]:
+        from apclip.scoring import explain_vificlip
+
+        text = self.classes.embeddings[:, 0]  # [K, P, E] -> [K, E]: one prompt per class
+        per_class = explain_vificlip(emb, text, clip.frame_indices.shape[1], float(self.scoring.logit_scale), classes)
+        out = []
+        for k, views in zip(classes, per_class):
+            prompt = self.classes.prompt_texts[k][0] if self.classes.prompt_texts else "prompt 0"
+            matches = [ViewMatch(v.view, int(clip.frame_indices[v.view, 0]), int(clip.frame_indices[v.view, -1]),
+                                 float(clip.timestamps[v.view, 0]), float(clip.timestamps[v.view, -1]), prompt,
+                                 v.cosine, v.probability) for v in views]
+            out.append(Explanation(self.labels[k], float(sum(v.probability for v in views)), [], matches))
         return out
 
     # -- whole video ----------------------------------------------------------------------------
@@ -196,7 +231,7 @@ class Recognizer:
             yield pred
 
 
-def _prompt_texts(manifest: Manifest, classes: ClassMatrix, bank) -> list[list[str]] | None:
+def _prompt_texts(manifest: Manifest, classes: ClassMatrix, bank, template: str) -> list[list[str]] | None:
     """Row texts for explanations: the bundle's prompts.json for its labels, the bank or template for new ones."""
     if not manifest.has(PROMPTS_FILE):
         return None
@@ -208,7 +243,7 @@ def _prompt_texts(manifest: Manifest, classes: ClassMatrix, bank) -> list[list[s
         return None
     texts = dict(zip(known, stored))
     new = [label for label in classes.labels if label not in texts]
-    texts.update(zip(new, class_prompts(new, bank)[0]))
+    texts.update(zip(new, class_prompts(new, bank, template)[0]))
     return [texts[label] for label in classes.labels]
 
 

@@ -2,6 +2,8 @@
 
 A runner maps a batch to L2-normalised float32 embeddings:
   vision: pixels [N, 3, R, R] float32 -> [N, E];  text: tokens [M, 77] int64 -> [M, E].
+(Bundles scored with the vificlip protocol export vision.onnx with raw features, `io.vision.normalized`
+false in the manifest: ViFi-CLIP mean-pools each view before normalising.)
 TensorRT (a later backend) implements the same `EncoderRunner` protocol, so callers never change.
 """
 from __future__ import annotations
@@ -163,5 +165,6 @@ def torch_runners(manifest: Manifest, checkpoint: str | os.PathLike | None, base
 
     model = checked_checkpoint(manifest, checkpoint, base)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return (TorchRunner(ImageEmbedder(model), device=device, batch_size=batch_size),
+    return (TorchRunner(ImageEmbedder(model, normalize=manifest.vision_normalized), device=device,
+                        batch_size=batch_size),
             TorchRunner(TextEmbedder(model), device=device, batch_size=256))

@@ -1,7 +1,9 @@
-"""MAKA scorers: numpy (default), the bundle's scorer.onnx, and the fused Triton kernel (CUDA).
+"""Scorers: numpy (default), the bundle's scorer.onnx, and the fused Triton MAKA kernel (CUDA).
 
 All take frame embeddings [B, Nv, E] (the pooled views of each video) and the class matrix, and
-return [B, K] float32 scores equal to `apclip.scoring.maka_score` within DESIGN.md tolerances.
+return [B, K] float32 scores. The bundle's scoring protocol decides what they compute: `maka` equals
+`apclip.scoring.maka_score` within DESIGN.md tolerances; `vificlip` equals `apclip.scoring.vificlip_score`
+(Nv = V * T view-major frame features, one prompt per class), which the Triton kernel does not compute.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from apclip.bundle import SCORER_FILE, SCORER_INPUTS, Manifest
 from apclip.class_matrix import ClassMatrix
 from apclip.errors import ApclipError
 from apclip.extras import require
-from apclip.scoring import maka_score
+from apclip.scoring import maka_score, vificlip_score
 
 from apclip.engine.runners import BackendUnavailable
 
@@ -32,6 +34,20 @@ class NumpyScorer:
 
     def __call__(self, frames: np.ndarray, classes: ClassMatrix) -> np.ndarray:
         return maka_score(frames, classes.embeddings, classes.counts).astype(np.float32)
+
+
+class VificlipScorer:
+    """ViFi-CLIP's protocol in numpy: per view mean pool, cosine x logit_scale, softmax, summed over views."""
+
+    name = "numpy"
+
+    def __init__(self, frames_per_view: int, logit_scale: float):
+        self.frames_per_view = frames_per_view
+        self.logit_scale = logit_scale
+
+    def __call__(self, frames: np.ndarray, classes: ClassMatrix) -> np.ndarray:
+        text = classes.embeddings[:, 0]  # [K, P, E] -> [K, E]: one prompt per class
+        return vificlip_score(frames, text, self.frames_per_view, self.logit_scale).astype(np.float32)
 
 
 class OnnxScorer:
@@ -114,6 +130,15 @@ class AutoTritonScorer:
 
 
 def make_scorer(name: str, manifest: Manifest) -> Scorer:
+    scoring = manifest.scoring
+    if scoring.protocol == "vificlip":
+        if name in ("auto", "numpy"):
+            return VificlipScorer(manifest.preprocessing.frames, float(scoring.logit_scale))
+        if name == "onnx":
+            return OnnxScorer(manifest)  # its scorer.onnx was exported with the vificlip graph
+        if name == "triton":
+            raise BackendUnavailable(f"the triton scorer computes MAKA; bundle {manifest.path} scores with the "
+                                     f"vificlip protocol: use --scorer numpy or onnx")
     if name == "numpy":
         return NumpyScorer()
     if name == "onnx":

@@ -255,7 +255,7 @@ def torch_cuda_runners(manifest: Manifest, checkpoint, base: str | None, *, batc
     model = cast_for_inference(checked_checkpoint(manifest, checkpoint, base, backend="torch-cuda"), precision)
     config = model.config
     r = config.image_resolution
-    vision = TorchCudaRunner(ImageEmbedder(model), tail=(3, r, r), input_dtype=torch.float32, device=device,
+    vision = TorchCudaRunner(ImageEmbedder(model, normalize=manifest.vision_normalized), tail=(3, r, r), input_dtype=torch.float32, device=device,
                              batch_size=graph_batch_max(manifest, "vision", batch_size), graphs=graphs,
                              name=f"torch-cuda-{precision}",
                              normalize=GpuNormalize(manifest.preprocessing.normalization, device, dtype))

@@ -1,9 +1,9 @@
 """Open vocabulary at run time: the class matrix for any label list, reusing the bundle's rows.
 
 Labels in the bundle reuse their precompiled rows. New labels are encoded with text.onnx (no torch)
-from their prompt-bank entries, else the template "a video of {label}.". Encoded new labels are
-cached on disk, keyed by the text encoder's sha256, the labels and their prompt texts, so the next
-run starts instantly. Cache files are written atomically and carry their key and a sha256 of their
+from their prompt-bank entries, else the template (the bundle's, default "a video of {label}.").
+Encoded new labels are cached on disk, keyed by the text encoder's sha256, the labels and their
+prompt texts, so the next run starts instantly. Cache files are written atomically and carry their key and a sha256 of their
 tensors; an entry that does not match is rebuilt, not trusted.
 """
 from __future__ import annotations
@@ -37,9 +37,11 @@ def bundle_class_matrix(manifest: Manifest) -> ClassMatrix:
 
 
 def resolve_classes(manifest: Manifest, labels: Sequence[str] | None, bank: PromptSource | None,
-                    text_runner: EncoderRunner, *, use_cache: bool = True,
+                    text_runner: EncoderRunner, *, use_cache: bool = True, template: str | None = None,
                     log=lambda message: None) -> tuple[ClassMatrix, dict[str, int]]:
-    """The class matrix for `labels` (default: the bundle's) and stats {reused, encoded, cached}."""
+    """The class matrix for `labels` (default: the bundle's) and stats {reused, encoded, cached}.
+
+    template: text of new labels without bank entries (default: the bundle's scoring template)."""
     base = bundle_class_matrix(manifest)
     if labels is not None and not list(labels):
         raise ApclipError("the label list is empty: give at least one label (or none, for the bundle's)")
@@ -53,7 +55,7 @@ def resolve_classes(manifest: Manifest, labels: Sequence[str] | None, bank: Prom
     new = None
     stats = {"reused": len(labels) - len(new_labels), "encoded": 0, "cached": 0}
     if new_labels:
-        prompts, fallback = class_prompts(new_labels, bank)
+        prompts, fallback = class_prompts(new_labels, bank, template or manifest.scoring.template)
         key = _cache_key(manifest, new_labels, prompts)
         path = cache_dir() / f"{key}.safetensors"
         if use_cache:

@@ -104,7 +104,7 @@ class WindowClips:
 
     def __iter__(self) -> Iterator[Clip]:
         src = open_source(self._source_spec, fps=self._fps)
-        resizer = FrameResizer(self.spec.resolution, self._workers)
+        resizer = FrameResizer(self.spec, self._workers)
         try:
             yield from self._windows(src, resizer)
         finally:

@@ -19,9 +19,10 @@ from apclip import __version__
 from apclip.bundle import (bound_metadata, CLASSES_FILE, EMBEDDINGS_OUTPUT, FORMAT, FORMAT_VERSION, MANIFEST, PROMPTS_FILE, SCORER_FILE,
                            SCORER_INPUTS, SCORER_OUTPUT, TEXT_FILE, TEXT_INPUT, VISION_FILE, VISION_INPUT,
                            sha256_file)
-from apclip.config import CROP_COUNTS, DEFAULT_CLIPS, DEFAULT_CROPS, DEFAULT_FRAMES, NORMALIZATIONS, normalization
+from apclip.config import CROP_COUNTS, NORMALIZATIONS
 from apclip.fileio import publish
-from apclip.preprocessing import Preprocessing
+from apclip.preprocessing import PROFILES, Preprocessing
+from apclip.scoring_protocol import PROTOCOLS, Scoring, check_template
 
 from apclip.export.errors import ExportError
 from apclip.export.verify import VerificationReport
@@ -32,10 +33,6 @@ Log = Callable[[str], None]
 def text_batch_max(batch_max: int) -> int:
     # Run-time labels are encoded 256 prompts at a time; never let a small vision limit starve that.
     return max(batch_max, 4096)
-
-
-def _first_given(*values):
-    return next(v for v in values if v is not None)
 
 
 @dataclass
@@ -55,8 +52,13 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
                   opset: int = 17, frames: int | None = None, clips: int | None = None, crops: int | None = None,
                   normalize: str | None = None, batch_max: int = 1024, verify: bool = True, force: bool = False,
                   scorer: bool = False, progress: bool = True, log: Log = print,
+                  profile: str | None = None, scoring: str | None = None, template: str | None = None,
                   _before_rename: Callable[[Path], None] | None = None) -> ExportResult:
-    """Export `ckpt` to a bundle at `out`. Defaults come from the checkpoint, else the paper's."""
+    """Export `ckpt` to a bundle at `out`. Defaults come from the checkpoint, else the paper's
+    (export/defaults.py; the choices and where each came from are logged).
+
+    profile: preprocessing profile apclip | vificlip | clip; scoring: protocol maka | vificlip;
+    template: text of labels without prompt-bank entries ({} marks the label)."""
     from apclip.checkpoint import load_checkpoint
     from apclip.labels import labels_sha256, read_labels
 
@@ -77,6 +79,18 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
         raise ExportError(f"--crops {crops}: must be one of {', '.join(map(str, CROP_COUNTS))}")
     if normalize is not None and normalize not in NORMALIZATIONS:
         raise ExportError(f"--normalize {normalize}: choose one of {', '.join(NORMALIZATIONS)}")
+    if profile is not None and profile not in PROFILES:
+        raise ExportError(f"--profile {profile}: choose one of {', '.join(PROFILES)}")
+    if scoring is not None and scoring not in PROTOCOLS:
+        raise ExportError(f"--scoring {scoring}: choose one of {', '.join(PROTOCOLS)}")
+    if scoring == "vificlip" and prompts:
+        raise ExportError("--scoring vificlip scores one prompt per class (ViFi-CLIP's): drop --prompts, or use "
+                          "--scoring maka for a prompt bank")
+    if template is not None:
+        try:
+            check_template(template)
+        except ValueError as exc:
+            raise ExportError(f"--template: {exc}") from None
     label_list = read_labels(labels) if labels else None
     out.parent.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after the slow steps
     bank = None
@@ -99,24 +113,25 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
         log(f"warning: {ckpt} was fine-tuned with prompt bank sha256 {trained[:12]}..., "
             f"{'but no --prompts was given' if bank is None else 'but --prompts has ' + bank.sha256[:12] + '...'}: "
             f"classes will use other prompts than in training")
-    pre = checkpoint.preprocessing or {}
+    from apclip.export.defaults import choose
+
     try:
-        preprocessing = Preprocessing(
-            resolution=model.config.image_resolution,
-            normalization=normalization(normalize or pre.get("normalize") or "clip"),
-            frames=int(_first_given(frames, pre.get("frames"), DEFAULT_FRAMES)),
-            clips=int(_first_given(clips, pre.get("clips"), DEFAULT_CLIPS)),
-            crops=int(_first_given(crops, pre.get("crops"), DEFAULT_CROPS)),
-        )
-    except ValueError:
-        raise ExportError(f"checkpoint {ckpt} carries unusable preprocessing {pre}; pass --frames/--clips/--crops") from None
+        choices = choose(checkpoint, profile=profile, frames=frames, clips=clips, crops=crops, normalize=normalize,
+                         scoring=scoring, template=template, has_bank=bank is not None)
+    except (TypeError, ValueError):
+        raise ExportError(f"checkpoint {ckpt} carries unusable preprocessing {checkpoint.preprocessing}; "
+                          f"pass --frames/--clips/--crops/--profile") from None
+    preprocessing = choices.preprocessing
+    log("preprocessing and scoring (value, and where it came from):")
+    for line in choices.lines():
+        log(line)
 
     # Built next to `out` so the final rename stays on one filesystem; the name is never a bundle path.
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         job = _Job(model, checkpoint, label_list, labels_sha256(label_list), bank, preprocessing,
                    ExportOptions(opset=opset, batch_max=batch_max, verify=verify, scorer=scorer, progress=progress),
-                   log, seconds)
+                   log, seconds, choices.scoring)
         result = _build(job, work)
         if _before_rename is not None:
             _before_rename(work)
@@ -152,37 +167,50 @@ class _Job:
     options: ExportOptions
     log: Log
     seconds: dict[str, float]  # step -> wall seconds, for the summary
+    scoring: Scoring = field(default_factory=Scoring)  # protocol, logit_scale, template
+
+    @property
+    def vision_normalized(self) -> bool:
+        # ViFi-CLIP mean-pools each view's raw features before normalising: vision.onnx must emit them raw.
+        return self.scoring.protocol != "vificlip"
 
 
 def _build(job: _Job, work: Path) -> ExportResult:
     from apclip.class_matrix import class_prompts, encode_class_matrix, save_class_matrix, save_prompt_texts
 
-    from apclip.export.onnx_export import export_scorer, export_text, export_vision, scorer_opset
+    from apclip.export.onnx_export import export_scorer, export_text, export_vision, export_vificlip_scorer, scorer_opset
 
     model, opt, log, seconds = job.model, job.options, job.log, job.seconds
     labels, bank, opset = job.labels, job.bank, opt.opset
     t = time.perf_counter()
     log(f"exporting {VISION_FILE} (opset {opset}) ...")
-    export_vision(model, work / VISION_FILE, opset, opt.batch_max)
+    if job.vision_normalized:
+        export_vision(model, work / VISION_FILE, opset, opt.batch_max)
+    else:
+        export_vision(model, work / VISION_FILE, opset, opt.batch_max, normalize=False)
     log(f"exporting {TEXT_FILE} (opset {opset}) ...")
     export_text(model, work / TEXT_FILE, opset, text_batch_max(opt.batch_max))
     if opt.scorer:
-        log(f"exporting {SCORER_FILE} (opset {scorer_opset(opset)}) ...")
-        export_scorer(work / SCORER_FILE, model.config.embed_dim, opset)
+        log(f"exporting {SCORER_FILE} (opset {scorer_opset(opset)}, {job.scoring.protocol}) ...")
+        if job.scoring.protocol == "vificlip":
+            export_vificlip_scorer(work / SCORER_FILE, model.config.embed_dim, opset, job.preprocessing.frames,
+                                   float(job.scoring.logit_scale))
+        else:
+            export_scorer(work / SCORER_FILE, model.config.embed_dim, opset)
     seconds["export onnx"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    prompts, fallback = class_prompts(labels, bank)
+    prompts, fallback = class_prompts(labels, bank, job.scoring.template)
     encode = trimmed_text_encoder(model)
     n_prompts = sum(map(len, prompts))
     log(f"compiling the class matrix: {len(labels)} classes, {n_prompts} prompts")
     matrix = encode_class_matrix(labels, prompts, encode, fallback_labels=fallback, progress=opt.progress)
-    save_class_matrix(work / CLASSES_FILE, matrix, bound_metadata(job.labels_hash, job.preprocessing))
+    save_class_matrix(work / CLASSES_FILE, matrix, bound_metadata(job.labels_hash, job.preprocessing, job.scoring))
     save_prompt_texts(work / PROMPTS_FILE, labels, matrix.prompt_texts)
     seconds["class matrix"] = time.perf_counter() - t
     if fallback:
         shown = ", ".join(fallback[:10]) + (", ..." if len(fallback) > 10 else "")
-        log(f"{len(fallback)} label(s) have no prompt-bank entry and use 'a video of {{label}}.': {shown}")
+        log(f"{len(fallback)} label(s) have no prompt-bank entry and use {job.scoring.template!r}: {shown}")
 
     report = None
     if opt.verify:
@@ -192,7 +220,8 @@ def _build(job: _Job, work: Path) -> ExportResult:
         log("verifying ONNX Runtime against the PyTorch reference ...")
         report = verify_bundle_files(model, work / VISION_FILE, work / TEXT_FILE, matrix,
                                      generated_video_pixels(job.preprocessing),
-                                     work / SCORER_FILE if opt.scorer else None)
+                                     work / SCORER_FILE if opt.scorer else None,
+                                     scoring=job.scoring, frames_per_view=job.preprocessing.frames)
         seconds["verify"] = time.perf_counter() - t
         if not report.ok:
             raise ExportError("parity verification failed; nothing was kept:\n" + report.table())
@@ -240,8 +269,9 @@ def _manifest(job: _Job, matrix, work: Path, report: VerificationReport | None) 
     c = job.model.config
     r, e = c.image_resolution, c.embed_dim
     io = {
-        "vision": _io(VISION_FILE, [(VISION_INPUT, "float32", ["N", 3, r, r])],
-                      [(EMBEDDINGS_OUTPUT, "float32", ["N", e])], opset, batch_max),
+        "vision": dict(_io(VISION_FILE, [(VISION_INPUT, "float32", ["N", 3, r, r])],
+                           [(EMBEDDINGS_OUTPUT, "float32", ["N", e])], opset, batch_max),
+                       normalized=job.vision_normalized),  # False: raw features, for the vificlip protocol
         "text": _io(TEXT_FILE, [(TEXT_INPUT, "int64", ["M", c.context_length])],
                     [(EMBEDDINGS_OUTPUT, "float32", ["M", e])], opset, text_batch_max(batch_max)),
     }
@@ -258,6 +288,7 @@ def _manifest(job: _Job, matrix, work: Path, report: VerificationReport | None) 
         "checkpoint": {"name": checkpoint.path.name, "format": checkpoint.format,
                        "sha256": sha256_file(checkpoint.path)},
         "preprocessing": job.preprocessing.to_dict(),
+        "scoring": job.scoring.to_dict(),
         "io": io,
         "opset": opset,
         "labels": list(job.labels),

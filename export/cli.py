@@ -6,6 +6,8 @@ import sys
 import time
 
 from apclip.config import CROP_COUNTS, NORMALIZATIONS
+from apclip.preprocessing import PROFILES
+from apclip.scoring_protocol import PROTOCOLS
 from apclip.errors import ApclipError
 
 
@@ -26,10 +28,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, help="temporal clips per video (default: checkpoint's, else 2)")
     p.add_argument("--crops", type=int, choices=CROP_COUNTS, help="spatial crops (default: checkpoint's, else 2)")
     p.add_argument("--normalize", choices=sorted(NORMALIZATIONS),
-                   help="pixel normalisation (default: checkpoint's, else clip)")
+                   help="pixel normalisation (default: the profile's; apclip profile: checkpoint's, else clip)")
+    p.add_argument("--profile", choices=PROFILES,
+                   help="preprocessing profile: vificlip (ViFi-CLIP's test pipeline), clip (OpenAI's transform), "
+                        "apclip (bundles before profiles); default: the checkpoint's")
+    p.add_argument("--scoring", choices=PROTOCOLS,
+                   help="scoring protocol: maka (AP-CLIP) or vificlip (per-view softmax, summed); default: "
+                        "vificlip for a ViFi-CLIP checkpoint without --prompts, else maka")
+    p.add_argument("--template", help="text of labels without prompt-bank entries, {} marks the label, e.g. "
+                                      "\"a photo of a {}.\" (default: the checkpoint's, else \"a video of {label}.\")")
     p.add_argument("--batch-max", type=int, default=1024, help="largest vision batch the ONNX graph accepts")
     p.add_argument("--scorer", action=argparse.BooleanOptionalAction, default=False,
-                   help="also export scorer.onnx (MAKA in ONNX)")
+                   help="also export scorer.onnx (the scoring protocol, MAKA or vificlip, in ONNX)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                    help="check ONNX Runtime against PyTorch before keeping the bundle (default: on)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
@@ -61,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             args.ckpt, out=args.out, labels=args.labels, prompts=args.prompts, base=args.base,
             opset=args.opset, frames=args.frames, clips=args.clips, crops=args.crops,
             normalize=args.normalize, batch_max=args.batch_max, verify=args.verify, force=args.force,
-            scorer=args.scorer, progress=args.progress, log=_log,
+            scorer=args.scorer, progress=args.progress, log=_log, profile=args.profile, scoring=args.scoring,
+            template=args.template,
         )
     except ApclipError as exc:
         if args.debug:

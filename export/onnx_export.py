@@ -66,11 +66,12 @@ def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], 
     onnx.checker.check_model(model, full_check=True)
 
 
-def export_vision(model: CLIP, path: Path, opset: int, batch_max: int) -> None:
+def export_vision(model: CLIP, path: Path, opset: int, batch_max: int, normalize: bool = True) -> None:
+    """normalize=False: raw features (the vificlip protocol pools them per view before normalising)."""
     r = model.config.image_resolution
     n = torch.export.Dim("N", min=1, max=batch_max)
     sample = torch.randn(2, 3, r, r)
-    _export(ImageEmbedder(model).eval(), (sample,), path, [VISION_INPUT], [EMBEDDINGS_OUTPUT],
+    _export(ImageEmbedder(model, normalize=normalize).eval(), (sample,), path, [VISION_INPUT], [EMBEDDINGS_OUTPUT],
             {VISION_INPUT: {0: n}}, opset)
 
 
@@ -81,6 +82,22 @@ def export_text(model: CLIP, path: Path, opset: int, batch_max: int) -> None:
     sample[:, -1] = model.config.vocab_size - 1  # an EOT-like maximum so argmax pooling is exercised
     _export(TextEmbedder(model).eval(), (sample,), path, [TEXT_INPUT], [EMBEDDINGS_OUTPUT],
             {TEXT_INPUT: {0: m}}, opset)
+
+
+class VificlipScorer(nn.Module):
+    """frames [B, V*T, E] raw features x classes [K, P, E] (one prompt per class, row 0) -> [B, K]
+    ViFi-CLIP scores (apclip.scoring.vificlip_score); T and logit_scale are the bundle's constants."""
+
+    def __init__(self, frames_per_view: int, logit_scale: float):
+        super().__init__()
+        self.frames_per_view = frames_per_view
+        self.logit_scale = logit_scale
+
+    def forward(self, frames: torch.Tensor, classes: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        from apclip.scoring import vificlip_score
+
+        # counts is part of every scorer.onnx's inputs; the vificlip protocol has one prompt per class.
+        return vificlip_score(frames, classes[:, 0], self.frames_per_view, self.logit_scale) + 0.0 * counts[None, :1].to(frames.dtype)
 
 
 def scorer_opset(opset: int) -> int:
@@ -96,3 +113,13 @@ def export_scorer(path: Path, embed_dim: int, opset: int) -> None:
     counts = torch.tensor([4, 2, 3])
     _export(MakaScorer().eval(), (frames, classes, counts), path, list(SCORER_INPUTS), [SCORER_OUTPUT],
             dict(zip(SCORER_INPUTS, ({0: b, 1: nv}, {0: k, 1: p}, {0: k}))), scorer_opset(opset))
+
+
+def export_vificlip_scorer(path: Path, embed_dim: int, opset: int, frames_per_view: int, logit_scale: float) -> None:
+    t = frames_per_view
+    b, v, k, p = (torch.export.Dim(name, min=1, max=65536) for name in ("B", "V", "K", "P"))
+    frames = torch.randn(2, 3 * t, embed_dim)
+    classes = torch.nn.functional.normalize(torch.randn(3, 1, embed_dim), dim=-1)
+    counts = torch.tensor([1, 1, 1])
+    _export(VificlipScorer(t, logit_scale).eval(), (frames, classes, counts), path, list(SCORER_INPUTS), [SCORER_OUTPUT],
+            dict(zip(SCORER_INPUTS, ({0: b, 1: t * v}, {0: k, 1: p}, {0: k}))), scorer_opset(opset))

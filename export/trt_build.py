@@ -117,6 +117,9 @@ def build_engine(request: BuildRequest, log: Log = print) -> Path:
         raise EngineBuildError("int8 engines are for the vision encoder (calibrated on frames); build the text "
                                "encoder with --precision fp16")
     manifest = read_manifest(request.bundle)
+    if request.graph == "vision+maka" and manifest.scoring.protocol != "maka":
+        raise EngineBuildError(f"bundle {request.bundle} scores with the {manifest.scoring.protocol} protocol; the "
+                               f"vision+maka engine computes MAKA: build --graph vision (the scorer runs after it)")
     if request.graph == "vision+maka":
         profile = maka_profile(manifest, request.max_batch)
     else:

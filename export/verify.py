@@ -1,7 +1,8 @@
 """Parity of the exported ONNX files against the PyTorch reference (DESIGN.md thresholds, fp32).
 
 Run by the exporter before a bundle is kept: ONNX Runtime CPU vs torch on random pixels, on frames
-of a video, and on real prompts; MAKA top-1 over the class matrix must be identical.
+of a video, and on real prompts; the bundle's scores (MAKA, or the vificlip protocol) over the class
+matrix must keep their top-1. Raw vision features (vificlip bundles) are compared after normalisation.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from apclip.bundle import EMBEDDINGS_OUTPUT, SCORER_INPUTS, TEXT_INPUT, VISION_I
 from apclip.class_matrix import ClassMatrix
 from apclip.model import CLIP, ImageEmbedder, TextEmbedder
 from apclip.preprocessing import Preprocessing
-from apclip.scoring import maka_score
+from apclip.scoring import maka_score, vificlip_score
+from apclip.scoring_protocol import Scoring
 
 MIN_COSINE = 0.99999
 MAX_ABS_DIFF = 1e-4
@@ -71,7 +73,13 @@ def ort_session(path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _embedding_checks(name: str, ref: np.ndarray, got: np.ndarray) -> list[Check]:
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _embedding_checks(name: str, ref: np.ndarray, got: np.ndarray, normalize: bool = False) -> list[Check]:
+    if normalize:
+        ref, got = _unit(ref), _unit(got)
     cosine = float(np.min(np.sum(ref * got, axis=-1) /
                           (np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1))))
     diff = float(np.max(np.abs(ref - got)))
@@ -82,38 +90,48 @@ def _embedding_checks(name: str, ref: np.ndarray, got: np.ndarray) -> list[Check
 @torch.inference_mode()
 def verify_bundle_files(model: CLIP, vision_path: Path, text_path: Path, matrix: ClassMatrix,
                         video_pixels: np.ndarray | None, scorer_path: Path | None = None,
-                        seed: int = 0) -> VerificationReport:
-    """video_pixels: preprocessed frames [N, 3, R, R] of a real or generated video (or None)."""
+                        seed: int = 0, scoring: Scoring | None = None, frames_per_view: int = 1) -> VerificationReport:
+    """video_pixels: preprocessed frames [N, 3, R, R] of a real or generated video (or None), view-major
+    with `frames_per_view` frames per view. scoring: the bundle's protocol (default MAKA)."""
+    scoring = scoring or Scoring()
+    vificlip = scoring.protocol == "vificlip"
     rng = np.random.default_rng(seed)
     r = model.config.image_resolution
     checks: list[Check] = []
     vision = ort_session(vision_path)
-    image_ref = ImageEmbedder(model).eval()
+    image_ref = ImageEmbedder(model, normalize=not vificlip).eval()
 
+    def protocol_scores(frames: np.ndarray, dtype=np.float64) -> np.ndarray:  # [Nv, E] -> [1, K]
+        if vificlip:
+            return vificlip_score(frames[None].astype(dtype), matrix.embeddings[:, 0].astype(dtype),
+                                  frames_per_view, float(scoring.logit_scale))
+        return maka_score(frames[None].astype(dtype), matrix.embeddings.astype(dtype), matrix.counts)
+
+    name = "vificlip" if vificlip else "MAKA"
     random_pixels = rng.standard_normal((3, 3, r, r)).astype(np.float32)
     got = vision.run([EMBEDDINGS_OUTPUT], {VISION_INPUT: random_pixels})[0]
-    checks += _embedding_checks("vision, random pixels", image_ref(torch.from_numpy(random_pixels)).numpy(), got)
+    checks += _embedding_checks("vision, random pixels", image_ref(torch.from_numpy(random_pixels)).numpy(), got,
+                                normalize=vificlip)
 
     if video_pixels is not None:
         video_pixels = np.ascontiguousarray(video_pixels, dtype=np.float32)
         ref = image_ref(torch.from_numpy(video_pixels)).numpy()
         got = vision.run([EMBEDDINGS_OUTPUT], {VISION_INPUT: video_pixels})[0]
-        checks += _embedding_checks("vision, video frames", ref, got)
-        # MAKA over the whole class matrix: the ranking must not move.
-        ref_scores = maka_score(ref[None].astype(np.float64), matrix.embeddings.astype(np.float64), matrix.counts)
-        got_scores = maka_score(got[None].astype(np.float64), matrix.embeddings.astype(np.float64), matrix.counts)
+        checks += _embedding_checks("vision, video frames", ref, got, normalize=vificlip)
+        # The bundle's scores over the whole class matrix: the ranking must not move.
+        ref_scores, got_scores = protocol_scores(ref), protocol_scores(got)
         same = int(ref_scores.argmax()) == int(got_scores.argmax())
-        checks.append(Check("MAKA top-1, video frames", "same class", float(same), "= 1", same))
+        checks.append(Check(f"{name} top-1, video frames", "same class", float(same), "= 1", same))
         diff = float(np.abs(ref_scores - got_scores).max())
-        checks.append(Check("MAKA scores, video frames", "max |diff|", diff, f"<= {MAX_ABS_DIFF:g}",
+        checks.append(Check(f"{name} scores, video frames", "max |diff|", diff, f"<= {MAX_ABS_DIFF:g}",
                             diff <= MAX_ABS_DIFF))
         if scorer_path is not None:
             scorer = ort_session(scorer_path)
             feeds = dict(zip(SCORER_INPUTS, (got[None], matrix.embeddings, matrix.counts.astype(np.int64))))
             onnx_scores = scorer.run(None, feeds)[0]
-            ref32 = maka_score(got[None], matrix.embeddings, matrix.counts)
+            ref32 = protocol_scores(got, np.float32)
             diff = float(np.abs(onnx_scores - ref32).max())
-            checks.append(Check("scorer.onnx vs reference MAKA", "max |diff|", diff, f"<= {MAX_ABS_DIFF:g}",
+            checks.append(Check(f"scorer.onnx vs reference {name}", "max |diff|", diff, f"<= {MAX_ABS_DIFF:g}",
                                 diff <= MAX_ABS_DIFF))
 
     # Text: real prompts' rows of the class matrix (encoded by torch) against text.onnx.

@@ -99,7 +99,7 @@ def no_torchscript_execution(monkeypatch):
 def test_openai_plain_state_dict(model, inputs, plain_file):
     checkpoint = load_checkpoint(plain_file)
     assert checkpoint.format == "openai" and checkpoint.labels is None
-    assert checkpoint.preprocessing == {"normalize": "clip"}
+    assert checkpoint.preprocessing == {"normalize": "clip", "profile": "clip"}
     assert_identical(checkpoint.model, model, inputs)
     assert_identical(apclip.load_model(plain_file), model, inputs)
 
@@ -191,7 +191,7 @@ def test_vificlip_with_base(model, inputs, vificlip_file, plain_file, torchscrip
     with no_torchscript_execution(monkeypatch):
         checkpoint = load_checkpoint(vificlip_file, base=base_path)
     assert checkpoint.format == "vificlip"
-    assert checkpoint.preprocessing == {"normalize": "imagenet255"}
+    assert checkpoint.preprocessing == {"normalize": "imagenet255", "profile": "vificlip"}
     assert_identical(checkpoint.model, model, inputs)
 
 
@@ -244,7 +244,9 @@ def test_vificlip_with_pickled_yacs_config(model, inputs, files, plain_file):
         torch.load(path, weights_only=True)
     checkpoint = load_checkpoint(path, base=plain_file)
     assert checkpoint.format == "vificlip"
-    assert checkpoint.preprocessing == {"normalize": "imagenet255", "frames": 16}
+    assert checkpoint.preprocessing == {"normalize": "imagenet255", "profile": "vificlip", "frames": 16,
+                                        "resolution": 224}
+    assert checkpoint.template == "a photo of a {}."  # ViFi-CLIP's default CTX_INIT
     assert checkpoint.train_config == {"DATA": {"NUM_FRAMES": 16, "INPUT_SIZE": 224},
                                        "TRAIN": {"LR": 2e-6, "BATCH_SIZE": 4}}
     assert type(checkpoint.train_config["DATA"]) is dict
@@ -262,7 +264,7 @@ def test_own_format_round_trip(model, inputs, files):
     assert sorted(p.name for p in path.parent.iterdir()) == ["best.pt"]  # no temporary left behind
     checkpoint = load_checkpoint(path)
     assert checkpoint.format == "apclip"
-    assert checkpoint.labels == labels and checkpoint.preprocessing == preprocessing
+    assert checkpoint.labels == labels and checkpoint.preprocessing == dict(preprocessing, profile="apclip")
     assert checkpoint.prompt_bank_sha256 == "ab" * 32
     assert checkpoint.train_config == {"lr": 8e-6, "epochs": 10}
     assert_identical(checkpoint.model, model, inputs)
@@ -274,7 +276,7 @@ def test_own_format_metadata_is_stored_as_plain_data(model, files):
                            train_config={"output": files / "run", "betas": (0.9, 0.98)})
     checkpoint = load_checkpoint(path)
     assert checkpoint.train_config == {"output": str(files / "run"), "betas": [0.9, 0.98]}
-    assert checkpoint.preprocessing == {"size": [224, 224]}
+    assert checkpoint.preprocessing == {"size": [224, 224], "profile": "apclip"}
 
 
 def test_own_format_from_a_newer_apclip_is_refused(model, files):

@@ -55,7 +55,7 @@ def _onnx_vs_torch(bundle: Path, model) -> float:
     session = ort.InferenceSession(str(bundle / VISION_FILE), providers=["CPUExecutionProvider"])
     got = session.run(None, {"pixels": x.numpy()})[0]
     with torch.inference_mode():
-        ref = ImageEmbedder(model)(x).numpy()
+        ref = ImageEmbedder(model, normalize=read_manifest(bundle).vision_normalized)(x).numpy()
     return float(np.abs(got - ref).max())
 
 
@@ -125,7 +125,7 @@ def test_openai_state_dict_round_trip(tmp_path, demo_assets):
     model = _openai_checkpoint(tmp_path / "clip.pt")
     out = tmp_path / "bundle"
     result = export_bundle(tmp_path / "clip.pt", out=out, labels=demo_assets["labels"], normalize="imagenet255",
-                           frames=4, clips=1, crops=3, **QUIET)
+                           frames=4, clips=1, crops=3, profile="apclip", **QUIET)
     assert result.verification.ok and result.fallback_labels == read_manifest(out).labels  # no bank: all template
     raw = read_manifest(out).raw
     assert raw["checkpoint"]["format"] == "openai" and raw["prompt_bank_sha256"] is None
@@ -146,7 +146,11 @@ def test_vificlip_with_base_round_trip_and_missing_base(tmp_path, demo_assets):
     out = tmp_path / "bundle"
     export_bundle(tmp_path / "vifi.pth", out=out, labels=demo_assets["labels"], base=tmp_path / "base.pt",
                   verify=False, **QUIET)
-    assert read_manifest(out).raw["checkpoint"]["format"] == "vificlip"
+    manifest = read_manifest(out)
+    assert manifest.raw["checkpoint"]["format"] == "vificlip"
+    # No config, no bank: ViFi-CLIP's profile, protocol and default prompt; raw features from vision.onnx.
+    assert manifest.preprocessing.profile == "vificlip" and manifest.scoring.protocol == "vificlip"
+    assert manifest.scoring.template == "a photo of a {}." and not manifest.vision_normalized
     assert _onnx_vs_torch(out, model) <= 1e-4
 
 
@@ -155,8 +159,8 @@ def test_parity_failure_keeps_nothing(tmp_path, demo_assets, monkeypatch):
 
     real = onnx_export.export_vision
 
-    def broken(model, path, opset, batch_max):  # a vision.onnx of other weights: parity must catch it
-        real(build_preset("tiny", seed=99), path, opset, batch_max)
+    def broken(model, path, opset, batch_max, **kwargs):  # a vision.onnx of other weights: parity must catch it
+        real(build_preset("tiny", seed=99), path, opset, batch_max, **kwargs)
 
     monkeypatch.setattr(onnx_export, "export_vision", broken)
     out = tmp_path / "bundle"
