@@ -75,10 +75,11 @@ class ClipScorer:
         duration = None if row["duration"] is None or np.isnan(row["duration"]) else float(row["duration"])
         timings = {"decode+preprocess": float(row["decode_s"])}
         pred = Prediction(source=str(row["source"]), top=[], scores=np.zeros(0), backend=rec.backend,
-                          scorer=rec.scorer.name, approximate=bool(row["approximate"]), timings=timings)
+                          scorer=rec.scorer.name, protocol=rec.scoring.protocol, approximate=bool(row["approximate"]),
+                          timings=timings)
         if error is None:
             try:
-                # The same steps as Recognizer._fill: encode all V*T frames, MAKA over the pooled set, top-k.
+                # The same steps as Recognizer._fill: encode all V*T frames, score by the bundle's protocol, top-k.
                 t = time.perf_counter()
                 emb = encode_in_batches(rec.vision, flatten_views(np.asarray(row["views"])))  # [V*T, E]
                 timings["encode"] = time.perf_counter() - t

@@ -29,6 +29,7 @@ def _schema():
     # The fields of apclip-infer --json (Prediction.to_dict), then the batch job's own.
     return pa.schema([
         ("source", pa.string()), ("top", top), ("backend", pa.string()), ("scorer", pa.string()),
+        ("protocol", pa.string()),
         ("frames", pa.int64()), ("approximate", pa.bool_()), ("timings_ms", pa.map_(pa.string(), pa.float64())),
         ("path", pa.string()), ("duration", pa.float64()), ("error", pa.string()),
     ])

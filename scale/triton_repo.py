@@ -128,6 +128,9 @@ def write_triton_repo(bundle: str | Path, out: str | Path, *, vision: str = "aut
     if max_batch < 1 or instances < 1 or topk < 1 or max_queue_delay_us < 0:
         raise ApclipError("--max-batch, --instances and --topk must be 1 or more, --max-queue-delay-us 0 or more")
     manifest = read_manifest(bundle)
+    if manifest.scoring.protocol != "maka":
+        raise ApclipError(f"bundle {bundle} scores by the {manifest.scoring.protocol} protocol; the repository's maka "
+                          "model implements MAKA only: serve this bundle with apclip-serve")
     views = manifest.preprocessing.views * manifest.preprocessing.frames
     if max_batch < views:
         raise ApclipError(f"--max-batch {max_batch}: one clip of this bundle is {views} frames; use at least that")
