@@ -15,6 +15,7 @@ SUMMARIES = {
     "apclip-export": "export a checkpoint to a verified ONNX bundle with the precompiled class matrix",
     "apclip-infer": "recognise actions in a video file, image folder, camera or stream",
     "apclip-prompts": "generate action-conditioned prompts for labels with an LLM",
+    "apclip-bundle": "inspect (info) and check (verify) a bundle",
     "apclip-build-engine": "build a TensorRT engine for a bundle on this GPU (cached in BUNDLE/engines/)",
     "apclip-batch": "batch inference over a video archive with Ray Data (resumable Parquet/JSONL)",
     "apclip-serve": "serve a bundle through NVIDIA Triton Inference Server (HTTP, gRPC, metrics)",

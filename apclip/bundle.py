@@ -8,6 +8,7 @@ Defined once here (torch-free) so the exporter, the runners and the tests agree:
       text.onnx             tokens  int64   [M, 77]      -> embeddings float32 [M, E] (L2-normalised)
       classes.safetensors   embeddings float32 [K, P, E] (normalised rows, zero padding), counts int32 [K]
       prompts.json          {label: [prompt text of each row]}
+      bpe_simple_vocab_16e6.txt.gz  CLIP's BPE merges (tokenizer for run-time labels; bundles since 0.1)
       scorer.onnx           (optional) frames [B, Nv, E], classes [K, P, E], counts [K] -> scores [B, K]
       engines/              (optional) TensorRT engines built on the target GPU
 """
@@ -33,6 +34,7 @@ TEXT_FILE = "text.onnx"
 CLASSES_FILE = "classes.safetensors"
 PROMPTS_FILE = "prompts.json"  # the text of every class-matrix row, for explanations
 SCORER_FILE = "scorer.onnx"
+VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"  # CLIP's BPE merges, so run-time labels need no open_clip
 
 VISION_INPUT = "pixels"
 TEXT_INPUT = "tokens"

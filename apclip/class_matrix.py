@@ -61,9 +61,12 @@ def class_prompts(labels: Sequence[str], bank: PromptSource | None,
 
 def encode_class_matrix(labels: Sequence[str], prompts: Sequence[Sequence[str]], encode: TextEncoder,
                         *, batch_size: int = 256, fallback_labels: Sequence[str] = (),
-                        progress: bool = False, desc: str = "encoding prompts") -> ClassMatrix:
-    """Tokenize and encode every prompt in batches; pad to [K, P_max, E]."""
-    tokenizer = get_tokenizer()
+                        progress: bool = False, desc: str = "encoding prompts",
+                        vocab_path: str | None = None) -> ClassMatrix:
+    """Tokenize and encode every prompt in batches; pad to [K, P_max, E].
+
+    vocab_path: the BPE merges to tokenize with (a bundle's copy); None: the tokenizer's lookup."""
+    tokenizer = get_tokenizer(vocab_path)
     flat = [(k, p) for k, texts in enumerate(prompts) for p in range(len(texts))]
     if not flat:
         raise ApclipError("no prompts to encode (empty label list)")

@@ -1,4 +1,6 @@
-"""Class-label files: one label per line (mmaction2 style) or ViFi-CLIP's CSV `id,name`."""
+"""Class-label files: one label per line (mmaction2 style), ViFi-CLIP's CSV `id,name`, or UCF-101's
+`classInd.txt` (`1 ApplyEyeMakeup`: an index, a space, a name; indices 0.. or 1.. without gaps).
+CamelCase names are split into words ("Apply Eye Makeup") only when asked (split_camel_case)."""
 from __future__ import annotations
 
 import csv
@@ -12,14 +14,34 @@ from pathlib import Path
 from apclip.errors import ApclipError
 
 _CSV_ROW = re.compile(r"^\s*\d+\s*,\s*\S")
+_INDEX_ROW = re.compile(r"^(\d+)\s+(\S.*)$")
+# Word boundaries inside CamelCase: "ApplyEyeMakeup" -> Apply|Eye|Makeup, "YoYo" -> Yo|Yo, "PlayingDaf".
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
 class LabelsError(ApclipError):
     pass
 
 
-def parse_labels(text: str, source: str = "<labels>") -> list[str]:
-    """Labels in file order. Blank lines and `#` comments are ignored; duplicates are an error."""
+def split_camel_case(name: str) -> str:
+    return " ".join(_CAMEL.sub(" ", name).split())
+
+
+def _class_ind(rows: list[str]) -> list[str] | None:
+    """UCF-101 classInd.txt rows -> labels in index order; None when the rows are not that format."""
+    matches = [_INDEX_ROW.match(row) for row in rows]
+    if not all(matches) or any("," in row for row in rows):
+        return None
+    indexed = {int(m.group(1)): " ".join(m.group(2).split()) for m in matches}
+    first = min(indexed)
+    if len(indexed) != len(rows) or first not in (0, 1) or sorted(indexed) != list(range(first, first + len(rows))):
+        return None  # not a numbered list: plain labels that happen to start with a number
+    return [indexed[i] for i in sorted(indexed)]
+
+
+def parse_labels(text: str, source: str = "<labels>", split_camel: bool = False) -> list[str]:
+    """Labels in file order (index order for CSV / classInd). Blank lines and `#` comments are ignored;
+    duplicates are an error. split_camel: "ApplyEyeMakeup" -> "Apply Eye Makeup"."""
     lines = [line.strip() for line in text.splitlines()]
     lines = [line for line in lines if line and not line.startswith("#")]
     if not lines:
@@ -29,7 +51,9 @@ def parse_labels(text: str, source: str = "<labels>") -> list[str]:
     if has_header or all(_CSV_ROW.match(line) for line in rows):
         labels = _parse_csv(rows, source)
     else:
-        labels = [" ".join(line.split()) for line in rows]
+        labels = _class_ind(rows) or [" ".join(line.split()) for line in rows]
+    if split_camel:
+        labels = [split_camel_case(label) for label in labels]
     if not labels:
         raise LabelsError(f"labels file {source} has a header but no labels")
     seen: dict[str, int] = {}
@@ -52,7 +76,7 @@ def _parse_csv(rows: list[str], source: str) -> list[str]:
     return [indexed[i] for i in sorted(indexed)]
 
 
-def read_labels(path: str | os.PathLike) -> list[str]:
+def read_labels(path: str | os.PathLike, split_camel: bool = False) -> list[str]:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -60,7 +84,7 @@ def read_labels(path: str | os.PathLike) -> list[str]:
         raise LabelsError(f"labels file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise LabelsError(f"labels file {path} is unreadable: {exc}") from None
-    return parse_labels(text, str(path))
+    return parse_labels(text, str(path), split_camel)
 
 
 def labels_sha256(labels: list[str]) -> str:

@@ -1,30 +1,39 @@
-"""apclip-infer: recognise actions in a video file, image folder, camera or stream (no torch needed)."""
+"""apclip-infer: recognise actions in video files, image folders, a camera or a stream (no torch needed).
+
+This module parses the command line; engine/infer_run.py runs it (sources from engine/sources_list.py,
+many sources through engine/multi_source.py, outputs in engine/outputs.py and engine/report_html.py).
+"""
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
-import time
 import warnings
-from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import Iterator
 
+from apclip.cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, add_version, exit_code, silence_broken_pipe
 from apclip.errors import ApclipError
-from apclip.fileio import AtomicFile
 
-from apclip.engine.predictions import Prediction, WindowPrediction
+from apclip.engine.infer_run import DEFAULT_STRIDE, DEFAULT_WINDOW, InferRun, format_prediction, format_window  # noqa: F401
 from apclip.engine.runners import BACKENDS
 from apclip.engine.scorers import SCORERS
+from apclip.engine.sources_list import is_live  # noqa: F401  (kept importable from here)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="apclip-infer",
-                                description="Recognise actions with an apclip bundle (from apclip-export).")
-    p.add_argument("source", help="video file, image folder, camera index (0) or rtsp/http(s) URL")
+                                description="Recognise actions with an apclip bundle (from apclip-export).",
+                                epilog="SOURCE: video files, globs ('clips/*.mp4'), folders of videos (--recursive "
+                                       "for subfolders), a folder holding only images (one video), @list.txt "
+                                       "(one path per line, or mmaction2 'path label'), a camera index (0) or an "
+                                       "rtsp/http(s) URL. Exit status: 0 ok, 1 failure or a skipped source, "
+                                       "2 usage or missing package, 130 interrupted.")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="what to recognise (see below)")
     p.add_argument("--bundle", default="bundle", help="bundle directory (default: bundle)")
     p.add_argument("--labels", help="labels file; labels not in the bundle are encoded at run time")
+    p.add_argument("--split-camel-case", action="store_true",
+                   help="split CamelCase labels into words (UCF-101 classInd.txt: ApplyEyeMakeup -> Apply Eye Makeup)")
     p.add_argument("--prompts", help="prompt bank JSON for labels not in the bundle (else the template)")
     p.add_argument("--template", help="text of run-time labels without bank entries, {} marks the label, e.g. "
                                       "\"a photo of a {}.\" (default: the bundle's)")
@@ -36,129 +45,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", help="base OpenAI CLIP file for a ViFi-CLIP --ckpt")
     p.add_argument("--topk", type=int, default=5, help="classes to show (default 5)")
     p.add_argument("--mode", choices=("clip", "stream"),
-                   help="clip: one multi-view prediction (default for files and folders); "
-                        "stream: a prediction per sliding window (default for cameras and URLs)")
-    p.add_argument("--window", type=float, default=2.0, help="stream window span in seconds (default 2)")
-    p.add_argument("--stride", type=float, default=1.0, help="stream window stride in seconds (default 1)")
-    p.add_argument("--json", dest="json_out", help="write one JSON object per prediction (JSON lines)")
-    p.add_argument("--out-video", help="write the input with the current top-k drawn on each frame")
-    p.add_argument("--explain", action="store_true", help="best-matching prompt of every frame per top class")
+                   help="clip: one multi-view prediction per source (default for files and folders); "
+                        "stream: a prediction per sliding window (default for cameras and URLs; one source)")
+    p.add_argument("--window", type=float, help=f"stream window span in seconds (default {DEFAULT_WINDOW:g})")
+    p.add_argument("--stride", type=float, help=f"stream window stride in seconds (default {DEFAULT_STRIDE:g})")
+    p.add_argument("--fps", type=float, help="frame rate of image-folder sources (default 30)")
+    p.add_argument("--recursive", action="store_true", help="folders: also the videos in their subfolders")
+    p.add_argument("--strict", action="store_true", help="stop at the first source that fails (default: skip it)")
+    p.add_argument("--json", dest="json_out", help="write one JSON object per prediction (JSON lines; - for stdout, "
+                                                   "which moves the table to stderr)")
+    p.add_argument("--csv", dest="csv_out", help="write one CSV row per source (clip mode)")
+    p.add_argument("--out-video", help="write the input with the current top-k drawn on each frame (one source)")
+    p.add_argument("--explain", action="store_true",
+                   help="per top class, the prompts its frames matched best (full detail in --json / --report)")
+    p.add_argument("--report", help="write a self-contained HTML page: frames, top-k bars and the best prompt "
+                                    "per frame per class (clip mode)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
                    help="cache encoded run-time labels on disk (default on; $APCLIP_CACHE_DIR)")
     p.add_argument("--quiet", action="store_true", help="print only predictions")
-    p.add_argument("--bpe-vocab", help="CLIP's bpe_simple_vocab_16e6.txt.gz (default: $APCLIP_BPE_VOCAB, "
-                                       "else the installed open_clip_torch's)")
+    p.add_argument("--bpe-vocab", help="CLIP's bpe_simple_vocab_16e6.txt.gz for bundles without their own copy "
+                                       "(default: $APCLIP_BPE_VOCAB, else the installed open_clip_torch's)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    return p
-
-
-def is_live(source: str) -> bool:
-    return (source.isdigit() and not os.path.exists(source)) or ("://" in source and not source.startswith("file://"))
+    return add_version(p)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # Intermixed: `apclip-infer a.mp4 --bundle b c.mp4` gives both videos as SOURCE.
+    args = build_parser().parse_intermixed_args(argv)
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
-    mode = args.mode or ("stream" if is_live(args.source) else "clip")
-    # Overlay needs every window; otherwise keep only the last, so a camera can run for days.
-    predictions: list[Prediction] = []
-    count = 0
-    json_file = None
-    interrupted = False
-    start = time.perf_counter()
+    run = InferRun(args, log)
     try:
         with _one_line_diagnostics(args.debug):
-            check_arguments(args, mode)
-            if args.bpe_vocab:
-                from apclip.tokenizer import use_vocab
-
-                use_vocab(args.bpe_vocab)
-            from apclip.labels import read_labels
-
-            from apclip.engine.recognizer import Recognizer
-
-            labels = read_labels(args.labels) if args.labels else None
-            rec = Recognizer.from_bundle(args.bundle, args.backend, labels, prompts=args.prompts, scorer=args.scorer,
-                                         threads=args.threads, ckpt=args.ckpt, base=args.base, topk=args.topk,
-                                         use_cache=args.cache, template=args.template, log=log)
-            log(f"bundle {args.bundle}: {len(rec.labels)} classes, runner {rec.backend}, scorer {rec.scorer.name}, "
-                f"mode {mode}")
-            json_file = (_LiveLines if is_live(args.source) else _AtomicLines)(args.json_out) if args.json_out else None
-            try:
-                if mode == "clip":
-                    with _stage_bar(args) as on_stage:
-                        pred = rec.predict(args.source, explain=args.explain, on_stage=on_stage)
-                    predictions, count = [pred], 1
-                    print(format_prediction(pred, explain=args.explain))
-                    if json_file:
-                        json_file.write(pred.to_dict())
-                else:
-                    for pred in _with_progress(rec.stream(args.source, window=args.window, stride=args.stride,
-                                                          explain=args.explain), args, mode):
-                        if args.out_video:
-                            predictions.append(pred)
-                        else:
-                            predictions = [pred]
-                        count += 1
-                        print(format_window(pred), flush=True)
-                        if json_file:
-                            json_file.write(pred.to_dict())
-            except KeyboardInterrupt:
-                interrupted = True
-            if json_file and count:
-                json_file.commit()
-            elif json_file:  # interrupted before the first prediction: no file rather than an empty one
-                json_file.discard()
-            if args.out_video and predictions:
-                from apclip.engine.overlay import write_overlay
-
-                frames = write_overlay(args.source, args.out_video, predictions, args.topk)
-                log(f"wrote {args.out_video} ({frames} frames)")
+            run.prepare()
+            return run.execute()
+    except BrokenPipeError:
+        run.discard()
+        return silence_broken_pipe()
     except (ApclipError, OSError) as exc:
-        if json_file:
-            json_file.discard()
+        run.discard()
         if args.debug:
             raise
         print(f"apclip-infer: error: {_one_line(exc)}", file=sys.stderr)
-        return 2 if isinstance(exc, ImportError) else 1
+        return exit_code(exc)
     except KeyboardInterrupt:
-        if json_file:
-            json_file.discard()
-        interrupted = True
-    if mode == "stream":
-        elapsed = time.perf_counter() - start
-        log(f"{'interrupted: ' if interrupted else ''}{count} window(s) in {elapsed:.1f}s"
-            + (f", covering {predictions[-1].end:.1f}s of {args.source}" if predictions else ""))
-    return 130 if interrupted and mode == "clip" else 0
-
-
-def check_arguments(args: argparse.Namespace, mode: str) -> None:
-    """Refuse what cannot work before loading a bundle or decoding a frame."""
-    if args.topk < 1:
-        raise ApclipError(f"--topk {args.topk}: show at least 1 class")
-    if args.window <= 0 or args.stride <= 0:
-        raise ApclipError(f"--window {args.window:g} / --stride {args.stride:g}: both must be positive seconds")
-    if args.template is not None:
-        from apclip.scoring_protocol import check_template
-
-        try:
-            check_template(args.template)
-        except ValueError as exc:
-            raise ApclipError(f"--template: {exc}") from None
-    if args.threads is not None and args.threads < 1:
-        raise ApclipError(f"--threads {args.threads}: use 1 or more (or leave it out for all cores)")
-    if mode == "clip" and is_live(args.source):
-        raise ApclipError(f"{args.source} is a live source without an end: use --mode stream")
-    if not is_live(args.source) and "://" not in args.source and not os.path.exists(args.source):
-        # Before the bundle's files are hashed (hundreds of MB for ViT-B/16).
-        raise ApclipError(f"video file not found: {args.source}")
-    if args.out_video:
-        from apclip.engine.overlay import overlay_fourcc
-
-        overlay_fourcc(args.out_video)
-        if is_live(args.source):
-            raise ApclipError(f"--out-video needs a file or image folder, not the live source {args.source}")
+        run.discard()
+        print("apclip-infer: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug, not a user error: still one line unless --debug
+        run.discard()
+        if args.debug:
+            raise
+        print(f"apclip-infer: internal error: {type(exc).__name__}: {_one_line(exc)} "
+              f"(run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _one_line(exc: BaseException) -> str:
@@ -185,104 +125,6 @@ def _one_line_diagnostics(debug: bool) -> Iterator[None]:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"apclip-infer: warning: {' '.join(str(message).split())}", file=sys.stderr)
-
-
-def format_prediction(pred: Prediction, explain: bool = False) -> str:
-    approx = " (approximate sampling: frame count unknown or wrong)" if pred.approximate else ""
-    timings = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in pred.timings.items())
-    lines = [f"{pred.source}: {pred.frames} frames, {pred.backend} + {pred.scorer} ({pred.protocol}){approx} "
-             f"[{timings}]",
-             f"  {'rank':>4s}  {'score':>8s}  label"]
-    lines += [f"  {i + 1:4d}  {t.score:8.4f}  {t.label}" for i, t in enumerate(pred.top)]
-    if explain and pred.explanations:
-        for e in pred.explanations:
-            if e.views is not None:  # vificlip: ViFi-CLIP scores views, not frames
-                lines.append(f"  why '{e.label}' ({e.score:.4f}): per view, softmax probability (summed)")
-                lines += [f"    view {v.view} frames {v.first_frame}-{v.last_frame} @ {v.start:7.2f}-{v.end:.2f}s  "
-                          f"cos {v.similarity:.3f}  p {v.probability:.4f}  {v.prompt}" for v in e.views]
-                continue
-            lines.append(f"  why '{e.label}' ({e.score:.4f}): best prompt per frame")
-            for f in e.frames:
-                lines.append(f"    view {f.view} frame {f.frame:5d} @ {f.time:7.2f}s  {f.similarity:.3f}  {f.prompt}")
-    return "\n".join(lines)
-
-
-def format_window(pred: WindowPrediction) -> str:
-    top = " | ".join(f"{t.label} {t.score:.3f}" for t in pred.top)
-    return f"[{pred.start:8.2f}s - {pred.end:8.2f}s]  {top}"
-
-
-@contextlib.contextmanager
-def _stage_bar(args):
-    """Clip mode's progress (decode, encode, score) on stderr, for files when stdout is a terminal."""
-    if args.quiet or is_live(args.source) or not sys.stdout.isatty():
-        yield None
-        return
-    from tqdm import tqdm
-
-    with tqdm(total=3, desc="decode", bar_format="{desc:8s} {bar} {n_fmt}/{total_fmt} [{elapsed}]",
-              file=sys.stderr, leave=False) as bar:
-        def on_stage(stage: str) -> None:
-            if stage != "decode":
-                bar.update(1)
-            bar.set_description_str(stage)
-
-        yield on_stage
-
-
-def _with_progress(preds: Iterable[WindowPrediction], args, mode: str) -> Iterable[WindowPrediction]:
-    """A progress bar (on stderr, so stdout stays parseable) for files when stdout is a terminal."""
-    if args.quiet or is_live(args.source) or not sys.stdout.isatty():
-        yield from preds
-        return
-    from tqdm import tqdm
-
-    with tqdm(desc="windows", unit="win", file=sys.stderr, leave=False) as bar:
-        for pred in preds:
-            bar.update(1)
-            yield pred
-
-
-def _json_target(path: str) -> Path:
-    target = Path(path)
-    if target.is_dir():
-        raise ApclipError(f"--json {path} is a folder: give a file name, e.g. {target / 'predictions.jsonl'}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return target
-
-
-class _AtomicLines:
-    """JSON lines written to a temporary file and renamed into place when the run ends."""
-
-    def __init__(self, path: str):
-        self.path = _json_target(path)
-        self._target = AtomicFile(self.path, "w")
-        self.file: IO[str] = self._target.file
-
-    def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.file.flush()
-
-    def commit(self) -> None:
-        self._target.commit()
-
-    def discard(self) -> None:
-        self._target.discard()
-
-
-class _LiveLines(_AtomicLines):
-    """For cameras and streams, which may run for days: lines are appended to the target itself and
-    flushed one by one, so it can be followed while it grows; each line is a whole JSON object."""
-
-    def __init__(self, path: str):
-        self.path = _json_target(path)
-        self.file = open(self.path, "a", encoding="utf-8")
-
-    def commit(self) -> None:
-        self.file.close()
-
-    def discard(self) -> None:
-        self.file.close()
 
 
 if __name__ == "__main__":

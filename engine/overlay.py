@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import bisect
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -16,6 +17,17 @@ from apclip.engine.predictions import Prediction, WindowPrediction
 from apclip.engine.sources import open_source
 
 _FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+# Tried first where the container holds it: H.264 plays in every browser and player; OpenCV's FFmpeg
+# writes it only when built with an H.264 encoder (pip's opencv wheels usually are not).
+_PREFERRED = {".mp4": "avc1", ".m4v": "avc1", ".mov": "avc1"}
+CODEC_NAMES = {"avc1": "H.264 (avc1)", "mp4v": "MPEG-4 Part 2 (mp4v)", "MJPG": "Motion JPEG (MJPG)"}
+
+
+@dataclass(frozen=True)
+class OverlayResult:
+    frames: int  # frames written
+    codec: str  # fourcc used
+    note: str | None = None  # why the preferred codec was not used, if it was not
 
 
 def draw_top(image: np.ndarray, pred: Prediction | None, topk: int) -> np.ndarray:
@@ -41,17 +53,38 @@ def overlay_fourcc(out: str | os.PathLike) -> str:
     return fourcc
 
 
-def write_overlay(source, out: str | os.PathLike, predictions: Sequence[Prediction], topk: int = 5) -> int:
+def _open_writer(path: Path, fourccs: Sequence[str], fps: float, size: tuple[int, int]):
+    """The first fourcc OpenCV opens a writer for, with that writer (None, None: none could)."""
+    logging = cv2.utils.logging
+    level = logging.getLogLevel()
+    try:
+        for i, fourcc in enumerate(fourccs):
+            # A failed probe of the preferred codec is expected (and said in one note): OpenCV's ERROR lines
+            # for it are silenced; the last candidate keeps the caller's level.
+            logging.setLogLevel(logging.LOG_LEVEL_SILENT if i < len(fourccs) - 1 else level)
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+            if writer.isOpened():
+                return writer, fourcc
+            writer.release()
+    finally:
+        logging.setLogLevel(level)
+    return None, None
+
+
+def write_overlay(source, out: str | os.PathLike, predictions: Sequence[Prediction], topk: int = 5,
+                  fps: float | None = None) -> OverlayResult:
     """Re-read `source` and write every frame with the prediction current at its time; returns frames.
 
     Clip mode: the one prediction on every frame. Stream mode: the latest window that had ended by
     the frame's timestamp. Written to a temporary file and renamed, so `out` is never half-written.
+    MP4/MOV get H.264 when OpenCV can write it, else MPEG-4 Part 2 (the result's note says so).
+    fps: frame rate of an image-folder source.
     """
     out = Path(out)
     fourcc = overlay_fourcc(out)
     windows = [p for p in predictions if isinstance(p, WindowPrediction)]
     ends = [w.end for w in windows]
-    src = open_source(source)
+    src = open_source(source, fps=fps)
     if src.info.live:
         src.close()
         raise SourceError(f"--out-video needs a file or image folder, not the live source {src.info.name}")
@@ -61,6 +94,8 @@ def write_overlay(source, out: str | os.PathLike, predictions: Sequence[Predicti
         src.close()
         raise SourceError(f"--out-video {out}: cannot create a file there ({exc.strerror})") from None
     writer = None
+    used = fourcc
+    note = None
     count = 0
     try:
         for frame in src.frames():
@@ -73,10 +108,14 @@ def write_overlay(source, out: str | os.PathLike, predictions: Sequence[Predicti
             draw_top(image, current, topk)
             if writer is None:
                 h, w = image.shape[:2]
-                writer = cv2.VideoWriter(str(target.tmp), cv2.VideoWriter_fourcc(*fourcc),
-                                         float(src.info.fps or 30.0), (w, h))
-                if not writer.isOpened():
+                preferred = _PREFERRED.get(out.suffix.lower())
+                writer, used = _open_writer(target.tmp, [c for c in (preferred, fourcc) if c],
+                                            float(src.info.fps or 30.0), (w, h))
+                if writer is None:
                     raise SourceError(f"--out-video {out}: OpenCV cannot write {fourcc} here; try a .avi name")
+                if preferred and used != preferred:
+                    note = (f"OpenCV here cannot encode {CODEC_NAMES[preferred]}; wrote {CODEC_NAMES[used]} "
+                            f"instead (plays in VLC/ffplay, not in every browser)")
             writer.write(image)
             count += 1
         if writer is None:
@@ -84,7 +123,7 @@ def write_overlay(source, out: str | os.PathLike, predictions: Sequence[Predicti
         writer.release()
         writer = None
         target.commit()
-        return count
+        return OverlayResult(count, used, note)
     finally:
         if writer is not None:
             writer.release()

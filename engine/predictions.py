@@ -60,6 +60,8 @@ class Prediction:
     approximate: bool = False  # sampled from an unknown or wrong frame count (nearest kept frames)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     explanations: list[Explanation] | None = None
+    sampled_frames: int = 0  # frame positions sampled per crop (clips x T)
+    distinct_frames: int = 0  # different decoded frames among them (fewer for very short videos)
 
     @property
     def label(self) -> str:
@@ -70,7 +72,7 @@ class Prediction:
             "source": self.source,
             "top": [{"label": t.label, "score": round(t.score, 6)} for t in self.top],
             "backend": self.backend, "scorer": self.scorer, "protocol": self.protocol, "frames": self.frames,
-            "approximate": self.approximate,
+            "approximate": self.approximate, "distinct_frames": self.distinct_frames,
             "timings_ms": {k: round(v * 1000, 3) for k, v in self.timings.items()},
         }
         if self.explanations is not None:

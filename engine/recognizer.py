@@ -17,12 +17,13 @@ import os
 import queue
 import threading
 import time
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
 from apclip.bundle import Manifest, PROMPTS_FILE, read_manifest
 from apclip.class_matrix import ClassMatrix, load_prompt_texts
+from apclip.errors import ApclipError
 from apclip.extras import require
 
 from apclip.engine.clips import Clip, load_clip
@@ -157,6 +158,9 @@ class Recognizer:
         pred.scores = scores
         pred.backend, pred.scorer, pred.protocol = self.backend, self.scorer.name, self.scoring.protocol
         pred.frames, pred.approximate, pred.timings = len(emb), bool(clip.approximate), timings
+        # [V, T] indices: crops repeat a clip's frames, so count distinct ones among one crop's rows
+        pred.sampled_frames = int(clip.frame_indices[::clip.spec.crops].size)
+        pred.distinct_frames = int(np.unique(clip.frame_indices).size)
         if explain:
             pred.explanations = self.explain(emb, clip, order)
 
@@ -197,33 +201,52 @@ class Recognizer:
 
     # -- whole video ----------------------------------------------------------------------------
     def predict(self, source, *, topk: int | None = None, explain: bool = False,
-                max_frames: int | None = None, on_stage: Callable[[str], None] | None = None) -> Prediction:
+                max_frames: int | None = None, on_stage: Callable[[str], None] | None = None,
+                fps: float | None = None) -> Prediction:
         """Clip mode: one multi-view prediction for the whole video.
 
-        on_stage: called with "decode", "encode" and "score" as each stage starts (progress display)."""
+        on_stage: called with "decode", "encode" and "score" as each stage starts (progress display).
+        fps: frame rate of an image-folder source (default 30)."""
         if on_stage:
             on_stage("decode")
         t = time.perf_counter()
-        clip = load_clip(source, self.spec, max_frames=max_frames, workers=self.workers)
+        clip = load_clip(source, self.spec, max_frames=max_frames, workers=self.workers, fps=fps)
         timings = {"decode+preprocess": time.perf_counter() - t}
         pred = Prediction(source=clip.source.name, top=[], scores=np.zeros(0))
         self._fill(pred, clip, timings, topk or self.topk, explain, on_stage)
         return pred
 
-    def predict_many(self, sources: Iterable, *, topk: int | None = None, explain: bool = False) -> Iterator[Prediction]:
-        """Clip mode over many videos; the next video decodes while the current one encodes."""
-        clips = _prefetch(lambda: (load_clip(s, self.spec, workers=self.workers) for s in sources))
-        for clip, decode_s in clips:
+    def predict_many(self, sources: Iterable, *, topk: int | None = None, explain: bool = False,
+                     fps: float | None = None,
+                     on_error: Callable[[object, Exception], None] | None = None) -> Iterator[Prediction]:
+        """Clip mode over many videos; the next video decodes while the current one encodes.
+
+        on_error(source, exc): called, in source order, for a source that cannot be decoded
+        (ApclipError / OSError), which is then skipped; None: the error ends the iteration."""
+        def clips():
+            for source in sources:
+                try:
+                    yield load_clip(source, self.spec, workers=self.workers, fps=fps)
+                except (ApclipError, OSError) as exc:
+                    if on_error is None:
+                        raise
+                    yield _Failed(source, exc)
+
+        for clip, decode_s in _prefetch(clips):
+            if isinstance(clip, _Failed):
+                on_error(clip.source, clip.error)
+                continue
             pred = Prediction(source=clip.source.name, top=[], scores=np.zeros(0))
             self._fill(pred, clip, {"decode+preprocess": decode_s}, topk or self.topk, explain)
             yield pred
 
     # -- stream -----------------------------------------------------------------------------------
     def stream(self, source, *, window: float = 2.0, stride: float = 1.0, unit: str = "seconds",
-               topk: int | None = None, explain: bool = False) -> Iterator[WindowPrediction]:
+               topk: int | None = None, explain: bool = False, fps: float | None = None) -> Iterator[WindowPrediction]:
         """Stream mode: a prediction per sliding window, yielded as soon as the window completes."""
         spec = self.manifest.preprocessing.with_clips(1)
-        windows = iter_window_clips(source, spec, span=window, stride=stride, unit=unit, workers=self.workers)
+        windows = iter_window_clips(source, spec, span=window, stride=stride, unit=unit, workers=self.workers,
+                                    fps=fps)
         for index, (clip, decode_s) in enumerate(_prefetch(lambda: iter(windows))):
             pred = WindowPrediction(source=clip.source.name, top=[], scores=np.zeros(0), index=index,
                                     start=float(clip.start), end=float(clip.end))
@@ -248,6 +271,13 @@ def _prompt_texts(manifest: Manifest, classes: ClassMatrix, bank, template: str)
 
 
 _DONE = object()
+
+
+class _Failed(NamedTuple):
+    """A source predict_many could not decode, passed from the producer thread to the consumer."""
+
+    source: object
+    error: Exception
 
 
 def _prefetch(make: Callable[[], Iterator[Clip]], depth: int = 1) -> Iterator[tuple[Clip, float]]:

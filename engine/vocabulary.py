@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from apclip.bundle import CLASS_COUNTS, CLASS_EMBEDDINGS, CLASSES_FILE, TEXT_FILE, Manifest
+from apclip.bundle import CLASS_COUNTS, CLASS_EMBEDDINGS, CLASSES_FILE, TEXT_FILE, VOCAB_FILE, Manifest
 from apclip.class_matrix import ClassMatrix, PromptSource, class_prompts, encode_class_matrix, load_class_matrix
 from apclip.errors import ApclipError
 from apclip.fileio import atomic_write
@@ -34,6 +34,12 @@ def bundle_class_matrix(manifest: Manifest) -> ClassMatrix:
     matrix = load_class_matrix(manifest.file(CLASSES_FILE), manifest.labels)
     matrix.fallback_labels = list((manifest.raw.get("class_matrix") or {}).get("fallback_labels") or [])
     return matrix
+
+
+def bundle_vocab(manifest: Manifest) -> str | None:
+    """The bundle's copy of CLIP's BPE merges (hashed like every bundle file), used before any other:
+    run-time labels then need neither open_clip_torch nor --bpe-vocab. None for older bundles."""
+    return str(manifest.file(VOCAB_FILE)) if manifest.has(VOCAB_FILE) else None
 
 
 def resolve_classes(manifest: Manifest, labels: Sequence[str] | None, bank: PromptSource | None,
@@ -66,7 +72,8 @@ def resolve_classes(manifest: Manifest, labels: Sequence[str] | None, bank: Prom
             log(f"{len(new_labels)} new label(s) loaded from the cache {path}")
         else:
             log(f"encoding {len(new_labels)} new label(s) with {TEXT_FILE} ({sum(map(len, prompts))} prompts)")
-            new = encode_class_matrix(new_labels, prompts, text_runner, fallback_labels=fallback)
+            new = encode_class_matrix(new_labels, prompts, text_runner, fallback_labels=fallback,
+                                      vocab_path=bundle_vocab(manifest))
             stats["encoded"] = len(new_labels)
             if use_cache:
                 _write_cache(path, key, new, log)

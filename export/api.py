@@ -17,7 +17,7 @@ import numpy as np
 
 from apclip import __version__
 from apclip.bundle import (bound_metadata, CLASSES_FILE, EMBEDDINGS_OUTPUT, FORMAT, FORMAT_VERSION, MANIFEST, PROMPTS_FILE, SCORER_FILE,
-                           SCORER_INPUTS, SCORER_OUTPUT, TEXT_FILE, TEXT_INPUT, VISION_FILE, VISION_INPUT,
+                           SCORER_INPUTS, SCORER_OUTPUT, TEXT_FILE, TEXT_INPUT, VISION_FILE, VISION_INPUT, VOCAB_FILE,
                            sha256_file)
 from apclip.config import CROP_COUNTS, NORMALIZATIONS
 from apclip.fileio import publish
@@ -64,10 +64,11 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
 
     from apclip.export.onnx_export import MIN_OPSET
 
-    out = Path(out)
+    from apclip.export.output_target import check_bundle_target
+
+    shown = Path(out)
     # Everything that can be checked without the (slow) checkpoint load is checked first.
-    if out.exists() and not force:
-        raise ExportError(f"output {out} already exists; pass --force to replace it")
+    out = check_bundle_target(out, force, inputs=(ckpt, labels, prompts, base))
     if opset < MIN_OPSET:
         raise ExportError(f"--opset {opset} is too old: use >= {MIN_OPSET} so LayerNorm stays one node")
     if batch_max < 1:
@@ -136,7 +137,7 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
         if _before_rename is not None:
             _before_rename(work)
         _replace_dir(work, out)
-        result.path = out
+        result.path = shown
         return result
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -200,6 +201,10 @@ def _build(job: _Job, work: Path) -> ExportResult:
     seconds["export onnx"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    from apclip.tokenizer import find_vocab
+
+    # The merges travel with the bundle (hashed in the manifest): run-time labels need no open_clip there.
+    shutil.copyfile(find_vocab(), work / VOCAB_FILE)
     prompts, fallback = class_prompts(labels, bank, job.scoring.template)
     encode = trimmed_text_encoder(model)
     n_prompts = sum(map(len, prompts))
@@ -321,6 +326,10 @@ def _versions() -> dict[str, str]:
 def _replace_dir(work: Path, out: Path) -> None:
     """Move the finished bundle into place; an old bundle is removed only after the new one is whole."""
     if out.exists():
+        from apclip.export.output_target import is_apclip_bundle
+
+        if out.is_symlink() or not is_apclip_bundle(out):  # something else appeared there during the export
+            raise ExportError(f"--out {out} is no longer an apclip bundle; nothing was replaced")
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
         publish(work, out)

@@ -5,6 +5,9 @@ import argparse
 import sys
 import time
 
+from pathlib import Path
+
+from apclip.cli_common import EXIT_INTERRUPTED, EXIT_OK, add_version, exit_code
 from apclip.config import CROP_COUNTS, NORMALIZATIONS
 from apclip.preprocessing import PROFILES
 from apclip.scoring_protocol import PROTOCOLS
@@ -47,13 +50,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bpe-vocab", help="CLIP's bpe_simple_vocab_16e6.txt.gz (default: $APCLIP_BPE_VOCAB, "
                                        "else the installed open_clip_torch's)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    return p
+    return add_version(p)
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Inputs and --out, checked in milliseconds, before torch is imported (seconds) or anything is read."""
+    from apclip.export.errors import ExportError
+    from apclip.export.output_target import check_bundle_target
+
+    for flag, name, value in (("--ckpt", "checkpoint", args.ckpt), ("--labels", "labels file", args.labels),
+                              ("--prompts", "prompt bank", args.prompts), ("--base", "base CLIP file", args.base),
+                              ("--bpe-vocab", "BPE vocabulary", args.bpe_vocab)):
+        if value is not None and not Path(value).is_file():
+            what = "is a folder, not a file" if Path(value).is_dir() else "does not exist"
+            raise ExportError(f"{name} {value} {what} ({flag})")
+    check_bundle_target(args.out, args.force, inputs=(args.ckpt, args.labels, args.prompts, args.base))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
     try:
+        check_paths(args)
         from apclip.extras import require
 
         require("torch", "torch", "apclip-export")
@@ -78,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"apclip-export: error: {exc}", file=sys.stderr)
-        return 1
+        return exit_code(exc)
     except OSError as exc:  # unwritable --out, full disk: the OS says which path
         if args.debug:
             raise
@@ -86,9 +104,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print("apclip-export: interrupted; no bundle was written", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug, not a user error: still one line unless --debug
+        if args.debug:
+            raise
+        print(f"apclip-export: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return exit_code(exc)
     print(summary(result, time.perf_counter() - start))
-    return 0
+    return EXIT_OK
 
 
 def _log(message: str) -> None:

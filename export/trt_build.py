@@ -31,6 +31,7 @@ from apclip.bundle import Manifest, read_manifest
 from apclip.errors import ApclipError, MissingExtraError
 from apclip.fileio import atomic_write
 
+from apclip.engine.bundle_cli import Command
 from apclip.engine.trt_cache import (GRAPHS, PRECISIONS, EngineKey, Profile, engine_entry, engine_key, find_engine,
                                      profile_from_manifest, record_engine, timing_cache_path)
 
@@ -293,6 +294,11 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+# `apclip-bundle build-engine`: registered through the apclip.bundle_commands entry point (pyproject).
+BUNDLE_COMMAND = Command("build-engine", "build a TensorRT engine for this GPU into BUNDLE/engines/",
+                         add_arguments, lambda args: run(args))
 
 
 def main(argv: list[str] | None = None) -> int:

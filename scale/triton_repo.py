@@ -187,9 +187,7 @@ def write_triton_repo(bundle: str | Path, out: str | Path, *, vision: str = "aut
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="apclip-triton-repo",
-                                description="Write a Triton Inference Server model repository from a bundle.")
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("bundle", help="bundle directory (from apclip-export)")
     p.add_argument("--out", required=True, help="repository folder to create")
     p.add_argument("--vision", default="auto", choices=VISION_KINDS,
@@ -209,8 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def build_parser() -> argparse.ArgumentParser:
+    return add_arguments(argparse.ArgumentParser(
+        prog="apclip-triton-repo", description="Write a Triton Inference Server model repository from a bundle."))
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         out = write_triton_repo(args.bundle, args.out, vision=args.vision, max_batch=args.max_batch,
                                 instances=args.instances, gpu=args.gpu, max_queue_delay_us=args.max_queue_delay_us,
@@ -220,6 +222,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"wrote the Triton model repository {out} (models {VISION}, {MAKA}, ensemble {ENSEMBLE})")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+def _bundle_command():
+    from apclip.engine.bundle_cli import Command
+
+    return Command("triton-repo", "write a Triton Inference Server model repository for NVIDIA's containers",
+                   add_arguments, run)
+
+
+# `apclip-bundle triton-repo`: registered through the apclip.bundle_commands entry point (pyproject).
+BUNDLE_COMMAND = _bundle_command()
 
 
 if __name__ == "__main__":

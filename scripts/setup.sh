@@ -17,3 +17,13 @@ if [ ! -x .venv-serve/bin/python ]; then
     "$PYTHON" -m venv .venv-serve
 fi
 .venv-serve/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[cpu,triton-server]"
+# Headless Chromium for the --report browser test (tests/test_report_browser.py skips without it).
+if ! command -v chromium >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        # Bounded: a machine without a reachable Debian mirror skips the browser test instead of hanging.
+        (timeout 300 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq chromium >/dev/null) \
+            || echo "setup: chromium could not be installed; the report browser test will skip" >&2
+    else
+        echo "setup: chromium not installed (needs root and apt-get); the report browser test will skip" >&2
+    fi
+fi

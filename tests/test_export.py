@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from apclip.bundle import (CLASSES_FILE, MANIFEST, PROMPTS_FILE, SCORER_FILE, TEXT_FILE, VISION_FILE, BundleError,
+from apclip.bundle import (CLASSES_FILE, MANIFEST, PROMPTS_FILE, SCORER_FILE, TEXT_FILE, VISION_FILE, VOCAB_FILE, BundleError,
                            read_manifest, sha256_file)
 from apclip.class_matrix import load_class_matrix
 from apclip.export.api import export_bundle
@@ -67,7 +67,10 @@ def test_own_format_bundle_manifest_and_class_matrix(tiny_bundle, demo_assets):
     assert raw["labels_sha256"] == labels_sha256(labels)
     bank = load_prompt_bank(demo_assets["bank"])
     assert raw["prompt_bank_sha256"] == bank.sha256
-    assert set(m.files) == {VISION_FILE, TEXT_FILE, CLASSES_FILE, PROMPTS_FILE, SCORER_FILE}
+    assert set(m.files) == {VISION_FILE, TEXT_FILE, CLASSES_FILE, PROMPTS_FILE, SCORER_FILE, VOCAB_FILE}
+    from apclip.tokenizer import find_vocab
+
+    assert (tiny_bundle / VOCAB_FILE).read_bytes() == find_vocab().read_bytes()  # the merges export used
     for name, info in m.files.items():
         assert info["sha256"] == sha256_file(tiny_bundle / name)
         assert info["bytes"] == (tiny_bundle / name).stat().st_size
@@ -172,8 +175,7 @@ def test_parity_failure_keeps_nothing(tmp_path, demo_assets, monkeypatch):
 
 
 def test_interrupted_export_leaves_no_bundle_and_keeps_the_old_one(tmp_path, demo_assets, reuse_session_onnx):
-    out = tmp_path / "bundle"
-    out.mkdir()
+    out = fake_bundle(tmp_path / "bundle")
     (out / "marker").write_text("old bundle")
 
     def interrupt(work: Path) -> None:
@@ -219,9 +221,15 @@ def test_bundle_has_ordinary_permissions(tiny_bundle):
         assert file.stat().st_mode & 0o777 == 0o666 & ~mask, file.name
 
 
+def fake_bundle(path: Path) -> Path:
+    """A folder --force may replace: it has a readable apclip manifest."""
+    path.mkdir()
+    (path / MANIFEST).write_text(json.dumps({"format": "apclip-bundle", "format_version": 1}), encoding="utf-8")
+    return path
+
+
 def test_cli_export_with_force_prints_summary(tmp_path, demo_assets, capsys, reuse_session_onnx):
-    out = tmp_path / "bundle"
-    out.mkdir()
+    out = fake_bundle(tmp_path / "bundle")
     code = export_main(["--ckpt", str(demo_assets["checkpoint"]), "--out", str(out), "--force", "--no-progress"])
     stdout = capsys.readouterr().out
     assert code == 0
@@ -264,3 +272,20 @@ def test_tampered_bundle_is_refused(tiny_bundle, tmp_path):
     (copy / CLASSES_FILE).write_bytes(bytes(data))
     with pytest.raises(BundleError, match=CLASSES_FILE):
         read_manifest(copy)
+
+
+def test_force_rechecks_the_target_before_replacing_it(tmp_path, demo_assets, reuse_session_onnx):
+    """A bundle swapped for other files while the export ran is not deleted at the final rename."""
+    import shutil
+
+    out = fake_bundle(tmp_path / "bundle")
+
+    def swap(work: Path) -> None:
+        shutil.rmtree(out)
+        out.mkdir()
+        (out / "thesis.tex").write_text("precious", encoding="utf-8")
+
+    with pytest.raises(ExportError, match="no longer an apclip bundle"):
+        export_bundle(demo_assets["checkpoint"], out=out, force=True, verify=False, _before_rename=swap, **QUIET)
+    assert (out / "thesis.tex").read_text(encoding="utf-8") == "precious"
+    _no_partials(tmp_path)

@@ -20,7 +20,8 @@ pytest.importorskip("onnxruntime")
 from apclip.engine.cli import main  # noqa: E402
 from apclip.testing.videos import write_test_video  # noqa: E402
 
-PREDICTION_KEYS = {"source", "top", "backend", "scorer", "protocol", "frames", "approximate", "timings_ms"}
+PREDICTION_KEYS = {"source", "top", "backend", "scorer", "protocol", "frames", "approximate", "distinct_frames",
+                   "timings_ms"}
 WINDOW_KEYS = PREDICTION_KEYS | {"window", "start", "end"}
 
 

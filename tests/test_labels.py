@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from apclip.labels import LabelsError, labels_sha256, parse_labels, read_labels
+from apclip.labels import LabelsError, labels_sha256, parse_labels, read_labels, split_camel_case
 
 
 def test_one_label_per_line_with_comments_blanks_and_spaces(tmp_path):
@@ -60,3 +60,26 @@ def test_missing_and_unreadable_files(tmp_path):
 def test_labels_hash_is_order_sensitive():
     assert labels_sha256(["a", "b"]) != labels_sha256(["b", "a"])
     assert labels_sha256(["a", "b"]) == labels_sha256(["a", "b"])
+
+
+def test_ucf101_classind_is_ordered_by_index_and_split_only_when_asked(tmp_path):
+    path = tmp_path / "classInd.txt"
+    path.write_text("2 ApplyLipstick\n1 ApplyEyeMakeup\n3 YoYo\n4 TaiChi\n5 PlayingDaf\n", encoding="utf-8")
+    assert read_labels(path) == ["ApplyEyeMakeup", "ApplyLipstick", "YoYo", "TaiChi", "PlayingDaf"]
+    assert read_labels(path, split_camel=True) == ["Apply Eye Makeup", "Apply Lipstick", "Yo Yo", "Tai Chi",
+                                                   "Playing Daf"]
+
+
+@pytest.mark.parametrize("text, labels", [
+    ("3 legged race\nswimming\n", ["3 legged race", "swimming"]),  # not every line numbered
+    ("10 pin bowling\n3 legged race\n", ["10 pin bowling", "3 legged race"]),  # numbers are not 1..K
+    ("0 a\n1 b\n", ["a", "b"]),  # 0-based indices count too
+])
+def test_numbered_lines_are_classind_only_when_they_number_every_label(text, labels):
+    assert parse_labels(text) == labels
+
+
+def test_camel_case_split_keeps_acronyms_and_plain_names():
+    assert split_camel_case("PlayingDhol") == "Playing Dhol"
+    assert split_camel_case("HTMLParser") == "HTML Parser"
+    assert split_camel_case("riding a bike") == "riding a bike"

@@ -136,7 +136,8 @@ def test_missing_openai_names_the_extra(monkeypatch, tmp_path, capsys):
     with pytest.raises(MissingExtraError, match=r'pip install "apclip\[llm\]"'):
         ChatClient(LLMSettings(), "test-key")
     (tmp_path / "labels.txt").write_text("archery\n", encoding="utf-8")
-    assert main(["generate", "--labels", str(tmp_path / "labels.txt"), "--out", str(tmp_path / "b.json")]) == 1
+    # exit 2: a missing optional package, like a usage error (the same for every command)
+    assert main(["generate", "--labels", str(tmp_path / "labels.txt"), "--out", str(tmp_path / "b.json")]) == 2
     assert 'apclip[llm]' in capsys.readouterr().err
 
 

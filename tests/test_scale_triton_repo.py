@@ -140,3 +140,12 @@ def videos_for_repo(tmp_path):
     from apclip.testing.videos import write_test_video
 
     return [write_test_video(tmp_path / f"r{i}.avi", frames=18 + 9 * i, size=(64, 48), fps=25.0) for i in range(2)]
+
+
+def test_apclip_bundle_triton_repo_subcommand(tiny_bundle, tmp_path, capsys):
+    """The writer joins apclip-bundle through the apclip.bundle_commands entry point."""
+    from apclip.engine.bundle_cli import main as bundle_main
+
+    assert bundle_main(["triton-repo", str(tiny_bundle), "--out", str(tmp_path / "repo"), "--no-gpu"]) == 0
+    assert kind_name(parse(tmp_path / "repo" / "vision" / "config.pbtxt")) == "KIND_CPU"
+    assert "wrote the Triton model repository" in capsys.readouterr().out

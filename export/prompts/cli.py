@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from apclip.cli_common import add_version, exit_code
 from apclip.errors import ApclipError
 from apclip.prompt_bank import load_prompt_bank, save_prompt_bank, write_json_atomic
 from apclip.tokenizer import CONTEXT_LENGTH
@@ -49,6 +50,7 @@ def _add_llm_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Generate AP-CLIP's action-conditioned prompt bank "
                                                             "with an LLM.")
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="write a prompt bank for a labels file")
@@ -244,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except ApclipError as exc:
         _say(f"{PROG}: error: {exc}")
-        return 1
+        return exit_code(exc)
     except BrokenPipeError:
         # stdout was closed early (`... --dry-run | head`): not an error worth a traceback.
         devnull = os.open(os.devnull, os.O_WRONLY)
