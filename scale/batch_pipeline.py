@@ -13,13 +13,15 @@ row carrying its error.
 from __future__ import annotations
 
 import json
+import pickle
 import time
 from typing import Any
 
 import numpy as np
 
-# Columns a decoded row carries to the encode actors.
-_DECODED = ("path", "source", "views", "approximate", "duration", "decode_s", "error")
+# Columns a decoded row carries to the encode actors. "clip" is the engine's Clip pickled to bytes
+# (b"" on error): Ray Data would otherwise try to turn the dataclass into a tensor column.
+_DECODED = ("path", "clip", "duration", "decode_s", "error")
 
 
 def _error_text(exc: BaseException) -> str:
@@ -27,7 +29,7 @@ def _error_text(exc: BaseException) -> str:
 
 
 def decode_video(row: dict[str, Any], *, preprocessing: dict[str, Any]) -> dict[str, Any]:
-    """One path -> its preprocessed clip (or the error), decoded in this one task."""
+    """One path -> its preprocessed Clip (or the error), decoded in this one task."""
     import os
 
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # the error row names the cause; no FFmpeg noise
@@ -40,13 +42,13 @@ def decode_video(row: dict[str, Any], *, preprocessing: dict[str, Any]) -> dict[
     try:
         clip = load_clip(path, spec)
     except Exception as exc:  # any decode failure becomes the row's error, never the job's
-        return {"path": path, "source": path, "views": np.zeros((0,), np.float32), "approximate": False,
-                "duration": None, "decode_s": time.perf_counter() - t, "error": _error_text(exc)}
+        return {"path": path, "clip": b"", "duration": None, "decode_s": time.perf_counter() - t,
+                "error": _error_text(exc)}
     duration = clip.source.duration
     if duration is None:
         duration = float(clip.end - clip.start)
-    return {"path": path, "source": clip.source.name, "views": clip.views, "approximate": bool(clip.approximate),
-            "duration": float(duration), "decode_s": time.perf_counter() - t, "error": None}
+    return {"path": path, "clip": pickle.dumps(clip, protocol=pickle.HIGHEST_PROTOCOL), "duration": float(duration), "decode_s": time.perf_counter() - t,
+            "error": None}
 
 
 class ClipScorer:
@@ -66,29 +68,21 @@ class ClipScorer:
 
     def score_row(self, row: dict[str, Any]) -> dict[str, Any]:
         """One decoded row -> Prediction.to_dict() plus path, duration and error (as apclip-infer --json)."""
-        from apclip.engine.predictions import LabelScore, Prediction
-        from apclip.engine.preprocess import flatten_views
-        from apclip.engine.runners import encode_in_batches
+        from apclip.engine.predictions import Prediction
 
         rec = self.rec
         error = row["error"] if isinstance(row["error"], str) else None
         duration = None if row["duration"] is None or np.isnan(row["duration"]) else float(row["duration"])
         timings = {"decode+preprocess": float(row["decode_s"])}
-        pred = Prediction(source=str(row["source"]), top=[], scores=np.zeros(0), backend=rec.backend,
-                          scorer=rec.scorer.name, protocol=rec.scoring.protocol, approximate=bool(row["approximate"]),
-                          timings=timings)
+        clip = pickle.loads(row["clip"]) if error is None else None  # our own decode task's bytes
+        pred = Prediction(source=clip.source.name if clip is not None else str(row["path"]), top=[],
+                          scores=np.zeros(0), backend=rec.backend, scorer=rec.scorer.name,
+                          protocol=rec.scoring.protocol, timings=timings)
         if error is None:
             try:
-                # The same steps as Recognizer._fill: encode all V*T frames, score by the bundle's protocol, top-k.
-                t = time.perf_counter()
-                emb = encode_in_batches(rec.vision, flatten_views(np.asarray(row["views"])))  # [V*T, E]
-                timings["encode"] = time.perf_counter() - t
-                t = time.perf_counter()
-                scores = rec.score(emb)  # [K]
-                timings["score"] = time.perf_counter() - t
-                order = np.argsort(-scores, kind="stable")[:rec.topk]
-                pred.top = [LabelScore(rec.labels[k], float(scores[k])) for k in order]
-                pred.frames = len(emb)
+                # The Recognizer's own per-clip step (encode, score by the bundle's protocol, top-k), so
+                # every field is the one apclip-infer --json writes for the same video.
+                rec._fill(pred, clip, timings, rec.topk, explain=False)
             except Exception as exc:  # a clip the encoder refuses is that video's error
                 error = _error_text(exc)
         return {**pred.to_dict(), "path": str(row["path"]), "duration": duration, "error": error}

@@ -30,7 +30,8 @@ def _schema():
     return pa.schema([
         ("source", pa.string()), ("top", top), ("backend", pa.string()), ("scorer", pa.string()),
         ("protocol", pa.string()),
-        ("frames", pa.int64()), ("approximate", pa.bool_()), ("timings_ms", pa.map_(pa.string(), pa.float64())),
+        ("frames", pa.int64()), ("approximate", pa.bool_()), ("distinct_frames", pa.int64()),
+        ("timings_ms", pa.map_(pa.string(), pa.float64())),
         ("path", pa.string()), ("duration", pa.float64()), ("error", pa.string()),
     ])
 

@@ -120,7 +120,7 @@ def test_batch_killed_and_resumed_matches_apclip_infer(tiny_bundle, archive, tmp
         assert [t["label"] for t in row["top"]] == [t["label"] for t in expected["top"]], video
         for got, want in zip(row["top"], expected["top"]):
             assert got["score"] == pytest.approx(want["score"], abs=2e-6), video
-        for field in ("source", "backend", "scorer", "protocol", "frames", "approximate"):
+        for field in ("source", "backend", "scorer", "protocol", "frames", "approximate", "distinct_frames"):
             assert row[field] == expected[field], (video, field)
         assert row["duration"] == pytest.approx((16 + 2 * int(Path(video).stem[4:])) / 25.0)
         assert set(dict(row["timings_ms"])) == set(expected["timings_ms"])
@@ -136,6 +136,7 @@ def test_batch_killed_and_resumed_matches_apclip_infer(tiny_bundle, archive, tmp
 def _row(path: str, score: float, error: str | None = None) -> dict:
     return {"source": path, "top": [] if error else [{"label": "a", "score": score}], "backend": "ort-cpu",
             "scorer": "numpy", "protocol": "maka", "frames": 0 if error else 32, "approximate": False,
+            "distinct_frames": 0 if error else 16,
             "timings_ms": {"decode+preprocess": 1.5}, "path": path, "duration": None if error else 2.0, "error": error}
 
 
