@@ -12,6 +12,7 @@ from importlib import metadata
 from apclip import __version__
 
 SUMMARIES = {
+    "apclip-bench": "parity of every backend against the PyTorch reference, latency per stage, kernel benchmark",
     "apclip-export": "export a checkpoint to a verified ONNX bundle with the precompiled class matrix",
     "apclip-infer": "recognise actions in a video file, image folder, camera or stream",
     "apclip-prompts": "generate action-conditioned prompts for labels with an LLM",

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apclip.benchmarks.infer_latency import machine, versions
+from apclip.benchmarks.machine import record
 
 
 def status_kib(pid: str | int = "self") -> dict[str, int]:
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()
 
     print(f"\nstream mode, {args.minutes:g} min 320x240 MJPG at {args.fps:g} fps, window {args.window:g} s, "
-          f"stride {args.stride:g} s, bundle {bundle.name}; {machine()['cpu']}, {os.cpu_count()} cores; "
+          f"stride {args.stride:g} s, bundle {bundle.name}; {record()['cpu']['cpu']}, {os.cpu_count()} cores; "
           f"load average {load_before[0]:.2f} -> {load_after[0]:.2f}")
     print(f"{'run':5s} {'windows':>8s} {'wall s':>8s} {'1st-min peak MiB':>17s} {'last-min peak MiB':>18s} "
           f"{'growth MiB':>11s} {'slope MiB/h':>12s}")
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     if "final_hwm_mib" in runs["api"]:
         print(f"api: RSS {runs['api']['rss_before_mib']:.1f} MiB before the stream, VmHWM "
               f"{runs['api']['final_hwm_mib']:.1f} MiB at the end")
-    result = {"benchmark": "stream_memory", "machine": machine(), "versions": versions(),
+    result = {"benchmark": "stream_memory", "machine": record(),
               "video": {"minutes": args.minutes, "fps": args.fps, "size": [320, 240], "codec": "MJPG"},
               "window": args.window, "stride": args.stride, "bundle": str(bundle),
               "load_average": {"before": load_before, "after": load_after}, "runs": runs}

@@ -20,15 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
 import cv2
-import numpy as np
 
 from apclip.engine.clips import FrameResizer, load_clip
 from apclip.engine.windows import iter_window_clips
@@ -37,24 +33,20 @@ from apclip.engine.preprocess import make_views
 from apclip.engine.sampling import sample_segment_indices
 from apclip.engine.sources import open_source
 from apclip.testing.videos import write_test_video
+from apclip.benchmarks.machine import record
+from apclip.benchmarks.timing import host_timer, measure, summarize
 
 SPEC = Preprocessing(frames=8, clips=2, crops=2, resolution=224)
 
 
 def _times(fn: Callable[[], object], repeats: int) -> list[float]:
-    fn()  # warm-up: page cache, codec init, thread pools
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
+    """Seconds of fn() over `repeats` runs after one warm-up (page cache, codec init, thread pools)."""
+    return [ms / 1e3 for ms in measure({"run": host_timer(fn)}, repeats, warmup=1)["run"]]
 
 
 def _summary(seconds: list[float]) -> dict[str, float]:
-    ordered = sorted(seconds)
-    return {"median_s": statistics.median(ordered), "p90_s": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
-            "min_s": ordered[0]}
+    stats = summarize([s * 1e3 for s in seconds])
+    return {"median_s": stats["median_ms"] / 1e3, "p90_s": stats["p90_ms"] / 1e3, "min_s": stats["min_ms"] / 1e3}
 
 
 def _decode(path: Path, threads: int | None, resize_workers: int | None) -> int:
@@ -151,9 +143,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{share['clip, whole video']:.1%}; preprocessing alone {share['clip, preprocess']:.1%}")
 
     result = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "python": platform.python_version(), "opencv_threads": default_threads},
-        "versions": {"opencv": cv2.__version__, "numpy": np.__version__},
+        "benchmark": "video_ingest", "machine": record(), "opencv_threads": default_threads,
         "video": {"codec": args.codec, "frames": frames, "fps": args.fps, "size": [1280, 720]},
         "clip": SPEC.to_dict(), "workers": args.workers, "repeats": args.repeats, "windows": num_windows,
         "results": results, "encode_ms": args.encode_ms, "share_of_encode": share,

@@ -159,12 +159,13 @@ def checked_checkpoint(manifest: Manifest, checkpoint: str | os.PathLike | None,
 
 
 def torch_runners(manifest: Manifest, checkpoint: str | os.PathLike | None, base: str | None, *,
-                  batch_size: int):
+                  batch_size: int, device: str | None = None):
+    """The reference encoders on `device` (default: CUDA when torch sees a GPU, else the CPU)."""
     torch = require("torch", "torch", "the torch backend")
     from apclip.model import ImageEmbedder, TextEmbedder
 
     model = checked_checkpoint(manifest, checkpoint, base)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return (TorchRunner(ImageEmbedder(model, normalize=manifest.vision_normalized), device=device,
                         batch_size=batch_size),
             TorchRunner(TextEmbedder(model), device=device, batch_size=256))

@@ -13,6 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from apclip.fileio import atomic_write
+
 _LEVEL = 16  # intensity step between the 16 levels of one index digit
 MAX_FRAMES = _LEVEL ** 3  # indices the band can encode; longer videos repeat the band every MAX_FRAMES
 
@@ -117,3 +119,58 @@ def codec_available(codec: str, suffix: str) -> bool:
         ok, _ = capture.read()
         capture.release()
         return bool(ok)
+
+
+# Frame sizes (width, height) of the varied set: landscape, portrait, square, small (upscaled by the
+# engine) and wide, so crops land on different parts of the pattern.
+VARIED_SIZES = ((320, 240), (240, 320), (426, 240), (256, 256), (640, 360), (180, 320), (200, 150), (512, 216))
+# BGR channel orders and tints, so colour statistics differ between videos.
+_COLOURINGS = ("bgr", "rgb", "gray", "invert", "warm", "cool", "gbr", "dark")
+
+
+def varied_frame(index: int, width: int, height: int, variant: int) -> np.ndarray:
+    """Frame `index` of varied video `variant`: the generated pattern at another speed, colouring and size.
+
+    Motion: the pattern advances `speed` frames per frame (0: a still video, up to 5: fast motion)."""
+    speed = variant % 6
+    image = frame_pattern(index * speed + 17 * variant, width, height)
+    colouring = _COLOURINGS[(variant // 2) % len(_COLOURINGS)]
+    if colouring == "rgb":
+        image = image[..., ::-1]
+    elif colouring == "gbr":
+        image = image[..., [1, 2, 0]]
+    elif colouring == "gray":
+        image = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    elif colouring == "invert":
+        image = 255 - image
+    elif colouring in ("warm", "cool", "dark"):
+        gain = {"warm": (0.6, 0.9, 1.2), "cool": (1.2, 0.9, 0.6), "dark": (0.35, 0.35, 0.35)}[colouring]
+        image = np.clip(image * np.asarray(gain, np.float32), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(image)
+
+
+def write_varied_videos(folder: str | Path, count: int = 16, frames: int = 24, fps: float = 25.0,
+                        codec: str = "MJPG", suffix: str = ".avi") -> list[Path]:
+    """`count` short videos that differ in size, aspect ratio, colours and motion (see varied_frame)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for variant in range(count):
+        width, height = VARIED_SIZES[variant % len(VARIED_SIZES)]
+        path = folder / f"varied-{variant:02d}-{width}x{height}{suffix}"
+        with atomic_write(path, mode=None, suffix=suffix) as tmp:  # a killed run leaves no half video
+            _write_varied(tmp, frames, fps, codec, (width, height), variant)
+        paths.append(path)
+    return paths
+
+
+def _write_varied(path: Path, frames: int, fps: float, codec: str, size: tuple[int, int], variant: int) -> None:
+    width, height = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), float(fps), (width, height), True)
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write {codec} into {path.suffix} here")
+    try:
+        for index in range(frames):
+            writer.write(varied_frame(index, width, height, variant))
+    finally:
+        writer.release()

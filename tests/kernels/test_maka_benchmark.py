@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from apclip.benchmarks import kernel_maka, kernel_maka_check
+from apclip.benchmarks import kernel, kernel_maka, kernel_maka_check
 from apclip.testing.kernel_cases import Case, make_inputs, reference, relative_l2
 
 
@@ -13,7 +13,7 @@ from apclip.testing.kernel_cases import Case, make_inputs, reference, relative_l
 def test_eager_baseline_is_maka(views: str) -> None:
     case = Case(b=3, v=4, t=8, k=7, p=36, e=64, views=views, dtype="float32")
     video, classes, counts = make_inputs(case, 5, "cpu", padding="noise")
-    eager = kernel_maka.make_eager_maka(torch, counts, case.p, views)
+    eager = kernel.make_eager_maka(torch, counts, case.p, views)
     assert relative_l2(eager(video, classes), reference(video, classes, counts, views)) <= 1e-6
 
 

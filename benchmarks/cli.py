@@ -1,0 +1,237 @@
+"""apclip-bench: accuracy parity against the PyTorch reference, per-stage latency, comparisons, kernel.
+
+    apclip-bench backends BUNDLE [--ckpt best.pt]                    what can run here, and why not the rest
+    apclip-bench parity BUNDLE --ckpt best.pt [--backends LIST] [--videos DIR|LIST] [--json F]
+    apclip-bench latency BUNDLE [--backends LIST] [--video V] [--batch N] [--runs N] [--warmup N] [--json F] [--plot F.png]
+    apclip-bench compare A.json B.json [...] [--plot F.png]
+    apclip-bench kernel [--k 400 600] [--b 1 8 64 256] [--json F]
+
+Exit codes: 0 ok; 1 a contender failed parity (or an error); 2 usage, missing optional package or
+missing GPU (kernel); 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from apclip.errors import ApclipError, MissingExtraError
+
+from apclip.engine.backends import UnknownContender
+
+
+def _workdir_default() -> str:
+    return os.path.join(tempfile.gettempdir(), "apclip-bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="apclip-bench", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(q: argparse.ArgumentParser, ckpt_help: str) -> None:
+        q.add_argument("bundle", help="bundle directory (from apclip-export)")
+        q.add_argument("--ckpt", help=ckpt_help)
+        q.add_argument("--base", help="base OpenAI CLIP file for a ViFi-CLIP --ckpt")
+        q.add_argument("--backends", help="comma list of contenders, e.g. ort-cpu,torch-cuda:fp16,numpy "
+                                          "(default: every one; see apclip-bench backends)")
+        q.add_argument("--threads", type=int, help="CPU threads of ONNX Runtime (default: all cores)")
+        q.add_argument("--json", dest="json_out", help="write everything measured to this JSON file")
+        q.add_argument("--workdir", default=_workdir_default(), help="where generated videos are kept")
+        q.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+    q = sub.add_parser("backends", help="list every contender and whether it can run here")
+    q.add_argument("bundle", help="bundle directory (some rows depend on its files)")
+    q.add_argument("--ckpt", help="checkpoint (the torch rows need one)")
+    q.add_argument("--json", dest="json_out")
+
+    q = sub.add_parser("parity", help="every contender against the torch fp32 reference")
+    common(q, "the checkpoint the bundle was exported from (required: the reference)")
+    q.add_argument("--videos", help="folder of videos or a text file listing them (default: a generated varied set)")
+    q.add_argument("--count", type=int, default=16, help="generated videos without --videos (default 16)")
+    q.add_argument("--reference-device", default="cpu", help="device of the torch fp32 reference (default cpu)")
+    q.add_argument("--batch", type=int, default=32, help="vision batch (default 32)")
+    for flag, what in (("--min-cosine", "embedding cosine of every frame"),
+                       ("--max-score-diff", "largest |score - reference| (fp32 default 1e-4)"),
+                       ("--min-top1", "top-1 agreement share over the videos")):
+        q.add_argument(flag, action="append", metavar="[PRECISION=]X",
+                       help=f"threshold: {what}; X for every precision or e.g. fp16=X (repeatable)")
+
+    q = sub.add_parser("latency", help="per-stage latency of every contender on one video")
+    common(q, "checkpoint (needed by the torch-based contenders)")
+    q.add_argument("--video", help="video to time (default: a generated 4 s 720p video)")
+    q.add_argument("--batch", type=int, help="vision batch (default: the clip's V*T images at once)")
+    q.add_argument("--runs", type=int, default=5, help="timed runs per stage (default 5)")
+    q.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    q.add_argument("--window", type=float, default=2.0, help="stream window, seconds (default 2)")
+    q.add_argument("--stride", type=float, default=1.0, help="stream stride, seconds (default 1)")
+    q.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True, help="time stream mode")
+    q.add_argument("--large-classes", type=int, default=400, help="K of the synthetic score row (0: none)")
+    q.add_argument("--large-prompts", type=int, default=36, help="P of the synthetic score row")
+    q.add_argument("--plot", help="write a PNG of stage latency per contender")
+
+    q = sub.add_parser("compare", help="ratios of benchmark JSON files, per stage and contender")
+    q.add_argument("files", nargs="+", help="JSON files from --json (the first is the baseline)")
+    q.add_argument("--json", dest="json_out")
+    q.add_argument("--plot", help="write a PNG of the medians")
+
+    q = sub.add_parser("kernel", help="the Triton MAKA kernel vs eager, torch.compile and the memory floor (GPU)")
+    from apclip.benchmarks.kernel import add_arguments
+
+    add_arguments(q)
+    return p
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    from apclip.fileio import atomic_write
+
+    with atomic_write(path) as f:
+        json.dump(data, f, indent=1, default=str)
+        f.write("\n")
+
+
+def _check_out(path: str | None, flag: str) -> None:
+    """Fail before minutes of measuring, not after, when an output cannot be written."""
+    if path and not Path(path).resolve().parent.is_dir():
+        raise ApclipError(f"{flag} {path}: the folder {Path(path).parent} does not exist")
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    from apclip.bundle import read_manifest
+    from apclip.engine.backends import BuildContext, contenders, probe
+
+    ctx = BuildContext(read_manifest(args.bundle), args.ckpt)
+    rows = []
+    for c in contenders():
+        reason = probe(c, ctx)
+        kind = "reference" if c.reference else c.kind
+        rows.append({"contender": c.name, "kind": kind, "device": c.device, "available": reason is None,
+                     "reason": reason})
+        print(f"{c.name:<17} {kind:<9} {c.device:<5} {'available' if reason is None else 'unavailable: ' + reason}")
+    if args.json_out:
+        _write_json(args.json_out, {"benchmark": "backends", "rows": rows})
+    return 0
+
+
+def cmd_parity(args: argparse.Namespace, log) -> int:
+    from apclip.benchmarks.inputs import generated_videos, read_video_list
+    from apclip.benchmarks.parity import format_table, run_parity, thresholds_with
+
+    if not args.ckpt:
+        raise ApclipError("parity needs --ckpt, the checkpoint the bundle was exported from (the reference)")
+    _check_out(args.json_out, "--json")
+    thresholds = thresholds_with(args.min_cosine, args.max_score_diff, args.min_top1)
+    if args.videos:
+        videos = read_video_list(args.videos)
+    else:
+        if args.count < 16:
+            log(f"note: {args.count} generated videos (fewer than 16): top-1 agreement shares are coarse")
+        videos = generated_videos(args.workdir, args.count)
+    report = run_parity(args.bundle, args.ckpt, videos, base=args.base, backends=args.backends,
+                        thresholds=thresholds, reference_device=args.reference_device, threads=args.threads,
+                        batch_size=args.batch, log=log)
+    from apclip.benchmarks.machine import describe
+
+    print(f"parity of {args.bundle} against {report.reference} on {len(videos)} videos; {describe(report.machine)}")
+    print(format_table(report))
+    failed = report.failed
+    print(f"{'FAIL' if failed else 'PASS'}: " + (", ".join(r.contender for r in failed) + " failed" if failed
+                                                  else "every available contender is within its thresholds"))
+    if args.json_out:
+        _write_json(args.json_out, report.to_dict())
+        log(f"wrote {args.json_out}")
+    return 1 if failed else 0
+
+
+def cmd_latency(args: argparse.Namespace, log) -> int:
+    from apclip.benchmarks.inputs import latency_video
+    from apclip.benchmarks.latency import LatencySettings, format_table, run_latency
+    from apclip.benchmarks.machine import describe
+
+    _check_out(args.json_out, "--json")
+    _check_out(args.plot, "--plot")
+    if args.plot:
+        from apclip.extras import require
+
+        require("matplotlib", "bench", "--plot")
+    if args.runs < 1 or args.warmup < 0 or (args.batch is not None and args.batch < 1):
+        raise ApclipError("--runs and --batch must be >= 1 and --warmup >= 0")
+    video = Path(args.video) if args.video else latency_video(args.workdir)
+    if not video.is_file():
+        raise ApclipError(f"--video {video} does not exist")
+    settings = LatencySettings(runs=args.runs, warmup=args.warmup, batch=args.batch, threads=args.threads,
+                               window=args.window, stride=args.stride, stream=args.stream,
+                               large_classes=args.large_classes, large_prompts=args.large_prompts)
+    report = run_latency(args.bundle, video, backends=args.backends, checkpoint=args.ckpt, base=args.base,
+                         settings=settings, log=log)
+    print(f"latency of {args.bundle} on {video.name} ({report.video['size'][0]}x{report.video['size'][1]}, "
+          f"{report.video['frames']} frames), {report.images_per_clip} images per clip, {args.runs} runs after "
+          f"{args.warmup} warm-up; ms; {describe(report.machine)}")
+    print(format_table(report))
+    if args.json_out:
+        _write_json(args.json_out, report.to_dict())
+        log(f"wrote {args.json_out}")
+    if args.plot:
+        from apclip.benchmarks.plot import plot_stages
+
+        plot_stages(report.rows, args.plot, f"apclip-bench latency: {Path(args.bundle).name}, {video.name}")
+        log(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from apclip.benchmarks.compare import compare
+
+    _check_out(args.json_out, "--json")
+    table, data = compare(args.files)
+    print(table)
+    if args.json_out:
+        _write_json(args.json_out, data)
+    if args.plot:
+        from apclip.benchmarks.plot import plot_stages
+
+        rows = [{"contender": f"{Path(f).stem}: {r['contender']}", "stage": r["stage"], "median_ms": m}
+                for r in data["rows"] for f, m in zip(args.files, r["median_ms"])]
+        plot_stages(rows, args.plot, "apclip-bench compare")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    args = build_parser().parse_args(argv)
+    quiet = getattr(args, "quiet", False)
+    log = (lambda message: None) if quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    try:
+        if args.command == "backends":
+            return cmd_backends(args)
+        if args.command == "parity":
+            return cmd_parity(args, log)
+        if args.command == "latency":
+            return cmd_latency(args, log)
+        if args.command == "compare":
+            return cmd_compare(args)
+        from apclip.benchmarks.kernel import run
+
+        return run(args)
+    except KeyboardInterrupt:
+        print("apclip-bench: interrupted", file=sys.stderr)
+        return 130
+    except (MissingExtraError, UnknownContender) as exc:
+        if args.debug:
+            raise
+        print(f"apclip-bench: {exc}", file=sys.stderr)
+        return 2
+    except ApclipError as exc:
+        if args.debug:
+            raise
+        print(f"apclip-bench: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
