@@ -20,6 +20,9 @@ SUMMARIES = {
     "apclip-build-engine": "build a TensorRT engine for a bundle on this GPU (cached in BUNDLE/engines/)",
     "apclip-train": "fine-tune CLIP on labelled videos (ViFi-CLIP protocol, MAKA over prompts) into best.pt",
     "apclip-eval": "top-1/top-5/mean-class (and base/novel/HM) accuracy of a bundle or checkpoint on labelled videos",
+    "apclip-batch": "batch inference over a video archive with Ray Data (resumable Parquet/JSONL)",
+    "apclip-serve": "serve a bundle through NVIDIA Triton Inference Server (HTTP, gRPC, metrics)",
+    "apclip-triton-repo": "write a Triton Inference Server model repository for NVIDIA's containers",
 }
 
 
@@ -38,7 +41,7 @@ def _list(scripts: dict[str, metadata.EntryPoint]) -> int:
         return 1
     print("commands (run as `apclip-NAME ARGS` or `python -m apclip NAME ARGS`):")
     for name in sorted(scripts):
-        print(f"  {name:16s} {SUMMARIES.get(name, scripts[name].value)}")
+        print(f"  {name:19s} {SUMMARIES.get(name, scripts[name].value)}")
     print("run any command with --help for its options")
     return 0
 

@@ -8,9 +8,15 @@ PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[cpu,torch,train,llm,triton,test]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[cpu,torch,train,llm,triton,test,scale]"
 # The CLIP BPE vocabulary ships inside open_clip_torch; its dependencies (torchvision) are not needed.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt --no-deps "open_clip_torch==3.3.0"
+# apclip-serve's Triton server environment: nvidia-pytriton ships the tritonserver binary, whose Python
+# backend stub needs numpy<2, so it gets its own venv (the tests find it as .venv-serve).
+if [ ! -x .venv-serve/bin/python ]; then
+    "$PYTHON" -m venv .venv-serve
+fi
+.venv-serve/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[cpu,triton-server]"
 # Headless Chromium for the --report browser test (tests/test_report_browser.py skips without it).
 if ! command -v chromium >/dev/null 2>&1; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Root folders that pyproject maps to apclip.<name>.
-SUBPACKAGES = ("engine", "export", "kernels", "train", "benchmarks")
+SUBPACKAGES = ("engine", "export", "kernels", "train", "benchmarks", "scale")
 
 # A meta-path finder that makes torch (and everything under it) unimportable, as on a runtime-only install.
 BLOCK_TORCH = """

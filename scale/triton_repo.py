@@ -1,0 +1,243 @@
+"""apclip-triton-repo: a bundle -> a Triton Inference Server model repository for NVIDIA's containers.
+
+    repo/
+      vision/config.pbtxt    platform onnxruntime_onnx (1/model.onnx), or tensorrt_plan (1/model.plan)
+                             when the bundle has a TensorRT vision engine (apclip-build-engine); max_batch_size frames,
+                             dynamic_batching, instance_group
+      maka/config.pbtxt      Python backend (1/model.py, numpy only) holding the class matrix
+                             (1/class_embeddings.npy [K, P, E], 1/class_counts.npy [K], 1/labels.json)
+      apclip/config.pbtxt    ensemble: views [Nv, 3, R, R] -> vision -> embeddings [Nv, E] -> maka
+                             -> labels [k], scores [k], all_scores [K]
+
+Serve it with `tritonserver --model-repository repo` in nvcr.io/nvidia/tritonserver:<yy.mm>-py3.
+`--vision python` writes a vision model that runs ONNX Runtime inside the Python backend instead,
+for servers without the onnxruntime backend (such as the one in the nvidia-pytriton wheel).
+The client sends the preprocessed views of one clip (apclip.engine.clips.load_clip(...).views,
+flattened to [V*T, 3, R, R]); apclip-serve's `apclip_clip` model also takes raw frames.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from apclip.bundle import VISION_FILE, VISION_INPUT, EMBEDDINGS_OUTPUT, Manifest, read_manifest
+from apclip.errors import ApclipError
+from apclip.fileio import publish
+
+from apclip.scale.triton_config import ModelConfig, Step, Tensor
+
+if TYPE_CHECKING:
+    from apclip.engine.trt_cache import EngineKey
+
+ENSEMBLE = "apclip"
+VISION = "vision"
+MAKA = "maka"
+VISION_KINDS = ("auto", "onnx", "tensorrt", "python")
+
+
+def model_source(name: str) -> str:
+    """The text of scale/triton_models/<name>.py (installed as apclip.scale.triton_models)."""
+    return resources.files("apclip.scale.triton_models").joinpath(f"{name}.py").read_text(encoding="utf-8")
+
+
+def vision_engines(manifest: Manifest) -> dict[str, EngineKey]:
+    """The bundle's TensorRT vision engines (apclip-build-engine), by file name, that are on disk."""
+    from apclip.engine.trt_cache import ENGINES_DIR, EngineCacheError, EngineKey, listed_engines
+
+    found = {}
+    for name, entry in listed_engines(manifest).items():
+        try:
+            key = EngineKey.from_dict(entry["key"])
+        except EngineCacheError:
+            continue
+        if key.graph == "vision" and (manifest.path / ENGINES_DIR / name).is_file():
+            found[name] = key
+    return found
+
+
+def _pick_engine(manifest: Manifest, engine: str | None):
+    """(file name, EngineKey) of the engine to serve, or None; several need --engine to choose."""
+    engines = vision_engines(manifest)
+    if engine is not None:
+        if engine not in engines:
+            raise ApclipError(f"--engine {engine}: not a vision engine of bundle {manifest.path} "
+                              f"(it has: {', '.join(sorted(engines)) or 'none'})")
+        return engine, engines[engine]
+    if len(engines) > 1:
+        # An engine runs only on the GPU model and TensorRT version it was built for: the user knows the target.
+        raise ApclipError(f"bundle {manifest.path} has {len(engines)} vision engines; choose the one built for the "
+                          f"target GPU and the container's TensorRT with --engine ({', '.join(sorted(engines))})")
+    return next(iter(engines.items()), None)
+
+
+def vision_config(manifest: Manifest, kind: str, *, max_batch: int, instances: int, gpu: bool,
+                  max_queue_delay_us: int, threads: int = 0) -> ModelConfig:
+    r, e = manifest.preprocessing.resolution, manifest.embed_dim
+    config = ModelConfig(VISION, [Tensor(VISION_INPUT, "TYPE_FP32", [3, r, r])],
+                         [Tensor(EMBEDDINGS_OUTPUT, "TYPE_FP32", [e])], max_batch_size=max_batch,
+                         instance_kind="KIND_GPU" if gpu and kind != "python" else "KIND_CPU", instances=instances,
+                         dynamic_batching=True, max_queue_delay_us=max_queue_delay_us)
+    if kind == "python":
+        config.backend = "python"
+        config.parameters = {"threads": str(threads)}
+    else:
+        config.platform = "tensorrt_plan" if kind == "tensorrt" else "onnxruntime_onnx"
+    return config
+
+
+def maka_config(manifest: Manifest, num_classes: int, topk: int) -> ModelConfig:
+    k = min(topk, num_classes)
+    return ModelConfig(MAKA, [Tensor("embeddings", "TYPE_FP32", [-1, manifest.embed_dim])], _clip_outputs(k, num_classes),
+                       backend="python", parameters={"topk": str(topk)})
+
+
+def _clip_outputs(k: int, num_classes: int) -> list[Tensor]:
+    return [Tensor("labels", "TYPE_STRING", [k]), Tensor("scores", "TYPE_FP32", [k]),
+            Tensor("all_scores", "TYPE_FP32", [num_classes])]
+
+
+def ensemble_config(manifest: Manifest, num_classes: int, topk: int) -> ModelConfig:
+    r = manifest.preprocessing.resolution
+    k = min(topk, num_classes)
+    # max_batch_size 0: one request is one clip; its Nv views are the batch the vision model sees.
+    return ModelConfig(ENSEMBLE, [Tensor("views", "TYPE_FP32", [-1, 3, r, r])], _clip_outputs(k, num_classes),
+                       platform="ensemble", instance_kind=None, steps=[
+                           Step(VISION, {VISION_INPUT: "views"}, {EMBEDDINGS_OUTPUT: "frame_embeddings"}),
+                           Step(MAKA, {"embeddings": "frame_embeddings"},
+                                {"labels": "labels", "scores": "scores", "all_scores": "all_scores"}),
+                       ])
+
+
+def write_triton_repo(bundle: str | Path, out: str | Path, *, vision: str = "auto", max_batch: int = 64,
+                      instances: int = 1, gpu: bool = True, max_queue_delay_us: int = 2000, topk: int = 5,
+                      threads: int = 0, overwrite: bool = False, engine: str | None = None) -> Path:
+    """Write the repository to `out` (a temporary folder renamed into place). Returns `out`."""
+    from apclip.engine.vocabulary import bundle_class_matrix
+
+    if vision not in VISION_KINDS:
+        raise ApclipError(f"--vision {vision}: choose one of {', '.join(VISION_KINDS)}")
+    if max_batch < 1 or instances < 1 or topk < 1 or max_queue_delay_us < 0:
+        raise ApclipError("--max-batch, --instances and --topk must be 1 or more, --max-queue-delay-us 0 or more")
+    manifest = read_manifest(bundle)
+    if manifest.scoring.protocol != "maka":
+        raise ApclipError(f"bundle {bundle} scores by the {manifest.scoring.protocol} protocol; the repository's maka "
+                          "model implements MAKA only: serve this bundle with apclip-serve")
+    views = manifest.preprocessing.views * manifest.preprocessing.frames
+    if max_batch < views:
+        raise ApclipError(f"--max-batch {max_batch}: one clip of this bundle is {views} frames; use at least that")
+    picked = _pick_engine(manifest, engine) if vision in ("auto", "tensorrt") else None
+    kind = vision if vision != "auto" else ("tensorrt" if picked is not None else "onnx")
+    if kind == "tensorrt" and picked is None:
+        raise ApclipError(f"bundle {bundle} has no TensorRT engine for the vision encoder (apclip-build-engine "
+                          "makes one on the target GPU); use --vision onnx")
+    if kind == "tensorrt":
+        profile = picked[1].profile
+        if profile.max_batch < views:
+            raise ApclipError(f"engine {picked[0]} takes at most {profile.max_batch} frames, one clip is {views}")
+        max_batch = min(max_batch, profile.max_batch)  # Triton must not send batches the profile cannot take
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ApclipError(f"{out} exists: remove it or pass --overwrite")
+    classes = bundle_class_matrix(manifest)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Built in a sibling folder and renamed into place: never a half-written repository.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        (tmp / VISION / "1").mkdir(parents=True)
+        (tmp / MAKA / "1").mkdir(parents=True)
+        (tmp / ENSEMBLE / "1").mkdir(parents=True)  # an ensemble needs a (empty) version folder
+        configs = [vision_config(manifest, kind, max_batch=max_batch, instances=instances, gpu=gpu,
+                                 max_queue_delay_us=max_queue_delay_us, threads=threads),
+                   maka_config(manifest, classes.num_classes, topk),
+                   ensemble_config(manifest, classes.num_classes, topk)]
+        for config in configs:
+            (tmp / config.name / "config.pbtxt").write_text(config.pbtxt(), encoding="utf-8")
+        if kind == "tensorrt":
+            from apclip.engine.trt_cache import ENGINES_DIR
+
+            shutil.copyfile(manifest.path / ENGINES_DIR / picked[0], tmp / VISION / "1" / "model.plan")
+        else:
+            shutil.copyfile(manifest.file(VISION_FILE), tmp / VISION / "1" / "model.onnx")
+        if kind == "python":
+            (tmp / VISION / "1" / "model.py").write_text(model_source("vision_ort"), encoding="utf-8")
+        maka_dir = tmp / MAKA / "1"
+        (maka_dir / "model.py").write_text(model_source("maka"), encoding="utf-8")
+        np.save(maka_dir / "class_embeddings.npy", np.ascontiguousarray(classes.embeddings, dtype=np.float32))
+        np.save(maka_dir / "class_counts.npy", np.ascontiguousarray(classes.counts, dtype=np.int32))
+        (maka_dir / "labels.json").write_text(json.dumps(classes.labels, ensure_ascii=False), encoding="utf-8")
+        if out.exists():  # --overwrite
+            old = out.with_name(f".{out.name}.old-{tmp.name[-8:]}")
+            os.replace(out, old)
+            publish(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("bundle", help="bundle directory (from apclip-export)")
+    p.add_argument("--out", required=True, help="repository folder to create")
+    p.add_argument("--vision", default="auto", choices=VISION_KINDS,
+                   help="vision model: onnx (onnxruntime_onnx), tensorrt (tensorrt_plan, needs an engine in the "
+                        "bundle), python (ONNX Runtime inside the Python backend); auto: tensorrt if an engine "
+                        "exists, else onnx")
+    p.add_argument("--engine", help="the bundle's TensorRT vision engine to serve (file name under engines/), "
+                                    "when it has several")
+    p.add_argument("--max-batch", type=int, default=64, help="vision max_batch_size in frames (default 64)")
+    p.add_argument("--max-queue-delay-us", type=int, default=2000,
+                   help="dynamic batching: longest wait to fill a batch (default 2000 us)")
+    p.add_argument("--instances", type=int, default=1, help="vision instance count (default 1)")
+    p.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=True,
+                   help="vision instances on GPUs (KIND_GPU; default) or CPUs (--no-gpu)")
+    p.add_argument("--topk", type=int, default=5, help="labels and scores returned (default 5)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing repository")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return add_arguments(argparse.ArgumentParser(
+        prog="apclip-triton-repo", description="Write a Triton Inference Server model repository from a bundle."))
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        out = write_triton_repo(args.bundle, args.out, vision=args.vision, max_batch=args.max_batch,
+                                instances=args.instances, gpu=args.gpu, max_queue_delay_us=args.max_queue_delay_us,
+                                topk=args.topk, overwrite=args.overwrite, engine=args.engine)
+    except (ApclipError, OSError) as exc:
+        print(f"apclip-triton-repo: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    print(f"wrote the Triton model repository {out} (models {VISION}, {MAKA}, ensemble {ENSEMBLE})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+def _bundle_command():
+    from apclip.engine.bundle_cli import Command
+
+    return Command("triton-repo", "write a Triton Inference Server model repository for NVIDIA's containers",
+                   add_arguments, run)
+
+
+# `apclip-bundle triton-repo`: registered through the apclip.bundle_commands entry point (pyproject).
+BUNDLE_COMMAND = _bundle_command()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
