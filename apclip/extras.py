@@ -18,6 +18,16 @@ def require(module: str, extra: str, purpose: str = "") -> ModuleType:
         ) from None
 
 
+def importable(module: str) -> bool:
+    """Whether `module` could be imported, without importing it (cheap: no torch load to learn it is absent)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def available(module: str) -> bool:
     try:
         importlib.import_module(module)

@@ -34,6 +34,17 @@ def publish(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     os.replace(tmp, final)
 
 
+def read_user_text(path: str | os.PathLike, what: str, error: type[Exception]) -> str:
+    """The text of a file the user named (BOM dropped), or `error` in one line: "{what} does not
+    exist" / "{what} is unreadable: ..." (what: e.g. "labels file labels.txt")."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise error(f"{what} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{what} is unreadable: {exc}") from None
+
+
 def _fsync_path(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())

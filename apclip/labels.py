@@ -9,7 +9,6 @@ import io
 import json
 import os
 import re
-from pathlib import Path
 
 from apclip.errors import ApclipError
 
@@ -77,13 +76,9 @@ def _parse_csv(rows: list[str], source: str) -> list[str]:
 
 
 def read_labels(path: str | os.PathLike, split_camel: bool = False) -> list[str]:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise LabelsError(f"labels file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LabelsError(f"labels file {path} is unreadable: {exc}") from None
+    from apclip.fileio import read_user_text
+
+    text = read_user_text(path, f"labels file {path}", LabelsError)
     return parse_labels(text, str(path), split_camel)
 
 

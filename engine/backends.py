@@ -11,7 +11,6 @@ imported until a probe or a builder runs, so this module imports without torch o
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -20,6 +19,7 @@ from apclip.bundle import SCORER_FILE, VISION_FILE, VISION_INPUT, Manifest
 from apclip.errors import ApclipError, MissingExtraError
 
 from apclip.engine.runners import BackendUnavailable, EncoderRunner
+from apclip.extras import importable
 
 # The quantized vision graph an int8 export adds to a bundle (ONNX Runtime dynamic quantization).
 VISION_INT8_FILE = "vision.int8.onnx"
@@ -150,13 +150,6 @@ def build(contender: Contender, ctx: BuildContext) -> Any:
 
 
 # -- probes --------------------------------------------------------------------------------------------
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def nvidia_driver_present() -> bool:
     """Cheap check before importing torch (seconds, hundreds of MB) just to learn there is no GPU."""
     from apclip.engine.gpu_backends import cuda_may_be_present
@@ -165,7 +158,7 @@ def nvidia_driver_present() -> bool:
 
 
 def _needs_ort(ctx: BuildContext) -> str | None:
-    if not _importable("onnxruntime"):
+    if not importable("onnxruntime"):
         return "onnxruntime is not installed: pip install \"apclip[cpu]\""
     return None
 
@@ -180,13 +173,13 @@ def _gpu_probe(backend: str) -> Probe:
     return reason
 
 
+def _ort_and_file(ctx: BuildContext, name: str, how: str) -> str | None:
+    """Why an ONNX Runtime contender that needs the bundle file `name` cannot run (None: it can)."""
+    return _needs_ort(ctx) or (None if ctx.manifest.has(name) else f"the bundle has no {name} ({how})")
+
+
 def _int8_reason(ctx: BuildContext) -> str | None:
-    reason = _needs_ort(ctx)
-    if reason:
-        return reason
-    if not ctx.manifest.has(VISION_INT8_FILE):
-        return f"the bundle has no {VISION_INT8_FILE} (export it with int8 quantization)"
-    return None
+    return _ort_and_file(ctx, VISION_INT8_FILE, "export it with int8 quantization")
 
 
 def _checkpoint_reason(ctx: BuildContext) -> str | None:
@@ -196,7 +189,7 @@ def _checkpoint_reason(ctx: BuildContext) -> str | None:
 
 
 def _torch_reason(ctx: BuildContext) -> str | None:
-    if not _importable("torch"):
+    if not importable("torch"):
         return "torch is not installed: pip install \"apclip[torch]\""
     return _checkpoint_reason(ctx)
 
@@ -205,7 +198,7 @@ def cuda_reason() -> str | None:
     """None when torch sees a CUDA GPU, else why not (torch is imported only where a driver exists)."""
     if not nvidia_driver_present():
         return "no CUDA GPU here (no NVIDIA driver)"
-    if not _importable("torch"):
+    if not importable("torch"):
         return "torch is not installed: pip install \"apclip[torch]\" (a CUDA build)"
     import torch
 
@@ -244,12 +237,7 @@ def _trt_reason(precision: str) -> Probe:
 
 
 def _scorer_file_reason(ctx: BuildContext) -> str | None:
-    reason = _needs_ort(ctx)
-    if reason:
-        return reason
-    if not ctx.manifest.has(SCORER_FILE):
-        return f"the bundle has no {SCORER_FILE} (re-export with --scorer)"
-    return None
+    return _ort_and_file(ctx, SCORER_FILE, "re-export with --scorer")
 
 
 def _triton_reason(ctx: BuildContext) -> str | None:
@@ -257,7 +245,7 @@ def _triton_reason(ctx: BuildContext) -> str | None:
     if not (nvidia_driver_present() or interpreted):
         return "the Triton kernel needs a CUDA GPU (no NVIDIA driver here)"
     for module, extra in (("torch", "torch"), ("triton", "triton")):
-        if not _importable(module):
+        if not importable(module):
             return f"{module} is not installed: pip install \"apclip[{extra}]\""
     from apclip.engine.scorers import TritonScorer
 

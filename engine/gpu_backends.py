@@ -9,7 +9,6 @@ import nothing heavy before a device file says a GPU may be present, so a CPU ma
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -17,6 +16,7 @@ from typing import Any, Callable
 from apclip.bundle import Manifest
 
 from apclip.engine.runners import BackendUnavailable
+from apclip.extras import importable as _importable  # module-level name: tests monkeypatch it
 
 AUTO_ORDER = ("trt", "torch-cuda", "ort-cuda", "ort")
 Log = Callable[[str], None]
@@ -27,13 +27,6 @@ class Availability:
     backend: str
     ok: bool
     reason: str  # one line: what it found ("tensorrt 10.9 and 2 engines for sm90") or what is missing
-
-
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def cuda_may_be_present() -> bool:

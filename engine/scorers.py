@@ -15,7 +15,7 @@ import numpy as np
 from apclip.bundle import SCORER_FILE, SCORER_INPUTS, Manifest
 from apclip.class_matrix import ClassMatrix
 from apclip.errors import ApclipError
-from apclip.extras import require
+from apclip.extras import importable, require
 from apclip.scoring import vificlip_score
 
 from apclip.engine.gemm_scorer import GemmClasses, maka_gemm
@@ -155,7 +155,7 @@ def make_scorer(name: str, manifest: Manifest) -> Scorer:
     if name == "triton":
         return TritonScorer()
     if name == "auto":
-        if not (_cuda_may_be_present() and _importable("torch") and _importable("triton")):
+        if not (_cuda_may_be_present() and importable("torch") and importable("triton")):
             return NumpyScorer()
         try:
             scorer = TritonScorer()
@@ -163,9 +163,3 @@ def make_scorer(name: str, manifest: Manifest) -> Scorer:
             return NumpyScorer()
         return AutoTritonScorer(scorer) if scorer.device == "cuda" else NumpyScorer()
     raise BackendUnavailable(f"unknown scorer {name!r}; choose one of {', '.join(SCORERS)}")
-
-
-def _importable(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None

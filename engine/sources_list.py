@@ -81,13 +81,10 @@ def _folder_sources(folder: Path, recursive: bool) -> list[SourceItem]:
 
 
 def _read_list(list_file: str) -> list[SourceItem]:
+    from apclip.fileio import read_user_text
+
     path = Path(list_file)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise UsageError(f"source list @{list_file} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"source list @{list_file} is unreadable: {exc}") from None
+    text = read_user_text(path, f"source list @{list_file}", UsageError)
     items = []
     for line in text.splitlines():
         line = line.strip()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import warnings
 from pathlib import Path
 
@@ -22,28 +21,17 @@ def fuse_encoder(src: Path, dst: Path, config, encoder: str) -> dict[str, int]:
     """Write the fused `src` to `dst`; returns {fused op: count} (only the ops that were found)."""
     from onnxruntime.transformers.optimizer import optimize_model
 
+    from apclip.export.onnx_export import quiet_loggers
+
     heads, width = ((config.vision_heads, config.vision_width) if encoder == "vision"
                     else (config.transformer_heads, config.transformer_width))
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet("onnxruntime"):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet_loggers(("onnxruntime", "")):
         warnings.simplefilter("ignore")
         # opt_level 0: only the Python fusions; ORT's own graph optimizations run when a session loads.
         model = optimize_model(str(src), model_type=FUSION_MODEL_TYPE, num_heads=heads, hidden_size=width,
                                opt_level=0, use_gpu=False)
         model.save_model_to_file(str(dst))
     return {op: n for op, n in model.get_fused_operator_statistics().items() if n}
-
-
-@contextlib.contextmanager
-def _quiet(name: str):
-    loggers = [logging.getLogger(name), logging.getLogger()]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 def fusion_record() -> dict:

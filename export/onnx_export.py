@@ -32,7 +32,7 @@ class MakaScorer(nn.Module):
 
 
 @contextlib.contextmanager
-def _quiet_loggers(names: tuple[str, ...] = ("torch.onnx", "onnxscript")):
+def quiet_loggers(names: tuple[str, ...] = ("torch.onnx", "onnxscript")):
     loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
@@ -50,7 +50,7 @@ def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], 
         raise ExportError(f"--opset {opset} is too old: use >= {MIN_OPSET} so LayerNorm stays one node")
     # The exporter prints progress lines, deprecation chatter and log warnings about optional ops
     # (torchvision) and its version-converter fallback; our own progress says what matters.
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_loggers():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet_loggers():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             module, args, dynamo=True, opset_version=opset, input_names=input_names,

@@ -53,13 +53,10 @@ def parse_video_list(text: str, root: str | os.PathLike, num_classes: int, sourc
 
 
 def read_video_list(path: str | os.PathLike, root: str | os.PathLike, num_classes: int) -> list[VideoItem]:
+    from apclip.fileio import read_user_text
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"list file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"list file {path} is unreadable: {exc}") from None
+    text = read_user_text(path, f"list file {path}", DataError)
     return parse_video_list(text, root, num_classes, str(path))
 
 

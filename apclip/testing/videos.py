@@ -65,15 +65,23 @@ def write_test_video(path: str | Path, frames: int = 64, size: tuple[int, int] =
     The container follows the suffix (.avi, .mp4, .mkv, ...). Raises RuntimeError when this OpenCV
     build cannot write that codec/container pair (see codec_available).
     """
-    path = Path(path)
+    def frame(index: int) -> np.ndarray:
+        image = frame_pattern(index, *size)
+        return image if color else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+
+    return _write_frames(Path(path), frames, fps, codec, size, color, frame)
+
+
+def _write_frames(path: Path, frames: int, fps: float, codec: str, size: tuple[int, int], color: bool,
+                  frame) -> Path:
+    """Encode frame(0) ... frame(frames - 1) into `path` (the container follows its suffix)."""
     width, height = size
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), float(fps), (width, height), color)
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write {codec} into {path.suffix} here")
     try:
         for index in range(frames):
-            image = frame_pattern(index, width, height)
-            writer.write(image if color else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+            writer.write(frame(index))
     finally:
         writer.release()
     return path
@@ -165,12 +173,4 @@ def write_varied_videos(folder: str | Path, count: int = 16, frames: int = 24, f
 
 
 def _write_varied(path: Path, frames: int, fps: float, codec: str, size: tuple[int, int], variant: int) -> None:
-    width, height = size
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), float(fps), (width, height), True)
-    if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot write {codec} into {path.suffix} here")
-    try:
-        for index in range(frames):
-            writer.write(varied_frame(index, width, height, variant))
-    finally:
-        writer.release()
+    _write_frames(path, frames, fps, codec, size, True, lambda index: varied_frame(index, *size, variant))
