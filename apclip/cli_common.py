@@ -30,6 +30,18 @@ def exit_code(exc: BaseException) -> int:
     return EXIT_FAILURE
 
 
+def report_error(prog: str, exc: BaseException) -> int:
+    """Print `exc` as one line on stderr under the command's name; returns its exit status."""
+    import sys
+
+    if isinstance(exc, KeyboardInterrupt):
+        print(f"{prog}: interrupted", file=sys.stderr)
+    else:
+        text = str(exc).strip()
+        print(f"{prog}: {text.splitlines()[0] if text else type(exc).__name__}", file=sys.stderr)
+    return exit_code(exc)
+
+
 def silence_broken_pipe() -> int:
     """stdout was closed early (`apclip-infer ... | head`): not an error worth a message. Later writes
     (and the interpreter's final flush) go to /dev/null instead of raising again."""

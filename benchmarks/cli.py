@@ -19,9 +19,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from apclip.errors import ApclipError, MissingExtraError
+from apclip.cli_common import report_error
+from apclip.errors import ApclipError
 
-from apclip.engine.backends import UnknownContender
 
 
 def _workdir_default() -> str:
@@ -218,19 +218,12 @@ def main(argv: list[str] | None = None) -> int:
         from apclip.benchmarks.kernel import run
 
         return run(args)
-    except KeyboardInterrupt:
-        print("apclip-bench: interrupted", file=sys.stderr)
-        return 130
-    except (MissingExtraError, UnknownContender) as exc:
+    except KeyboardInterrupt as exc:
+        return report_error("apclip-bench", exc)
+    except ApclipError as exc:  # a missing extra or an unknown contender exits 2, a failure 1
         if args.debug:
             raise
-        print(f"apclip-bench: {exc}", file=sys.stderr)
-        return 2
-    except ApclipError as exc:
-        if args.debug:
-            raise
-        print(f"apclip-bench: {exc}", file=sys.stderr)
-        return 1
+        return report_error("apclip-bench", exc)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from apclip.bundle import SCORER_FILE, VISION_FILE, VISION_INPUT, Manifest
+from apclip.cli_common import UsageError
 from apclip.errors import ApclipError, MissingExtraError
 
 from apclip.engine.runners import BackendUnavailable, EncoderRunner
@@ -79,7 +80,7 @@ class ScorerContender:
 Contender = EncoderContender | ScorerContender
 
 
-class UnknownContender(ApclipError):
+class UnknownContender(UsageError):
     """A --backends name that is not in the registry (a usage error)."""
 
 _ENCODERS: dict[str, EncoderContender] = {}

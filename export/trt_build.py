@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from apclip.bundle import Manifest, read_manifest
+from apclip.cli_common import report_error
 from apclip.errors import ApclipError, MissingExtraError
 from apclip.fileio import atomic_write
 
@@ -283,16 +284,12 @@ def run(args: argparse.Namespace) -> int:
         build_engine(BuildRequest(Path(args.bundle), args.graph, args.precision, args.workspace_gb, args.opt_batch,
                                   args.max_batch, tuple(args.calibration), args.force),
                      log=lambda m: print(m, file=sys.stderr))
-    except MissingExtraError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except ApclipError as exc:
-        if args.debug:
+        if args.debug and not isinstance(exc, MissingExtraError):
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+        return report_error("apclip-build-engine", exc)
+    except KeyboardInterrupt as exc:
+        return report_error("apclip-build-engine", exc)
     return 0
 
 

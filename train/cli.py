@@ -5,7 +5,8 @@ import argparse
 import dataclasses
 import sys
 
-from apclip.errors import ApclipError, MissingExtraError
+from apclip.cli_common import report_error
+from apclip.errors import ApclipError
 
 from apclip.train.config import PRESETS, TrainConfig, preset_values
 
@@ -105,17 +106,12 @@ def main(argv: list[str] | None = None) -> int:
             result = train(TrainConfig(), args.run, resume=True, progress=args.progress, device=args.device)
         else:
             result = train(resolve_config(args), args.run, progress=args.progress, device=args.device)
-    except MissingExtraError as exc:
-        print(f"apclip-train: {exc}", file=sys.stderr)
-        return 2
     except (ApclipError, OSError, ValueError) as exc:
         if args.debug:
             raise
-        print(f"apclip-train: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("apclip-train: interrupted", file=sys.stderr)
-        return 130
+        return report_error("apclip-train", exc)
+    except KeyboardInterrupt as exc:
+        return report_error("apclip-train", exc)
     if result.interrupted:
         return 130
     if not result.main_process:

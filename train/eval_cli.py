@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from apclip.errors import ApclipError, MissingExtraError
+from apclip.cli_common import report_error
+from apclip.errors import ApclipError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,17 +126,12 @@ def main(argv: list[str] | None = None) -> int:
             from apclip.train.eval import write_confusion_png
 
             write_confusion_png(args.confusion, report.confusion, report.labels)
-    except MissingExtraError as exc:
-        print(f"apclip-eval: {exc}", file=sys.stderr)
-        return 2
     except (ApclipError, OSError, ValueError) as exc:
         if args.debug:
             raise
-        print(f"apclip-eval: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("apclip-eval: interrupted", file=sys.stderr)
-        return 130
+        return report_error("apclip-eval", exc)
+    except KeyboardInterrupt as exc:
+        return report_error("apclip-eval", exc)
     print(report.summary())
     for path in report.skipped[:10]:
         print(f"skipped (could not be decoded): {path}", file=sys.stderr)
