@@ -34,6 +34,21 @@ def publish(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     os.replace(tmp, final)
 
 
+def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Publish the finished directory `tmp` as `final`; an existing `final` is moved aside first and
+    removed only once the new one is in place, so a crash never leaves neither."""
+    import shutil
+
+    tmp, final = Path(tmp), Path(final)
+    if not final.exists():
+        publish(tmp, final)
+        return
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    os.replace(final, old)
+    publish(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def read_user_text(path: str | os.PathLike, what: str, error: type[Exception]) -> str:
     """The text of a file the user named (BOM dropped), or `error` in one line: "{what} does not
     exist" / "{what} is unreadable: ..." (what: e.g. "labels file labels.txt")."""

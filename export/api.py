@@ -20,7 +20,7 @@ from apclip.bundle import (bound_metadata, CLASSES_FILE, EMBEDDINGS_OUTPUT, FORM
                            SCORER_INPUTS, SCORER_OUTPUT, TEXT_FILE, TEXT_INPUT, VISION_FILE, VISION_INPUT, VOCAB_FILE,
                            sha256_file)
 from apclip.config import CROP_COUNTS, NORMALIZATIONS
-from apclip.fileio import publish
+from apclip.fileio import replace_dir
 from apclip.preprocessing import PROFILES, Preprocessing
 from apclip.scoring_protocol import PROTOCOLS, Scoring, check_template
 
@@ -370,12 +370,7 @@ def _replace_dir(work: Path, out: Path) -> None:
 
         if out.is_symlink() or not is_apclip_bundle(out):  # something else appeared there during the export
             raise ExportError(f"--out {out} is no longer an apclip bundle; nothing was replaced")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        publish(work, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        publish(work, out)
+    replace_dir(work, out)
 
 
 def _describe(c) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -31,7 +30,7 @@ import numpy as np
 
 from apclip.bundle import VISION_FILE, VISION_INPUT, EMBEDDINGS_OUTPUT, Manifest, read_manifest
 from apclip.errors import ApclipError
-from apclip.fileio import publish
+from apclip.fileio import replace_dir
 
 from apclip.scale.triton_config import ModelConfig, Step, Tensor
 
@@ -174,13 +173,7 @@ def write_triton_repo(bundle: str | Path, out: str | Path, *, vision: str = "aut
         np.save(maka_dir / "class_embeddings.npy", np.ascontiguousarray(classes.embeddings, dtype=np.float32))
         np.save(maka_dir / "class_counts.npy", np.ascontiguousarray(classes.counts, dtype=np.int32))
         (maka_dir / "labels.json").write_text(json.dumps(classes.labels, ensure_ascii=False), encoding="utf-8")
-        if out.exists():  # --overwrite
-            old = out.with_name(f".{out.name}.old-{tmp.name[-8:]}")
-            os.replace(out, old)
-            publish(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            publish(tmp, out)
+        replace_dir(tmp, out)  # an existing repository only with --overwrite (checked above)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

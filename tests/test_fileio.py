@@ -55,3 +55,16 @@ def test_atomic_file_commit_later_or_discard(tmp_path):
     dropped.discard()
     assert (tmp_path / "a.jsonl").read_text() == "1\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]
+
+
+def test_replace_dir_swaps_a_whole_directory(tmp_path):
+    from apclip.fileio import replace_dir
+
+    final, new = tmp_path / "bundle", tmp_path / ".bundle.partial"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    new.mkdir()
+    (new / "new.txt").write_text("new")
+    replace_dir(new, final)
+    assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no old copy or partial left
