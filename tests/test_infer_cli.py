@@ -17,7 +17,7 @@ from apclip.bundle import MANIFEST, VISION_FILE
 
 pytest.importorskip("onnxruntime")
 
-from apclip.engine.cli import main  # noqa: E402
+from infer_cli_helpers import read_jsonl, run  # noqa: E402
 from apclip.testing.videos import write_test_video  # noqa: E402
 
 PREDICTION_KEYS = {"source", "top", "backend", "scorer", "protocol", "frames", "approximate", "distinct_frames",
@@ -34,16 +34,6 @@ def isolated_cache(tmp_path, monkeypatch):
 def four_seconds(tmp_path_factory) -> Path:
     """40 frames at 10 fps: windows of 2 s every 1 s start at 0, 1 and 2 (window k ends sampling at k + 1.875 s)."""
     return write_test_video(tmp_path_factory.mktemp("video") / "four.avi", frames=40, size=(96, 72), fps=10.0)
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def check_top(top: list, k: int, labels: list[str]) -> None:

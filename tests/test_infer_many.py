@@ -13,7 +13,7 @@ from apclip.bundle import MANIFEST, VOCAB_FILE
 
 pytest.importorskip("onnxruntime")
 
-from apclip.engine.cli import main  # noqa: E402
+from infer_cli_helpers import read_jsonl, run  # noqa: E402
 from apclip.testing.videos import write_image_folder  # noqa: E402
 from apclip.testing.videos import write_test_video as _write_test_video  # noqa: E402
 
@@ -26,16 +26,6 @@ def write_test_video(path: Path, **kwargs) -> Path:
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("APCLIP_CACHE_DIR", str(tmp_path / "cache"))
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 @pytest.fixture()
