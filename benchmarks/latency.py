@@ -183,14 +183,29 @@ def _time_encoder(contender, runner: Any, manifest, classes, video: Path, pixels
     return rows, summary, encode_in_batches(runner, pixels)
 
 
+def _built(available, kind: str, ctx, unavailable: list[dict]):
+    """(contender, runner or scorer) for each available contender of `kind` that builds; the others are
+    recorded in `unavailable` with the reason."""
+    from apclip.engine.backends import build
+    from apclip.engine.runners import BackendUnavailable
+
+    for contender in [c for c in available if c.kind == kind]:
+        try:
+            built = build(contender, ctx)
+        except BackendUnavailable as exc:
+            unavailable.append({"contender": contender.name, "reason": str(exc)})
+            continue
+        yield contender, built
+        del built  # one runner alive at a time: the caller drops its reference before the next is built
+
+
 def run_latency(bundle: str | Path, video: str | Path, *, backends: str | None = None,
                 checkpoint: str | Path | None = None, base: str | None = None,
                 settings: LatencySettings | None = None, log: Log = lambda message: None) -> LatencyReport:
     from apclip.bundle import read_manifest
     from apclip.class_matrix import ClassMatrix
-    from apclip.engine.backends import BuildContext, build, probe_all, select
+    from apclip.engine.backends import BuildContext, probe_all, select
     from apclip.engine.preprocess import flatten_views
-    from apclip.engine.runners import BackendUnavailable
     from apclip.engine.sources import open_source
     from apclip.engine.vocabulary import bundle_class_matrix
     from apclip.benchmarks.machine import record
@@ -221,12 +236,7 @@ def run_latency(bundle: str | Path, video: str | Path, *, backends: str | None =
     pixels = np.ascontiguousarray(flatten_views(clip.views))  # [V, T, 3, R, R] -> [V*T, 3, R, R]
     summaries: list[dict[str, Any]] = []
     embeddings = None
-    for contender in [c for c in available if c.kind == "encoder"]:
-        try:
-            runner = build(contender, ctx)
-        except BackendUnavailable as exc:
-            unavailable.append({"contender": contender.name, "reason": str(exc)})
-            continue
+    for contender, runner in _built(available, "encoder", ctx, unavailable):
         log(f"timing {contender.name} ...")
         encoder_rows, summary, emb = _time_encoder(contender, runner, manifest, classes, video, pixels, s)
         rows += encoder_rows
@@ -244,12 +254,7 @@ def run_latency(bundle: str | Path, video: str | Path, *, backends: str | None =
         matrices[f"score K={s.large_classes}xP={s.large_prompts}"] = ClassMatrix(
             big, np.full(s.large_classes, s.large_prompts, np.int32), [f"class {k}" for k in range(s.large_classes)], [])
     frames = embeddings[None]  # [Nv, E] -> [1, Nv, E]
-    for contender in [c for c in available if c.kind == "scorer"]:
-        try:
-            scorer = build(contender, ctx)
-        except BackendUnavailable as exc:
-            unavailable.append({"contender": contender.name, "reason": str(exc)})
-            continue
+    for contender, scorer in _built(available, "scorer", ctx, unavailable):
         log(f"timing scorer {contender.name} ...")
         for stage, matrix in matrices.items():
             fn = (lambda m=matrix: scorer(frames, m))
