@@ -3,7 +3,7 @@
 Export records it in the bundle manifest, inference reads it back, training samples with it.
 
 The profile fixes the resize rule, interpolation, crop rule and normalisation together, so that a
-bundle sees the pixels the code that trained its checkpoint saw (apclip.engine.preprocess does them):
+bundle sees the pixels the code that trained its checkpoint saw (apclip.engine.video.preprocess does them):
   vificlip  ViFi-CLIP / X-CLIP test pipeline (mmaction Resize + CenterCrop, or ThreeCrop when crops=3),
             ImageNet normalisation on 0-255 RGB; crops 1 or 3.
   clip      OpenAI CLIP's `_transform` (PIL bicubic short side R + CenterCrop R), CLIP normalisation; crops 1.

@@ -103,7 +103,7 @@ def _check_out(path: str | None, flag: str) -> None:
 
 def cmd_backends(args: argparse.Namespace) -> int:
     from apclip.bundle import read_manifest
-    from apclip.engine.backends import BuildContext, contenders, probe
+    from apclip.benchmarks.contenders import BuildContext, contenders, probe
 
     ctx = BuildContext(read_manifest(args.bundle), args.ckpt)
     rows = []

@@ -88,7 +88,7 @@ def encoder_files(model, work: Path) -> dict[str, Path]:
     """fp32, fused (ORT transformer optimizer, model type clip) and int8 variants of both encoders."""
     from apclip.export.fusion import fuse_encoder
     from apclip.export.onnx_export import export_text, export_vision
-    from apclip.export.quantize import QuantizationSettings, quantize_encoder
+    from apclip.export.int8.quantize import QuantizationSettings, quantize_encoder
 
     work.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -189,8 +189,8 @@ def bench_text(model, files, args) -> dict:
     from apclip.class_matrix import encode_class_matrix
     from apclip.tokenizer import get_tokenizer
 
-    from apclip.engine.runners import OrtRunner
-    from apclip.engine.text_trim import TrimmedTextRunner
+    from apclip.engine.runners.encoders import OrtRunner
+    from apclip.engine.runners.text_trim import TrimmedTextRunner
     from apclip.export.api import trimmed_text_encoder
 
     labels, texts = synthetic_prompts(args.classes, args.prompts)
@@ -229,7 +229,7 @@ def bench_scorer(work: Path, args) -> dict:
     from apclip.class_matrix import ClassMatrix
     from apclip.scoring import maka_score
 
-    from apclip.engine.gemm_scorer import GemmClasses, maka_gemm
+    from apclip.engine.scoring.gemm_scorer import GemmClasses, maka_gemm
     from apclip.export.onnx_export import export_scorer
 
     k, p, e, nv = 400, 36, 512, 32

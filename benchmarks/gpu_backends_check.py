@@ -62,7 +62,7 @@ def cosine_min(a, b) -> float:
 
 
 def encoder_rows(torch, batch: int, with_compile: bool) -> tuple[list[dict], dict]:
-    from apclip.engine.torch_cuda import TorchCudaRunner, cast_for_inference
+    from apclip.engine.runners.torch_cuda import TorchCudaRunner, cast_for_inference
     from apclip.model import ImageEmbedder, build_preset
 
     base = build_preset("ViT-B-16", seed=0)
@@ -111,8 +111,8 @@ def encoder_rows(torch, batch: int, with_compile: bool) -> tuple[list[dict], dic
 def upload_rows(torch, base, pixels: np.ndarray) -> dict:
     """Host arrays -> host embeddings, float32 upload vs uint8 upload normalised on the GPU."""
     from apclip.config import NORMALIZATIONS
-    from apclip.engine.preprocess import normalize
-    from apclip.engine.torch_cuda import GpuNormalize, TorchCudaRunner, cast_for_inference
+    from apclip.engine.video.preprocess import normalize
+    from apclip.engine.runners.torch_cuda import GpuNormalize, TorchCudaRunner, cast_for_inference
     from apclip.model import ImageEmbedder
 
     batch, r = len(pixels), pixels.shape[-1]

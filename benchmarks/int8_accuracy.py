@@ -123,11 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     from apclip.preprocessing import Preprocessing
 
     from apclip.benchmarks.cpu_precision import cpu_record, synthetic_prompts
-    from apclip.engine.clips import load_clip
-    from apclip.engine.preprocess import flatten_views
+    from apclip.engine.video.clips import load_clip
+    from apclip.engine.video.preprocess import flatten_views
     from apclip.export.api import trimmed_text_encoder
     from apclip.export.onnx_export import export_vision
-    from apclip.export.quantize import QuantizationSettings, quantize_encoder
+    from apclip.export.int8.quantize import QuantizationSettings, quantize_encoder
 
     torch.set_num_threads(os.cpu_count())
     work = Path(args.work)

@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from apclip.engine.backends import cuda_reason
+    from apclip.benchmarks.contenders import cuda_reason
 
     reason = cuda_reason()
     if reason is not None:

@@ -82,10 +82,10 @@ def _row(contender: str, kind: str, stage: str, times: list[float] | None, timed
 
 def _ingest_rows(video: Path, spec, s: LatencySettings) -> tuple[list[dict], Any]:
     """decode and preprocess, measured once; returns the rows and the clip for the encoders."""
-    from apclip.engine.clips import load_clip
-    from apclip.engine.preprocess import resize_frame, spec_views
-    from apclip.engine.sampling import sample_segment_indices
-    from apclip.engine.sources import open_source
+    from apclip.engine.video.clips import load_clip
+    from apclip.engine.video.preprocess import resize_frame, spec_views
+    from apclip.engine.video.sampling import sample_segment_indices
+    from apclip.engine.video.sources import open_source
     from apclip.benchmarks.timing import host_timer, measure
 
     with open_source(video) as probe:
@@ -111,7 +111,7 @@ def _ingest_rows(video: Path, spec, s: LatencySettings) -> tuple[list[dict], Any
 
 def _encoder_timers(runner: Any, contender, pixels: np.ndarray) -> tuple[dict, dict[str, str], dict[str, str]]:
     """Timers for h2d and encode, how each is timed, and notes for stages that do not apply."""
-    from apclip.engine.runners import encode_in_batches
+    from apclip.engine.runners.encoders import encode_in_batches
     from apclip.benchmarks.timing import cuda_timer, host_timer
 
     torch = getattr(runner, "torch", None)
@@ -140,8 +140,8 @@ def _time_encoder(contender, runner: Any, manifest, classes, video: Path, pixels
                   s: LatencySettings) -> tuple[list[dict], dict[str, Any], np.ndarray]:
     """h2d, encode, total and stream of one encoder; its throughput summary; its embeddings of the clip."""
     from apclip.engine.recognizer import Recognizer
-    from apclip.engine.runners import encode_in_batches
-    from apclip.engine.scorers import NumpyScorer
+    from apclip.engine.runners.encoders import encode_in_batches
+    from apclip.engine.scoring.scorers import NumpyScorer
     from apclip.benchmarks.timing import host_timer, measure
 
     images = len(pixels)
@@ -186,8 +186,8 @@ def _time_encoder(contender, runner: Any, manifest, classes, video: Path, pixels
 def _built(available, kind: str, ctx, unavailable: list[dict]):
     """(contender, runner or scorer) for each available contender of `kind` that builds; the others are
     recorded in `unavailable` with the reason."""
-    from apclip.engine.backends import build
-    from apclip.engine.runners import BackendUnavailable
+    from apclip.benchmarks.contenders import build
+    from apclip.engine.runners.encoders import BackendUnavailable
 
     for contender in [c for c in available if c.kind == kind]:
         try:
@@ -204,10 +204,10 @@ def run_latency(bundle: str | Path, video: str | Path, *, backends: str | None =
                 settings: LatencySettings | None = None, log: Log = lambda message: None) -> LatencyReport:
     from apclip.bundle import read_manifest
     from apclip.class_matrix import ClassMatrix
-    from apclip.engine.backends import BuildContext, probe_all, select
-    from apclip.engine.preprocess import flatten_views
-    from apclip.engine.sources import open_source
-    from apclip.engine.vocabulary import bundle_class_matrix
+    from apclip.benchmarks.contenders import BuildContext, probe_all, select
+    from apclip.engine.video.preprocess import flatten_views
+    from apclip.engine.video.sources import open_source
+    from apclip.engine.scoring.vocabulary import bundle_class_matrix
     from apclip.benchmarks.machine import record
     from apclip.benchmarks.timing import do_bench_ms, host_timer, measure
 

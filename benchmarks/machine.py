@@ -75,7 +75,7 @@ def versions() -> dict[str, str | None]:
 
 def gpu_record() -> dict[str, Any] | None:
     """Name, SM, memory, clocks, driver and CUDA of GPU 0, or None without a usable CUDA device."""
-    from apclip.engine.backends import cuda_reason, nvidia_driver_present
+    from apclip.benchmarks.contenders import cuda_reason, nvidia_driver_present
 
     if not nvidia_driver_present() or cuda_reason() is not None:
         smi = _nvidia_smi()

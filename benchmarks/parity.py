@@ -165,11 +165,11 @@ def run_parity(bundle: str | Path, checkpoint: str | Path, videos: Sequence[Path
                log: Log = lambda message: None) -> ParityReport:
     """Every chosen contender against the torch fp32 reference on `videos`; unavailable ones listed with why."""
     from apclip.bundle import read_manifest
-    from apclip.engine.backends import BuildContext, build, probe_all, select
-    from apclip.engine.clips import load_clip
-    from apclip.engine.preprocess import flatten_views
-    from apclip.engine.runners import BackendUnavailable, encode_in_batches, torch_runners
-    from apclip.engine.vocabulary import bundle_class_matrix
+    from apclip.benchmarks.contenders import BuildContext, build, probe_all, select
+    from apclip.engine.video.clips import load_clip
+    from apclip.engine.video.preprocess import flatten_views
+    from apclip.engine.runners.encoders import BackendUnavailable, encode_in_batches, torch_runners
+    from apclip.engine.scoring.vocabulary import bundle_class_matrix
     from apclip.benchmarks.machine import record
     from apclip.benchmarks.timing import timed
 

@@ -63,7 +63,7 @@ def bench_batch(bundle: Path, videos: list[Path], work: Path, threads: int) -> d
     results = {}
     t = time.perf_counter()
     for video in videos:
-        subprocess.run([sys.executable, "-m", "apclip.engine.cli", str(video), "--bundle", str(bundle), "--quiet",
+        subprocess.run([sys.executable, "-m", "apclip.engine.cli.infer", str(video), "--bundle", str(bundle), "--quiet",
                         "--threads", str(threads)], check=True, capture_output=True)
     results["apclip-infer loop (process per video)"] = {"seconds": time.perf_counter() - t}
 
@@ -112,7 +112,7 @@ def _percentiles(latencies: list[float]) -> dict:
 def bench_serve(bundle: Path, video: Path, work: Path, requests: int, threads: int) -> dict:
     import tritonclient.http as httpclient
 
-    from apclip.engine.sources import open_source
+    from apclip.engine.video.sources import open_source
     from apclip.engine.recognizer import Recognizer
 
     from apclip.scale.array_source import ArraySource

@@ -26,12 +26,12 @@ from typing import Callable
 
 import cv2
 
-from apclip.engine.clips import FrameResizer, load_clip
-from apclip.engine.windows import iter_window_clips
+from apclip.engine.video.clips import FrameResizer, load_clip
+from apclip.engine.video.windows import iter_window_clips
 from apclip.preprocessing import Preprocessing
-from apclip.engine.preprocess import make_views
-from apclip.engine.sampling import sample_segment_indices
-from apclip.engine.sources import open_source
+from apclip.engine.video.preprocess import make_views
+from apclip.engine.video.sampling import sample_segment_indices
+from apclip.engine.video.sources import open_source
 from apclip.testing.videos import write_test_video
 from apclip.benchmarks.machine import record
 from apclip.benchmarks.timing import host_timer, measure, summarize

@@ -9,14 +9,14 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "Clip": "clips", "iter_window_clips": "windows", "load_clip": "clips",
-    "NoFramesError": "errors", "SourceError": "errors",
+    "Clip": "video.clips", "iter_window_clips": "video.windows", "load_clip": "video.clips",
+    "NoFramesError": "video.errors", "SourceError": "video.errors",
     "Explanation": "predictions", "FrameMatch": "predictions", "LabelScore": "predictions",
     "Prediction": "predictions", "WindowPrediction": "predictions",
-    "flatten_views": "preprocess", "unflatten_views": "preprocess",
+    "flatten_views": "video.preprocess", "unflatten_views": "video.preprocess",
     "BACKENDS": "recognizer", "Recognizer": "recognizer",
-    "BackendUnavailable": "runners",
-    "Frame": "sources", "SourceInfo": "sources", "VideoSource": "sources", "open_source": "sources",
+    "BackendUnavailable": "runners.encoders",
+    "Frame": "video.sources", "SourceInfo": "video.sources", "VideoSource": "video.sources", "open_source": "video.sources",
 }
 __all__ = sorted(_EXPORTS)
 

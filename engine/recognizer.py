@@ -26,13 +26,13 @@ from apclip.class_matrix import ClassMatrix, load_prompt_texts
 from apclip.errors import ApclipError
 from apclip.extras import require
 
-from apclip.engine.clips import Clip, load_clip
-from apclip.engine.windows import iter_window_clips
+from apclip.engine.video.clips import Clip, load_clip
+from apclip.engine.video.windows import iter_window_clips
 from apclip.engine.predictions import Explanation, FrameMatch, LabelScore, Prediction, ViewMatch, WindowPrediction
-from apclip.engine.preprocess import flatten_views
-from apclip.engine.runners import BACKENDS, BackendUnavailable, EncoderRunner, encode_in_batches
-from apclip.engine.scorers import Scorer, make_scorer
-from apclip.engine.vocabulary import resolve_classes
+from apclip.engine.video.preprocess import flatten_views
+from apclip.engine.runners.encoders import BACKENDS, BackendUnavailable, EncoderRunner, encode_in_batches
+from apclip.engine.scoring.scorers import Scorer, make_scorer
+from apclip.engine.scoring.vocabulary import resolve_classes
 
 Log = Callable[[str], None]
 
@@ -42,12 +42,12 @@ def _quiet(message: str) -> None:
 
 
 def select_backend(backend: str, manifest: Manifest, *, tensorrt: bool = True, ckpt=None) -> str:
-    """`auto`: the first of trt > torch-cuda > ort-cuda > ort whose probe passes (engine/gpu_backends.py)."""
+    """`auto`: the first of trt > torch-cuda > ort-cuda > ort whose probe passes (engine/runners/gpu_backends.py)."""
     if backend not in BACKENDS:
         raise BackendUnavailable(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend != "auto":
         return backend
-    from apclip.engine.gpu_backends import AUTO_ORDER, PROBES
+    from apclip.engine.runners.gpu_backends import AUTO_ORDER, PROBES
 
     for name in AUTO_ORDER:
         if (tensorrt or name != "trt") and PROBES[name](manifest, ckpt).ok:
@@ -97,12 +97,12 @@ class Recognizer:
             check_template(template)
         except ValueError as exc:
             raise ApclipError(f"--template: {exc}") from None
-        from apclip.engine.gpu_backends import CONSTRUCTORS, auto_runners
+        from apclip.engine.runners.gpu_backends import CONSTRUCTORS, auto_runners
 
         options = dict(batch_size=batch_size, threads=threads, ckpt=ckpt, base=base)
         if precision != "fp32":
-            from apclip.engine.precision import check_precision
-            from apclip.engine.runners import ort_runners
+            from apclip.engine.runners.precision import check_precision
+            from apclip.engine.runners.encoders import ort_runners
 
             # int8 files run on ONNX Runtime's CPU kernels: auto means ort there.
             chosen = "ort" if backend == "auto" else select_backend(backend, manifest)

@@ -156,7 +156,7 @@ class ExportOptions:
     verify: bool = True  # parity of ONNX Runtime against the PyTorch reference before keeping anything
     scorer: bool = False  # also write scorer.onnx
     progress: bool = True  # progress bar for the class-matrix compile
-    precisions: tuple[str, ...] = ("fp32",)  # "int8" adds vision.int8.onnx / text.int8.onnx (export/int8_export.py)
+    precisions: tuple[str, ...] = ("fp32",)  # "int8" adds vision.int8.onnx / text.int8.onnx (export/int8/export.py)
 
 
 def _check_precisions(precisions) -> tuple[str, ...]:
@@ -251,7 +251,7 @@ def _build(job: _Job, work: Path) -> ExportResult:
             raise ExportError("parity verification failed; nothing was kept:\n" + report.table())
     if "int8" in opt.precisions:
         t = time.perf_counter()
-        from apclip.export.int8_export import add_int8_encoders
+        from apclip.export.int8.export import add_int8_encoders
 
         job.int8 = add_int8_encoders(model, work, matrix, video_pixels, verify=opt.verify, log=log)
         seconds["int8"] = time.perf_counter() - t
@@ -303,7 +303,7 @@ def _manifest(job: _Job, matrix, work: Path, report: VerificationReport | None) 
         "vision": dict(_io(VISION_FILE, [(VISION_INPUT, "float32", ["N", 3, r, r])],
                            [(EMBEDDINGS_OUTPUT, "float32", ["N", e])], opset, batch_max),
                        normalized=job.vision_normalized),  # False: raw features, for the vificlip protocol
-        # "L": 2..context_length tokens; the runtime cuts each batch after its last EOT (engine/text_trim.py)
+        # "L": 2..context_length tokens; the runtime cuts each batch after its last EOT (engine/runners/text_trim.py)
         "text": _io(TEXT_FILE, [(TEXT_INPUT, "int64", ["M", "L"])],
                     [(EMBEDDINGS_OUTPUT, "float32", ["M", e])], opset, text_batch_max(batch_max)),
     }

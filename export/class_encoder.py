@@ -20,10 +20,10 @@ BUCKET_ROWS = 64
 
 def class_matrix_encoder(model, text_onnx: Path, threads: int | None = None):
     """(encoder tokens [M, L] -> [M, E], description for the manifest)."""
-    from apclip.engine.text_trim import TrimmedTextRunner
+    from apclip.engine.runners.text_trim import TrimmedTextRunner
 
     if importlib.util.find_spec("onnxruntime") is not None:
-        from apclip.engine.runners import OrtRunner
+        from apclip.engine.runners.encoders import OrtRunner
 
         runner = OrtRunner(text_onnx, TEXT_INPUT, threads=threads, batch_size=256)
         return (TrimmedTextRunner(runner, bucket=BUCKET_ROWS),

@@ -150,7 +150,7 @@ def summary(result, total: float) -> str:
 
 
 def _int8_summary(record: dict | None) -> list[str]:
-    from apclip.export.int8_export import int8_report
+    from apclip.export.int8.export import int8_report
 
     if record is None:
         return []

@@ -79,7 +79,7 @@ TEXT_MIN_TOKENS = 2  # torch.export specialises sizes 0 and 1, so the token axis
 
 
 def export_text(model: CLIP, path: Path, opset: int, batch_max: int) -> None:
-    """tokens [M, L] with L in 2..77: the runtime cuts each batch after its last EOT (engine/text_trim.py)."""
+    """tokens [M, L] with L in 2..77: the runtime cuts each batch after its last EOT (engine/runners/text_trim.py)."""
     length = model.config.context_length
     m = torch.export.Dim("M", min=1, max=batch_max)
     tokens = torch.export.Dim("L", min=TEXT_MIN_TOKENS, max=length)

@@ -27,8 +27,8 @@ MAX_ABS_DIFF = 1e-4
 def generated_video_pixels(pre: Preprocessing, frames: int = 48) -> np.ndarray:
     """[V*T, 3, R, R] float32: a generated 320x240 MJPG video through the engine's own decode and
     preprocessing, so parity is checked on the values the engine really feeds the encoders."""
-    from apclip.engine.clips import load_clip
-    from apclip.engine.preprocess import flatten_views
+    from apclip.engine.video.clips import load_clip
+    from apclip.engine.video.preprocess import flatten_views
     from apclip.testing.videos import write_test_video
 
     with tempfile.TemporaryDirectory(prefix="apclip-parity-") as tmp:

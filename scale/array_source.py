@@ -6,7 +6,7 @@ from typing import Iterator
 
 import numpy as np
 
-from apclip.engine.sources import Frame, Select, SourceInfo, VideoSource
+from apclip.engine.video.sources import Frame, Select, SourceInfo, VideoSource
 
 
 class ArraySource(VideoSource):

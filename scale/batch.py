@@ -18,8 +18,8 @@ from pathlib import Path
 
 from apclip.errors import ApclipError
 
-from apclip.engine.runners import BACKENDS
-from apclip.engine.scorers import SCORERS
+from apclip.engine.runners.encoders import BACKENDS
+from apclip.engine.scoring.scorers import SCORERS
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
 LIST_EXTENSIONS = (".txt", ".lst", ".list")

@@ -33,7 +33,7 @@ def decode_video(row: dict[str, Any], *, preprocessing: dict[str, Any]) -> dict[
     import os
 
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # the error row names the cause; no FFmpeg noise
-    from apclip.engine.clips import load_clip
+    from apclip.engine.video.clips import load_clip
     from apclip.preprocessing import Preprocessing
 
     spec = Preprocessing.from_dict(preprocessing)

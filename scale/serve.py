@@ -22,8 +22,8 @@ from pathlib import Path
 from apclip.bundle import read_manifest
 from apclip.errors import ApclipError
 
-from apclip.engine.runners import BACKENDS
-from apclip.engine.scorers import SCORERS
+from apclip.engine.runners.encoders import BACKENDS
+from apclip.engine.scoring.scorers import SCORERS
 from apclip.scale.triton_config import ModelConfig, Tensor
 from apclip.scale.triton_repo import model_source
 

@@ -12,7 +12,7 @@
 Serve it with `tritonserver --model-repository repo` in nvcr.io/nvidia/tritonserver:<yy.mm>-py3.
 `--vision python` writes a vision model that runs ONNX Runtime inside the Python backend instead,
 for servers without the onnxruntime backend (such as the one in the nvidia-pytriton wheel).
-The client sends the preprocessed views of one clip (apclip.engine.clips.load_clip(...).views,
+The client sends the preprocessed views of one clip (apclip.engine.video.clips.load_clip(...).views,
 flattened to [V*T, 3, R, R]); apclip-serve's `apclip_clip` model also takes raw frames.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ from apclip.fileio import replace_dir
 from apclip.scale.triton_config import ModelConfig, Step, Tensor
 
 if TYPE_CHECKING:
-    from apclip.engine.trt_cache import EngineKey
+    from apclip.engine.runners.engine_cache import EngineKey
 
 ENSEMBLE = "apclip"
 VISION = "vision"
@@ -50,7 +50,7 @@ def model_source(name: str) -> str:
 
 def vision_engines(manifest: Manifest) -> dict[str, EngineKey]:
     """The bundle's TensorRT vision engines (apclip-build-engine), by file name, that are on disk."""
-    from apclip.engine.trt_cache import ENGINES_DIR, EngineCacheError, EngineKey, listed_engines
+    from apclip.engine.runners.engine_cache import ENGINES_DIR, EngineCacheError, EngineKey, listed_engines
 
     found = {}
     for name, entry in listed_engines(manifest).items():
@@ -120,7 +120,7 @@ def write_triton_repo(bundle: str | Path, out: str | Path, *, vision: str = "aut
                       instances: int = 1, gpu: bool = True, max_queue_delay_us: int = 2000, topk: int = 5,
                       threads: int = 0, overwrite: bool = False, engine: str | None = None) -> Path:
     """Write the repository to `out` (a temporary folder renamed into place). Returns `out`."""
-    from apclip.engine.vocabulary import bundle_class_matrix
+    from apclip.engine.scoring.vocabulary import bundle_class_matrix
 
     if vision not in VISION_KINDS:
         raise ApclipError(f"--vision {vision}: choose one of {', '.join(VISION_KINDS)}")
@@ -161,7 +161,7 @@ def write_triton_repo(bundle: str | Path, out: str | Path, *, vision: str = "aut
         for config in configs:
             (tmp / config.name / "config.pbtxt").write_text(config.pbtxt(), encoding="utf-8")
         if kind == "tensorrt":
-            from apclip.engine.trt_cache import ENGINES_DIR
+            from apclip.engine.runners.engine_cache import ENGINES_DIR
 
             shutil.copyfile(manifest.path / ENGINES_DIR / picked[0], tmp / VISION / "1" / "model.plan")
         else:
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bundle_command():
-    from apclip.engine.bundle_cli import Command
+    from apclip.engine.cli.bundle import Command
 
     return Command("triton-repo", "write a Triton Inference Server model repository for NVIDIA's containers",
                    add_arguments, run)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from apclip.engine.cli import main
+from apclip.engine.cli.infer import main
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:

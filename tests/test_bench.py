@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from apclip.benchmarks import cli
-from apclip.engine import backends
+from apclip.benchmarks import contenders as backends
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("decode", "preprocess", "h2d", "encode", "total", "stream")
@@ -74,7 +74,7 @@ def test_every_unavailable_contender_says_why(tiny_bundle, demo_assets):
 # -- parity ---------------------------------------------------------------------------------------------
 def test_parity_passes_for_ort_cpu(tiny_bundle, demo_assets, parity_videos, tmp_path, capsys):
     """Every contender by default, a registered one included (how a later backend plugs in)."""
-    from apclip.engine.runners import ort_runners
+    from apclip.engine.runners.encoders import ort_runners
 
     def build(ctx):
         runner = ort_runners(ctx.manifest, cuda=False, threads=1, batch_size=7)[0]  # odd batches

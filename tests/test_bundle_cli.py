@@ -10,7 +10,7 @@ import pytest
 
 from apclip.bundle import MANIFEST, TEXT_FILE, VISION_FILE, VOCAB_FILE, sha256_file
 
-from apclip.engine.bundle_cli import COMMANDS, Command, build_parser, main
+from apclip.engine.cli.bundle import COMMANDS, Command, build_parser, main
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -69,7 +69,7 @@ def test_subcommands_are_extensible(capsys, monkeypatch):
 
 def test_info_and_verify_without_torch(tiny_bundle):
     code = ("import sys; sys.modules['torch'] = None; sys.modules['open_clip'] = None\n"
-            "from apclip.engine.bundle_cli import main\n"
+            "from apclip.engine.cli.bundle import main\n"
             "sys.exit(main(['info', sys.argv[1]]) or main(['verify', sys.argv[1]]))")
     proc = subprocess.run([sys.executable, "-c", code, str(tiny_bundle)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -78,7 +78,7 @@ def test_info_and_verify_without_torch(tiny_bundle):
 
 def test_engines_listed_in_info_and_hashed_by_verify(capsys, tiny_bundle, tmp_path):
     from apclip.bundle import read_manifest
-    from apclip.engine.trt_cache import (ENGINES_DIR, GpuIdentity, engine_entry, engine_key, profile_from_manifest,
+    from apclip.engine.runners.engine_cache import (ENGINES_DIR, GpuIdentity, engine_entry, engine_key, profile_from_manifest,
                                          record_engine)
 
     bundle = tmp_path / "bundle"

@@ -107,8 +107,8 @@ def test_missing_extra_exits_2(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "b").exists()
 
 
-@pytest.mark.parametrize("module", ["apclip.export.cli", "apclip.engine.cli", "apclip.export.prompts.cli",
-                                    "apclip.engine.bundle_cli"])
+@pytest.mark.parametrize("module", ["apclip.export.cli", "apclip.engine.cli.infer", "apclip.export.prompts.cli",
+                                    "apclip.engine.cli.bundle"])
 def test_version_on_every_command(module, capsys):
     main = __import__(module, fromlist=["main"]).main
     with pytest.raises(SystemExit) as info:
@@ -118,7 +118,7 @@ def test_version_on_every_command(module, capsys):
 
 
 def test_usage_errors_exit_2(capsys, tmp_path):
-    from apclip.engine.cli import main as infer_main
+    from apclip.engine.cli.infer import main as infer_main
 
     video = tmp_path / "v.mp4"
     video.write_bytes(b"x")
@@ -131,7 +131,7 @@ def test_usage_errors_exit_2(capsys, tmp_path):
 
 @pytest.mark.parametrize("flag", ["--out-video", "--json", "--csv", "--report"])
 def test_infer_refuses_an_output_that_is_an_input(capsys, tmp_path, flag):
-    from apclip.engine.cli import main as infer_main
+    from apclip.engine.cli.infer import main as infer_main
 
     video = tmp_path / ("v.html" if flag == "--report" else "v.mp4")
     video.write_bytes(b"precious video bytes")

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from apclip.config import NORMALIZATIONS
-from apclip.engine.clips import Clip, load_clip
-from apclip.engine.windows import iter_window_clips
+from apclip.engine.video.clips import Clip, load_clip
+from apclip.engine.video.windows import iter_window_clips
 from apclip.preprocessing import Preprocessing
-from apclip.engine.errors import NoFramesError, SourceError, SourceWarning
-from apclip.engine.preprocess import flatten_views, unflatten_views
-from apclip.engine.sampling import sample_segment_indices
-from apclip.engine.sources import Frame, SourceInfo, VideoSource
+from apclip.engine.video.errors import NoFramesError, SourceError, SourceWarning
+from apclip.engine.video.preprocess import flatten_views, unflatten_views
+from apclip.engine.video.sampling import sample_segment_indices
+from apclip.engine.video.sources import Frame, SourceInfo, VideoSource
 from apclip.testing.videos import codec_available, frame_pattern, read_frame_index, write_test_video
 
 SMALL = Preprocessing(frames=8, clips=2, crops=2, resolution=32)

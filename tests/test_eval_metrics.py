@@ -70,7 +70,7 @@ class _FakeRecognizer:
         self.table = table
 
     def predict(self, source, topk=1):
-        from apclip.engine.errors import NoFramesError
+        from apclip.engine.video.errors import NoFramesError
 
         name = Path(source).name
         if name not in self.table:

@@ -7,8 +7,8 @@ import pytest
 from apclip.class_matrix import ClassMatrix
 from apclip.scoring import maka_score
 
-from apclip.engine.gemm_scorer import GemmClasses, maka_gemm
-from apclip.engine.scorers import NumpyScorer
+from apclip.engine.scoring.gemm_scorer import GemmClasses, maka_gemm
+from apclip.engine.scoring.scorers import NumpyScorer
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

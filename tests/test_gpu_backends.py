@@ -6,9 +6,9 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from apclip.bundle import read_manifest  # noqa: E402
-from apclip.engine import gpu_backends  # noqa: E402
-from apclip.engine.gpu_backends import AUTO_ORDER, Availability, auto_runners, availability  # noqa: E402
-from apclip.engine.runners import BackendUnavailable  # noqa: E402
+from apclip.engine.runners import gpu_backends  # noqa: E402
+from apclip.engine.runners.gpu_backends import AUTO_ORDER, Availability, auto_runners, availability  # noqa: E402
+from apclip.engine.runners.encoders import BackendUnavailable  # noqa: E402
 
 
 class FakeRunner:
@@ -85,7 +85,7 @@ def test_torch_cuda_is_an_explicit_backend_choice(tiny_bundle, demo_assets):
     import torch
 
     from apclip.engine import Recognizer
-    from apclip.engine.runners import BACKENDS
+    from apclip.engine.runners.encoders import BACKENDS
 
     assert "torch-cuda" in BACKENDS
     if torch.cuda.is_available():

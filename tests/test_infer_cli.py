@@ -130,7 +130,7 @@ def test_out_video_has_every_input_frame(capsys, tiny_bundle, demo_assets, tmp_p
 def test_overlay_draws_the_current_window(tiny_bundle, demo_assets, tmp_path):
     """Frames before the first window ends carry the 'pending' box; later ones the window's labels."""
     from apclip.engine import Recognizer
-    from apclip.engine.overlay import write_overlay
+    from apclip.engine.cli.overlay import write_overlay
 
     rec = Recognizer.from_bundle(tiny_bundle, backend="ort", scorer="numpy")
     windows = list(rec.stream(demo_assets["video"], window=1.0, stride=1.0))
@@ -239,7 +239,7 @@ def test_error_is_one_line(capsys, tiny_bundle, demo_assets, tmp_path, case):
 def test_json_never_half_written(capsys, tiny_bundle, four_seconds, tmp_path):
     """Stream windows were written when the error came: the target is absent, no temporary file is left."""
     from apclip.engine import recognizer as recognizer_module
-    from apclip.engine.errors import SourceError
+    from apclip.engine.video.errors import SourceError
 
     out = tmp_path / "out" / "windows.jsonl"
     original = recognizer_module.Recognizer.stream

@@ -16,7 +16,7 @@ from apclip.bundle import INT8_FILES, MANIFEST, TEXT_FILE, VISION_FILE, read_man
 from apclip.export.api import export_bundle
 from apclip.export.errors import ExportError
 
-import apclip.export.int8_export as int8_export
+import apclip.export.int8.export as int8_export
 import apclip.export.onnx_export as onnx_export
 
 QUIET = dict(progress=False, log=lambda message: None)
@@ -88,7 +88,7 @@ def test_int8_inference_agrees_with_fp32(int8_bundle, demo_assets):
 
 
 def test_infer_cli_precision_int8(int8_bundle, demo_assets, capsys):
-    from apclip.engine.cli import main
+    from apclip.engine.cli.infer import main
 
     code = main([str(demo_assets["video"]), "--bundle", str(int8_bundle), "--precision", "int8", "--json",
                  str(Path(demo_assets["video"]).parent / "int8.jsonl")])
@@ -98,8 +98,8 @@ def test_infer_cli_precision_int8(int8_bundle, demo_assets, capsys):
 
 
 def test_int8_asked_of_an_fp32_bundle_names_the_export_flag(tiny_bundle, demo_assets, capsys):
-    from apclip.engine.cli import main
-    from apclip.engine.precision import PrecisionUnavailable
+    from apclip.engine.cli.infer import main
+    from apclip.engine.runners.precision import PrecisionUnavailable
     from apclip.engine.recognizer import Recognizer
 
     with pytest.raises(PrecisionUnavailable, match=r"apclip-export --precision fp32,int8"):
@@ -110,7 +110,7 @@ def test_int8_asked_of_an_fp32_bundle_names_the_export_flag(tiny_bundle, demo_as
 
 
 def test_int8_is_an_ort_precision(int8_bundle, demo_assets):
-    from apclip.engine.precision import PrecisionUnavailable
+    from apclip.engine.runners.precision import PrecisionUnavailable
     from apclip.engine.recognizer import Recognizer
 
     with pytest.raises(PrecisionUnavailable, match="--backend ort"):
@@ -119,7 +119,7 @@ def test_int8_is_an_ort_precision(int8_bundle, demo_assets):
 
 def test_gate_refuses_int8_files_below_the_threshold(demo_assets, tmp_path, reuse_session_onnx, monkeypatch):
     """A threshold int8 cannot meet: both int8 files refused and absent, the fp32 bundle exported."""
-    import apclip.export.verify_int8 as verify_int8
+    import apclip.export.int8.verify as verify_int8
 
     monkeypatch.setattr(verify_int8, "INT8_MIN_COSINE", 0.9999999)
     messages: list[str] = []
@@ -134,7 +134,7 @@ def test_gate_refuses_int8_files_below_the_threshold(demo_assets, tmp_path, reus
     assert all("failed the int8 parity thresholds" in why for why in record["refused"].values())
     assert record["verification"][VISION_INT8]["ok"] is False
     assert any(f"{VISION_INT8} not written" in m and "fp32 bundle is still exported" in m for m in messages)
-    from apclip.engine.precision import PrecisionUnavailable
+    from apclip.engine.runners.precision import PrecisionUnavailable
     from apclip.engine.recognizer import Recognizer
 
     with pytest.raises(PrecisionUnavailable, match="export refused it"):
@@ -208,7 +208,7 @@ def test_export_summary_prints_the_int8_rows(int8_bundle):
 
 def test_int8_is_a_precision_of_the_ort_constructor(int8_bundle):
     """How a harness lists the int8 contender: the ort backend's constructor with precision="int8"."""
-    from apclip.engine.gpu_backends import CONSTRUCTORS
+    from apclip.engine.runners.gpu_backends import CONSTRUCTORS
 
     vision, text = CONSTRUCTORS["ort"](read_manifest(int8_bundle), precision="int8", batch_size=8)
     assert vision.name == "ort-cpu-int8" and text.file == TEXT_INT8

@@ -156,7 +156,7 @@ def test_every_runtime_module_imports_without_torch():
     code = WALK_MODULES.replace("{heavy!r}", repr(set(HEAVY))).replace("{{", "{").replace("}}", "}")
     report = json.loads(run_python(code).stdout.strip().splitlines()[-1])
     assert set(report["needs_torch"]) == TORCH_MODULES, report["needs_torch"]
-    assert {"apclip.engine.recognizer", "apclip.engine.cli", "apclip.engine.runners", "apclip.engine.windows",
+    assert {"apclip.engine.recognizer", "apclip.engine.cli.infer", "apclip.engine.runners.encoders", "apclip.engine.video.windows",
             "apclip.scoring", "apclip.testing.videos", "apclip.testing.assets"} <= set(report["imported"])
     assert len(report["imported"]) >= 20, report["imported"]
     assert report["heavy"] == [], f"importing the runtime pulled in {report['heavy']}"
@@ -165,7 +165,7 @@ def test_every_runtime_module_imports_without_torch():
 def test_onnxruntime_loads_only_when_a_runner_is_built(tiny_bundle):
     code = BLOCK_TORCH + f"""
 from apclip.engine.recognizer import Recognizer
-import apclip.engine.runners, apclip.engine.scorers, apclip.engine.vocabulary
+import apclip.engine.runners.encoders, apclip.engine.scoring.scorers, apclip.engine.scoring.vocabulary
 assert "onnxruntime" not in sys.modules, "onnxruntime imported before any runner was built"
 rec = Recognizer.from_bundle({str(tiny_bundle)!r}, backend="ort", scorer="numpy")
 assert "onnxruntime" in sys.modules

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from apclip.config import NORMALIZATIONS, Normalization
-from apclip.engine.preprocess import (
+from apclip.engine.video.preprocess import (
     crop_offsets,
     crop_views,
     flatten_views,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from apclip.config import NORMALIZATIONS
-from apclip.engine.preprocess import crop_views, make_views, preprocess_clip, preprocess_frames, resize_frame
+from apclip.engine.video.preprocess import crop_views, make_views, preprocess_clip, preprocess_frames, resize_frame
 from apclip.preprocessing import Preprocessing, vificlip_crops
 
 from reference_pipelines import frames_bgr, openai_transform, openai_transform_uint8, vificlip_test_pipeline
@@ -95,7 +95,7 @@ def test_engine_load_clip_uses_the_profile(tmp_path):
     """Through the engine (decode, FrameResizer on a thread pool, assemble_views): the same as the reference."""
     import cv2
 
-    from apclip.engine.clips import load_clip
+    from apclip.engine.video.clips import load_clip
 
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -122,7 +122,7 @@ def test_engine_load_clip_clip_profile(tmp_path):
     """The clip profile through the engine (decode, FrameResizer threads, assemble_views) equals OpenAI's transform."""
     import cv2
 
-    from apclip.engine.clips import load_clip
+    from apclip.engine.video.clips import load_clip
 
     folder = tmp_path / "frames"
     folder.mkdir()

@@ -19,9 +19,9 @@ from apclip.errors import ApclipError
 ort = pytest.importorskip("onnxruntime")
 
 from apclip.engine import Recognizer, WindowPrediction  # noqa: E402
-from apclip.engine.clips import load_clip  # noqa: E402
-from apclip.engine.preprocess import flatten_views  # noqa: E402
-from apclip.engine.scorers import NumpyScorer, OnnxScorer  # noqa: E402
+from apclip.engine.video.clips import load_clip  # noqa: E402
+from apclip.engine.video.preprocess import flatten_views  # noqa: E402
+from apclip.engine.scoring.scorers import NumpyScorer, OnnxScorer  # noqa: E402
 from apclip.testing.videos import write_test_video  # noqa: E402
 from apclip.tokenizer import get_tokenizer  # noqa: E402
 
@@ -198,8 +198,8 @@ TRITON_CHECK = """
 import json, sys
 import numpy as np
 from apclip.bundle import read_manifest
-from apclip.engine.scorers import NumpyScorer, make_scorer
-from apclip.engine.vocabulary import bundle_class_matrix
+from apclip.engine.scoring.scorers import NumpyScorer, make_scorer
+from apclip.engine.scoring.vocabulary import bundle_class_matrix
 manifest = read_manifest(sys.argv[1])
 classes = bundle_class_matrix(manifest)
 x = np.random.default_rng(3).standard_normal((2, 32, manifest.embed_dim)).astype(np.float32)
@@ -259,7 +259,7 @@ def test_auto_backend_says_which(tiny_bundle):
 
 def test_auto_backend_falls_back_when_tensorrt_engines_cannot_run(tiny_bundle, tmp_path, monkeypatch):
     """A bundle with engines on a machine with tensorrt still runs (ORT), and says why."""
-    import apclip.engine.gpu_backends as gpu_backends
+    import apclip.engine.runners.gpu_backends as gpu_backends
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)

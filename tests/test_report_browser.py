@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from apclip.engine.cli import main  # noqa: E402
+from apclip.engine.cli.infer import main  # noqa: E402
 from apclip.testing.videos import write_image_folder  # noqa: E402
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

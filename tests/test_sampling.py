@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apclip.engine.sampling import (
+from apclip.engine.video.sampling import (
     StridedReservoir,
     WindowPlan,
     nearest_kept,

@@ -66,7 +66,7 @@ def batch_command(bundle: Path, archive: Path, output: Path) -> list[str]:
 
 
 def infer_json(bundle: Path, video: Path, out: Path) -> dict | None:
-    from apclip.engine.cli import main as infer_main
+    from apclip.engine.cli.infer import main as infer_main
 
     code = infer_main([str(video), "--bundle", str(bundle), "--json", str(out), "--quiet", "--threads", "1"])
     if code != 0:

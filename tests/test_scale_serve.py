@@ -51,7 +51,7 @@ def videos(tmp_path_factory) -> list[Path]:
 
 
 def rgb_frames(video: Path) -> np.ndarray:
-    from apclip.engine.sources import open_source
+    from apclip.engine.video.sources import open_source
 
     with open_source(video) as source:
         return np.ascontiguousarray(np.stack([f.image for f in source.frames()])[..., ::-1])  # BGR -> RGB
@@ -113,8 +113,8 @@ def test_http_and_grpc_give_the_recognizers_top5(server, tiny_bundle, videos):
 
 
 def check_top5(rec, http, grpc, videos):
-    from apclip.engine.clips import load_clip
-    from apclip.engine.preprocess import flatten_views
+    from apclip.engine.video.clips import load_clip
+    from apclip.engine.video.preprocess import flatten_views
 
     assert http.is_server_live() and http.is_server_ready() and grpc.is_server_ready()
     assert http.is_model_ready("apclip_clip") and grpc.is_model_ready("apclip_labels")

@@ -56,7 +56,7 @@ def test_onnx_repository_configs_parse_with_the_settings_asked_for(tiny_bundle, 
 
 def _add_engine(bundle: Path, gpu: str, max_batch: int) -> str:
     """List a (fake) vision engine in the manifest the way apclip-build-engine does."""
-    from apclip.engine.trt_cache import ENGINES_DIR, EngineKey, GpuIdentity, Profile
+    from apclip.engine.runners.engine_cache import ENGINES_DIR, EngineKey, GpuIdentity, Profile
 
     key = EngineKey("vision", "0" * 64, "10.9.0", GpuIdentity(gpu, (9, 0)), "fp16",
                     Profile("pixels", 1, 32, max_batch, (3, 32, 32)))
@@ -102,8 +102,8 @@ def test_python_vision_variant_serves_the_ensemble_in_the_real_server(tiny_bundl
     httpclient = pytest.importorskip("tritonclient.http")
     from apclip.scale.triton_server import Ports, ServerUnavailable, TritonServer, find_server
 
-    from apclip.engine.clips import load_clip
-    from apclip.engine.preprocess import flatten_views
+    from apclip.engine.video.clips import load_clip
+    from apclip.engine.video.preprocess import flatten_views
     from apclip.engine.recognizer import Recognizer
 
     try:
@@ -144,7 +144,7 @@ def videos_for_repo(tmp_path):
 
 def test_apclip_bundle_triton_repo_subcommand(tiny_bundle, tmp_path, capsys):
     """The writer joins apclip-bundle through the apclip.bundle_commands entry point."""
-    from apclip.engine.bundle_cli import main as bundle_main
+    from apclip.engine.cli.bundle import main as bundle_main
 
     assert bundle_main(["triton-repo", str(tiny_bundle), "--out", str(tmp_path / "repo"), "--no-gpu"]) == 0
     assert kind_name(parse(tmp_path / "repo" / "vision" / "config.pbtxt")) == "KIND_CPU"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from apclip.class_matrix import ClassMatrix
-from apclip.engine.scorers import AutoTritonScorer, NumpyScorer
+from apclip.engine.scoring.scorers import AutoTritonScorer, NumpyScorer
 from apclip.kernels import KernelInputError
 from apclip.scoring import maka_score
 

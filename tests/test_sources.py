@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from apclip.engine.errors import SourceError, SourceWarning
-from apclip.engine.sources import ImageFolderSource, open_source, to_bgr8
+from apclip.engine.video.errors import SourceError, SourceWarning
+from apclip.engine.video.sources import ImageFolderSource, open_source, to_bgr8
 from apclip.testing.videos import (
     codec_available,
     frame_pattern,
@@ -258,7 +258,7 @@ def test_to_bgr8_conversions() -> None:
 
 
 def test_clock_keeps_container_time_and_repairs_bad_timestamps() -> None:
-    from apclip.engine.sources import _Clock, SourceInfo
+    from apclip.engine.video.sources import _Clock, SourceInfo
 
     file_clock = _Clock(SourceInfo("f", "file", 25.0, 10, 8, 8))
     # container time kept; a repeated or missing time becomes the previous one plus a frame period

@@ -14,9 +14,9 @@ pytest.importorskip("onnxruntime")
 from apclip.bundle import MANIFEST, TEXT_FILE, read_manifest, sha256_file
 from apclip.tokenizer import tokenize
 
-from apclip.engine.precision import text_runner
-from apclip.engine.runners import OrtRunner
-from apclip.engine.text_trim import TrimmedTextRunner, token_axis_is_dynamic, trim_to_last_eot
+from apclip.engine.runners.precision import text_runner
+from apclip.engine.runners.encoders import OrtRunner
+from apclip.engine.runners.text_trim import TrimmedTextRunner, token_axis_is_dynamic, trim_to_last_eot
 
 PROMPTS = ["a video of surfing.", "a video of abseiling. a climber descends a rock face on a rope",
            "a video of playing guitar. a man holds a guitar and strums the strings with his right hand "

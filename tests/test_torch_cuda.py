@@ -10,8 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from apclip.engine.runners import BackendUnavailable  # noqa: E402
-from apclip.engine.torch_cuda import (DeviceScorer, GpuNormalize, TorchCudaRunner, bucket_for,  # noqa: E402
+from apclip.engine.runners.encoders import BackendUnavailable  # noqa: E402
+from apclip.engine.runners.torch_cuda import (DeviceScorer, GpuNormalize, TorchCudaRunner, bucket_for,  # noqa: E402
                                       cast_for_inference, plan_batches, torch_cuda_runners)
 
 COSINE_MIN = 0.999  # DESIGN.md: fp16 / bf16 backends against the fp32 reference
@@ -102,7 +102,7 @@ def test_padding_does_not_change_real_rows(tiny_model, pixels):
 
 def test_gpu_normalisation_equals_the_engine_preprocessing():
     from apclip.config import NORMALIZATIONS
-    from apclip.engine.preprocess import normalize
+    from apclip.engine.video.preprocess import normalize
 
     frames = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     for norm in NORMALIZATIONS.values():
@@ -114,7 +114,7 @@ def test_gpu_normalisation_equals_the_engine_preprocessing():
 
 def test_uint8_upload_gives_the_float_path_result(tiny_model):
     from apclip.config import NORMALIZATIONS
-    from apclip.engine.preprocess import normalize
+    from apclip.engine.video.preprocess import normalize
     from apclip.model import ImageEmbedder
 
     norm = NORMALIZATIONS["clip"]
@@ -160,7 +160,7 @@ def test_runners_from_bundle_need_a_gpu_and_the_matching_checkpoint(tiny_bundle,
 
 def test_bundle_runners_on_cpu_match_onnx_runtime(tiny_bundle, demo_assets):
     """The same bundle, bf16 torch vs the fp32 ONNX graph: both encoders within the fp16/bf16 gate."""
-    from apclip.engine.runners import ort_runners
+    from apclip.engine.runners.encoders import ort_runners
     from apclip.export.verify import generated_video_pixels
     from apclip.tokenizer import get_tokenizer
 

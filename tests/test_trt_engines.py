@@ -14,8 +14,8 @@ import pytest
 
 from apclip.bundle import MANIFEST, read_manifest
 from apclip.errors import MissingExtraError
-from apclip.engine.runners import BackendUnavailable
-from apclip.engine.trt_cache import (ENGINES_DIR, EngineCacheError, EngineKey, GpuIdentity, engine_entry, engine_key,
+from apclip.engine.runners.encoders import BackendUnavailable
+from apclip.engine.runners.engine_cache import (ENGINES_DIR, EngineCacheError, EngineKey, GpuIdentity, engine_entry, engine_key,
                                      find_engine, machine_engines, profile_from_manifest, record_engine)
 
 import fake_tensorrt  # noqa: E402
@@ -142,7 +142,7 @@ def test_machine_engines_say_why_each_listed_engine_does_not_fit(bundle):
 
 # -- build plan and the builder's TensorRT calls ----------------------------------------------------
 def test_build_plan_per_tensorrt_version():
-    from apclip.export.trt_build import build_plan
+    from apclip.export.tensorrt.build import build_plan
 
     strong = build_plan("fp16", "10.13.0", modelopt=True)
     assert strong.strongly_typed and strong.onnx_step == "autocast-fp16" and not strong.builder_flags
@@ -159,8 +159,8 @@ def test_build_plan_per_tensorrt_version():
 
 @pytest.fixture()
 def fake_trt(monkeypatch):
-    import apclip.engine.trt_runner as trt_runner
-    import apclip.export.trt_build as trt_build
+    import apclip.engine.runners.tensorrt as trt_runner
+    import apclip.export.tensorrt.build as trt_build
 
     module = fake_tensorrt.module("10.9.0.34")
     monkeypatch.setitem(sys.modules, "tensorrt", module)
@@ -171,7 +171,7 @@ def fake_trt(monkeypatch):
 
 
 def test_builder_makes_the_documented_calls_then_reuses_the_cache(bundle, fake_trt, monkeypatch):
-    from apclip.export.trt_build import BuildRequest, build_engine
+    from apclip.export.tensorrt.build import BuildRequest, build_engine
 
     messages: list[str] = []
     path = build_engine(BuildRequest(bundle, workspace_gb=2), log=messages.append)
@@ -207,7 +207,7 @@ def test_builder_makes_the_documented_calls_then_reuses_the_cache(bundle, fake_t
 
 
 def test_builder_cli_exit_codes(bundle, fake_trt, capsys):
-    from apclip.export.trt_build import main
+    from apclip.export.tensorrt.build import main
 
     assert main([str(bundle), "--precision", "int8"]) == 2  # needs ModelOpt: a missing optional package
     assert "nvidia-modelopt" in capsys.readouterr().err
@@ -221,14 +221,14 @@ def test_builder_cli_exit_codes(bundle, fake_trt, capsys):
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed: the missing-package message cannot be checked")
 def test_builder_without_tensorrt_says_how_to_install(bundle, capsys):
-    from apclip.export.trt_build import main
+    from apclip.export.tensorrt.build import main
 
     assert main([str(bundle)]) == 2
     assert "apclip[trt]" in capsys.readouterr().err
 
 
 def test_calibration_frames(tiny_bundle, tmp_path):
-    from apclip.export.trt_build import EngineBuildError, calibration_pixels
+    from apclip.export.tensorrt.build import EngineBuildError, calibration_pixels
 
     manifest = read_manifest(tiny_bundle)
     r = manifest.preprocessing.resolution
@@ -244,7 +244,7 @@ def test_calibration_frames(tiny_bundle, tmp_path):
 
 
 def test_maka_profile_takes_whole_videos(tiny_bundle):
-    from apclip.export.trt_build import maka_profile
+    from apclip.export.tensorrt.build import maka_profile
 
     manifest = read_manifest(tiny_bundle)
     frames = manifest.preprocessing.frames * manifest.preprocessing.views
@@ -255,7 +255,7 @@ def test_maka_profile_takes_whole_videos(tiny_bundle):
 
 # -- runner ------------------------------------------------------------------------------------------
 def make_runner(batch_size=32, profile=(1, 8, 16)):
-    from apclip.engine.trt_runner import TrtRunner
+    from apclip.engine.runners.tensorrt import TrtRunner
 
     engine = fake_tensorrt.FakeEngine(profile=profile)
     memory = fake_tensorrt.FakeMemory()
@@ -290,7 +290,7 @@ def test_runner_pads_below_the_profile_minimum():
 
 
 def test_trt_runners_refuse_what_they_cannot_use(bundle, fake_trt):
-    from apclip.engine.trt_runner import trt_runners
+    from apclip.engine.runners.tensorrt import trt_runners
 
     with pytest.raises(BackendUnavailable, match="no usable TensorRT vision engine.*apclip-build-engine"):
         trt_runners(read_manifest(bundle))
@@ -303,7 +303,7 @@ def test_trt_runners_refuse_what_they_cannot_use(bundle, fake_trt):
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed")
 def test_trt_backend_without_tensorrt_names_the_fix(tiny_bundle):
-    from apclip.engine.trt_runner import trt_runners
+    from apclip.engine.runners.tensorrt import trt_runners
 
     with pytest.raises(BackendUnavailable, match="TensorRT is not installed"):
         trt_runners(read_manifest(tiny_bundle))
@@ -311,9 +311,9 @@ def test_trt_backend_without_tensorrt_names_the_fix(tiny_bundle):
 
 @pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT is not installed")
 def test_real_tensorrt_builds_and_runs_the_tiny_bundle(bundle):  # pragma: no cover - needs TensorRT and a GPU
-    from apclip.engine.runners import ort_runners
-    from apclip.engine.trt_runner import trt_runners
-    from apclip.export.trt_build import BuildRequest, build_engine
+    from apclip.engine.runners.encoders import ort_runners
+    from apclip.engine.runners.tensorrt import trt_runners
+    from apclip.export.tensorrt.build import BuildRequest, build_engine
     from apclip.export.verify import generated_video_pixels
 
     build_engine(BuildRequest(bundle), log=lambda m: None)

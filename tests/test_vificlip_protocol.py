@@ -82,7 +82,7 @@ def vificlip_validate(model, frames_bgr_list, indices, *, input_size, num_frames
 
 @pytest.mark.parametrize("num_frames,num_clip,num_crop", [(4, 2, 3), (3, 3, 1)])
 def test_exported_vificlip_checkpoint_matches_vificlip_validate(tmp_path, num_frames, num_clip, num_crop):
-    from apclip.engine.cli import main as infer
+    from apclip.engine.cli.infer import main as infer
     from apclip.export.api import export_bundle
 
     model = write_vificlip_checkpoint(tmp_path, num_frames=num_frames, num_clip=num_clip, num_crop=num_crop)
@@ -309,7 +309,7 @@ def test_vision_maka_engine_is_refused_for_vificlip_bundles(vifi_bundle, monkeyp
 
     import fake_tensorrt
 
-    from apclip.export.trt_build import BuildRequest, EngineBuildError, build_engine
+    from apclip.export.tensorrt.build import BuildRequest, EngineBuildError, build_engine
 
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt.module("10.9.0.34"))
     with pytest.raises(EngineBuildError, match="build --graph vision"):
@@ -320,8 +320,8 @@ def test_torch_runners_give_raw_features_for_vificlip_bundles(vifi_bundle):
     """The torch and torch-cuda (here on CPU, fp32) runners emit what vision.onnx emits: raw features."""
     import onnxruntime as ort
 
-    from apclip.engine.runners import torch_runners
-    from apclip.engine.torch_cuda import torch_cuda_runners
+    from apclip.engine.runners.encoders import torch_runners
+    from apclip.engine.runners.torch_cuda import torch_cuda_runners
 
     manifest = read_manifest(vifi_bundle)
     ckpt, base = vifi_bundle.parent / "vifi.pth", str(vifi_bundle.parent / "ViT-tiny.pt")

@@ -15,7 +15,7 @@ from apclip.labels import labels_sha256
 
 pytest.importorskip("onnxruntime")
 
-import apclip.engine.vocabulary as vocabulary  # noqa: E402
+import apclip.engine.scoring.vocabulary as vocabulary  # noqa: E402
 from apclip.engine import Recognizer  # noqa: E402
 
 # Dropped from the bundle copy and asked for at run time: one with prompt-bank descriptions (3 rows),

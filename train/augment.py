@@ -2,7 +2,7 @@
 
 ViFi-CLIP `datasets/build.py` train_pipeline, step by step (R = input size, 224 for ViT-B/16):
 
-  SampleFrames(clip_len=1, num_clips=T)   one random frame per segment (apclip.engine.sampling.sample_train_indices)
+  SampleFrames(clip_len=1, num_clips=T)   one random frame per segment (apclip.engine.video.sampling.sample_train_indices)
   Resize(scale=(-1, int(256 / 224 * R)))  short side to S = int(256/224*R), long side int(L * S / short + 0.5),
                                           bilinear (mmcv.imresize = cv2 INTER_LINEAR)
   MultiScaleCrop(R, scales=(1, .875, .75, .66), random_crop=False, max_wh_scale_gap=1)
@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from apclip.config import Normalization
-from apclip.engine.preprocess import normalize
+from apclip.engine.video.preprocess import normalize
 
 MULTISCALE_SCALES = (1.0, 0.875, 0.75, 0.66)
 

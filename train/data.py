@@ -108,9 +108,9 @@ def decode_train_frames(path: Path, frames: int, rng: np.random.Generator,
     Uses the engine's source and sampler, so corrupt or truncated files behave as in inference:
     indices are redrawn for the frames that really decoded. Raises SourceError / NoFramesError.
     """
-    from apclip.engine.errors import NoFramesError
-    from apclip.engine.sampling import nearest_kept, sample_train_indices
-    from apclip.engine.sources import open_source
+    from apclip.engine.video.errors import NoFramesError
+    from apclip.engine.video.sampling import nearest_kept, sample_train_indices
+    from apclip.engine.video.sources import open_source
 
     with open_source(path) as src:
         count = src.info.frame_count
@@ -132,7 +132,7 @@ def decode_train_frames(path: Path, frames: int, rng: np.random.Generator,
 def _bad_video_errors() -> tuple[type[BaseException], ...]:
     import cv2
 
-    from apclip.engine.errors import SourceError
+    from apclip.engine.video.errors import SourceError
 
     return (SourceError, cv2.error, ValueError, OSError)
 
@@ -180,7 +180,7 @@ class EvalClips:
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         import torch
 
-        from apclip.engine.clips import load_clip
+        from apclip.engine.video.clips import load_clip
 
         item = self.items[index]
         try:

@@ -11,8 +11,8 @@ from apclip.errors import ApclipError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from apclip.engine.runners import BACKENDS
-    from apclip.engine.scorers import SCORERS
+    from apclip.engine.runners.encoders import BACKENDS
+    from apclip.engine.scoring.scorers import SCORERS
 
     p = argparse.ArgumentParser(prog="apclip-eval",
                                 description="Top-1/top-5/mean per-class accuracy (and base/novel/HM) on labelled videos.")

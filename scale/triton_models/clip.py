@@ -56,7 +56,7 @@ class TritonPythonModel:
             return self.rec.classes
         (set_id,) = ids
         if set_id not in self.label_sets:
-            from apclip.engine.vocabulary import resolve_classes
+            from apclip.engine.scoring.vocabulary import resolve_classes
 
             path = serve_common.label_set_path(self.params["state_dir"], set_id)
             if not set_id.isalnum() or not os.path.exists(path):
@@ -69,8 +69,8 @@ class TritonPythonModel:
 
     def _views(self, request):
         """The request's clips -> list of [Nv, 3, R, R] float32 (one per batch item)."""
-        from apclip.engine.clips import load_clip
-        from apclip.engine.preprocess import flatten_views
+        from apclip.engine.video.clips import load_clip
+        from apclip.engine.video.preprocess import flatten_views
 
         from apclip.scale.array_source import ArraySource
 
@@ -95,7 +95,7 @@ class TritonPythonModel:
     def execute(self, requests):
         from apclip.errors import ApclipError
 
-        from apclip.engine.runners import encode_in_batches
+        from apclip.engine.runners.encoders import encode_in_batches
 
         parsed = []  # per request: (clips, classes) or an error message
         for request in requests:

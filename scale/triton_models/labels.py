@@ -27,7 +27,7 @@ from apclip.scale.triton_models import _serve_common as serve_common  # noqa: E4
 class TritonPythonModel:
     def initialize(self, args):
         from apclip.bundle import TEXT_FILE, TEXT_INPUT, read_manifest
-        from apclip.engine.runners import OrtRunner
+        from apclip.engine.runners.encoders import OrtRunner
 
         self.params = serve_common.parameters(args)
         self.manifest = read_manifest(self.params["bundle"])
@@ -42,7 +42,7 @@ class TritonPythonModel:
         from apclip.errors import ApclipError
         from apclip.fileio import atomic_write
 
-        from apclip.engine.vocabulary import resolve_classes
+        from apclip.engine.scoring.vocabulary import resolve_classes
 
         try:
             labels = [label.strip() for label in serve_common.decode_strings(

@@ -123,8 +123,8 @@ def graph_batch_max(manifest: Manifest, graph: str, wanted: int) -> int:
 
 
 def ort_runners(manifest: Manifest, *, cuda: bool, threads: int | None, batch_size: int, precision: str = "fp32"):
-    """(vision, text) runners; precision "int8" loads the bundle's int8 files (engine/precision.py)."""
-    from apclip.engine.precision import check_precision, encoder_files, text_runner
+    """(vision, text) runners; precision "int8" loads the bundle's int8 files (engine/runners/precision.py)."""
+    from apclip.engine.runners.precision import check_precision, encoder_files, text_runner
 
     check_precision(precision, "ort-cuda" if cuda else "ort", manifest)
     vision_file, text_file = encoder_files(manifest, precision)
@@ -139,8 +139,8 @@ def ort_runners(manifest: Manifest, *, cuda: bool, threads: int | None, batch_si
 
 
 def trt_runners(manifest: Manifest, **options):
-    """(vision, text) TensorRT runners of the bundle's engines (apclip.engine.trt_runner)."""
-    from apclip.engine.trt_runner import trt_runners as build
+    """(vision, text) TensorRT runners of the bundle's engines (apclip.engine.runners.tensorrt)."""
+    from apclip.engine.runners.tensorrt import trt_runners as build
 
     return build(manifest, **options)
 

@@ -49,7 +49,7 @@ def _natural_key(path: str) -> list[Any]:
 
 def is_image_folder(folder: Path) -> bool:
     """Holds at least one image and no video file (subfolders do not matter)."""
-    from apclip.engine.sources import IMAGE_EXTENSIONS  # imports OpenCV: only when a folder is given
+    from apclip.engine.video.sources import IMAGE_EXTENSIONS  # imports OpenCV: only when a folder is given
 
     has_image = False
     for entry in os.scandir(folder):

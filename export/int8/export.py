@@ -13,14 +13,14 @@ import numpy as np
 
 from apclip.bundle import INT8_FILES, TEXT_FILE, VISION_FILE
 
-from apclip.export.quantize import QuantizationSettings, quantize_encoder
+from apclip.export.int8.quantize import QuantizationSettings, quantize_encoder
 from apclip.export.verify import VerificationReport
 
 
 def add_int8_encoders(model, work: Path, matrix, video_pixels: np.ndarray | None, *, verify: bool,
                       log: Callable[[str], None], settings: QuantizationSettings = QuantizationSettings(),
                       min_cosine: float | None = None) -> dict:
-    from apclip.export.verify_int8 import verify_int8_text, verify_int8_vision
+    from apclip.export.int8.verify import verify_int8_text, verify_int8_vision
 
     record: dict = {"quantization": settings.to_dict(), "files": {}, "quantized_nodes": {},
                     "verification": {}, "refused": {}}

@@ -48,7 +48,7 @@ def bundle_info(path: str) -> dict[str, Any]:
     manifest = read_manifest(path, verify=False)
     raw, pre = manifest.raw, manifest.preprocessing
     present = sorted(name for name in manifest.files if (manifest.path / name).is_file())
-    from apclip.engine.trt_cache import listed_engines
+    from apclip.engine.runners.engine_cache import listed_engines
 
     engines = {name: _engine_summary(entry) for name, entry in listed_engines(manifest).items()}
     backends = []
@@ -173,7 +173,7 @@ def _engine_findings(manifest) -> list[Finding]:
     """TensorRT engines listed in the manifest: present and matching their sha256. Deserialising one
     needs its GPU and TensorRT version; the trt runner does that (and refuses a mismatch) at load."""
     from apclip.bundle import sha256_file
-    from apclip.engine.trt_cache import listed_engines
+    from apclip.engine.runners.engine_cache import listed_engines
 
     findings = []
     for name, entry in sorted(listed_engines(manifest).items()):

@@ -27,7 +27,7 @@ from apclip.bundle import Manifest
 from apclip.config import Normalization
 from apclip.extras import require
 
-from apclip.engine.runners import BackendUnavailable, LazyRunner, checked_checkpoint
+from apclip.engine.runners.encoders import BackendUnavailable, LazyRunner, checked_checkpoint
 
 PRECISIONS = ("fp16", "bf16", "fp32")
 
@@ -249,7 +249,7 @@ def torch_cuda_runners(manifest: Manifest, checkpoint, base: str | None, *, batc
     if graphs is None:
         graphs = os.environ.get("APCLIP_CUDA_GRAPHS", "1") != "0"
     from apclip.model import ImageEmbedder, TextEmbedder
-    from apclip.engine.runners import graph_batch_max
+    from apclip.engine.runners.encoders import graph_batch_max
 
     dtype = torch_dtype(precision)
     model = cast_for_inference(checked_checkpoint(manifest, checkpoint, base, backend="torch-cuda"), precision)

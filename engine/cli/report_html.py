@@ -16,7 +16,7 @@ from typing import Sequence
 
 from apclip.fileio import atomic_write
 
-from apclip.engine.explain_view import prompt_choices
+from apclip.engine.cli.explain_view import prompt_choices
 from apclip.engine.predictions import Prediction
 
 THUMB_HEIGHT = 96
@@ -40,7 +40,7 @@ def read_thumbnails(source: str, frame_indices: Sequence[int], fps: float | None
     """JPEG data URIs of the given decoded frames (one more pass over the source)."""
     import cv2
 
-    from apclip.engine.sources import open_source
+    from apclip.engine.video.sources import open_source
 
     wanted = set(int(i) for i in frame_indices)
     out: dict[int, str] = {}

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from apclip.bundle import INT8_FILES, PRECISIONS, TEXT_FILE, TEXT_INPUT, VISION_FILE, Manifest
 
-from apclip.engine.runners import BackendUnavailable, OrtRunner
-from apclip.engine.text_trim import TrimmedTextRunner, token_axis_is_dynamic
+from apclip.engine.runners.encoders import BackendUnavailable, OrtRunner
+from apclip.engine.runners.text_trim import TrimmedTextRunner, token_axis_is_dynamic
 
 INT8_BACKENDS = ("ort",)  # MLAS's u8s8 kernels are CPU kernels
 

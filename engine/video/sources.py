@@ -30,7 +30,7 @@ from urllib.request import url2pathname
 import cv2
 import numpy as np
 
-from apclip.engine.errors import SourceError, SourceWarning
+from apclip.engine.video.errors import SourceError, SourceWarning
 
 STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")

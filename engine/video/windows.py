@@ -12,10 +12,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from apclip.engine.clips import Clip, FrameResizer, assemble_views
-from apclip.engine.errors import NoFramesError
-from apclip.engine.sampling import WindowPlan
-from apclip.engine.sources import SourceSpec, VideoSource, open_source
+from apclip.engine.video.clips import Clip, FrameResizer, assemble_views
+from apclip.engine.video.errors import NoFramesError
+from apclip.engine.video.sampling import WindowPlan
+from apclip.engine.video.sources import SourceSpec, VideoSource, open_source
 from apclip.preprocessing import Preprocessing
 
 

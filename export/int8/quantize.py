@@ -10,7 +10,7 @@ Settings (README "CPU precisions" has the measurements):
   P.V (two activations) stay fp32, where per-tensor activation scales would hurt most;
 - reduce_range off (not measured): 7-bit weights are for CPUs without VNNI that saturate u8s8 int16
   pair sums; with VNNI full 8 bits accumulate exactly in int32.
-Each int8 file is kept only if it passes the int8 thresholds (export/verify_int8.py) against the
+Each int8 file is kept only if it passes the int8 thresholds (export/int8/verify.py) against the
 PyTorch fp32 reference; a refused file is not written and the export says why.
 """
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from apclip.bundle import Manifest
 
-from apclip.engine.runners import BackendUnavailable
+from apclip.engine.runners.encoders import BackendUnavailable
 from apclip.extras import importable as _importable  # module-level name: tests monkeypatch it
 
 AUTO_ORDER = ("trt", "torch-cuda", "ort-cuda", "ort")
@@ -56,7 +56,7 @@ def probe_torch_cuda(manifest: Manifest, ckpt: Any = None) -> Availability:
 
     if not torch.cuda.is_available():
         return Availability("torch-cuda", False, f"PyTorch {torch.__version__} sees no CUDA GPU")
-    from apclip.engine.torch_cuda import weights_source
+    from apclip.engine.runners.torch_cuda import weights_source
 
     source = weights_source(manifest, ckpt)
     if source is None:
@@ -86,13 +86,13 @@ PROBES: dict[str, Callable[..., Availability]] = {
 
 
 def _trt(manifest: Manifest, **options):
-    from apclip.engine.trt_runner import trt_runners
+    from apclip.engine.runners.tensorrt import trt_runners
 
     return trt_runners(manifest, batch_size=options.get("batch_size", 32))
 
 
 def _torch_cuda(manifest: Manifest, **options):
-    from apclip.engine.torch_cuda import torch_cuda_runners
+    from apclip.engine.runners.torch_cuda import torch_cuda_runners
 
     return torch_cuda_runners(manifest, options.get("ckpt"), options.get("base"),
                               batch_size=options.get("batch_size", 32), precision=options.get("precision") or "fp16")
@@ -100,7 +100,7 @@ def _torch_cuda(manifest: Manifest, **options):
 
 def _ort(cuda: bool):
     def build(manifest: Manifest, **options):
-        from apclip.engine.runners import ort_runners
+        from apclip.engine.runners.encoders import ort_runners
 
         return ort_runners(manifest, cuda=cuda, threads=options.get("threads"),
                            batch_size=options.get("batch_size", 32), precision=options.get("precision") or "fp32")
@@ -108,7 +108,7 @@ def _ort(cuda: bool):
 
 
 def _torch(manifest: Manifest, **options):
-    from apclip.engine.runners import torch_runners
+    from apclip.engine.runners.encoders import torch_runners
 
     return torch_runners(manifest, options.get("ckpt"), options.get("base"), batch_size=options.get("batch_size", 32))
 

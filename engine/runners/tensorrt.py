@@ -8,7 +8,7 @@ Device memory and the stream come from torch when it is installed (CUDA tensors)
 cuda-python (`cuda.bindings.runtime`: cudaMalloc, cudaMemcpyAsync, cudaStreamSynchronize).
 
 An engine is used only when the manifest lists it for this ONNX file, TensorRT version and GPU and
-its file matches its sha256 (engine/trt_cache.py); TensorRT's own deserialisation is the last check.
+its file matches its sha256 (engine/runners/engine_cache.py); TensorRT's own deserialisation is the last check.
 Anything else raises BackendUnavailable saying how to rebuild, so `--backend auto` falls back.
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ import numpy as np
 from apclip.bundle import EMBEDDINGS_OUTPUT, TEXT_FILE, TEXT_INPUT, Manifest
 from apclip.extras import require
 
-from apclip.engine.runners import BackendUnavailable, LazyRunner, OrtRunner
-from apclip.engine.trt_cache import CacheDecision, GpuIdentity, machine_engines
+from apclip.engine.runners.encoders import BackendUnavailable, LazyRunner, OrtRunner
+from apclip.engine.runners.engine_cache import CacheDecision, GpuIdentity, machine_engines
 
 NOT_INSTALLED = "TensorRT is not installed"
 

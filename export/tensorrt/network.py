@@ -5,14 +5,14 @@ to whole videos ([N, E] -> [B, V, T, E], V and T from the bundle's preprocessing
 feeds the apclip::maka plugin (kernels/maka_trt_plugin.py, AOT PTX) together with the class matrix
 as engine constants; `scores` [B, K] fp32 is the engine's one output. Such an engine serves
 trtexec and Triton Inference Server without Python; its class matrix is the bundle's, so its cache
-key covers classes.safetensors too (engine/trt_cache.py).
+key covers classes.safetensors too (engine/runners/engine_cache.py).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from apclip.bundle import CLASSES_FILE, EMBEDDINGS_OUTPUT, SCORER_OUTPUT, Manifest
-from apclip.engine.trt_cache import Profile
+from apclip.engine.runners.engine_cache import Profile
 
 
 def maka_inputs(manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:

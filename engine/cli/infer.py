@@ -1,7 +1,7 @@
 """apclip-infer: recognise actions in video files, image folders, a camera or a stream (no torch needed).
 
-This module parses the command line; engine/infer_run.py runs it (sources from engine/sources_list.py,
-many sources through engine/multi_source.py, outputs in engine/outputs.py and engine/report_html.py).
+This module parses the command line; engine/cli/infer_run.py runs it (sources from engine/video/sources_list.py,
+many sources through engine/cli/multi_source.py, outputs in engine/cli/outputs.py and engine/cli/report_html.py).
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from typing import Iterator
 from apclip.cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, add_version, exit_code, silence_broken_pipe
 from apclip.errors import ApclipError
 
-from apclip.engine.infer_run import DEFAULT_STRIDE, DEFAULT_WINDOW, InferRun, format_prediction, format_window  # noqa: F401
-from apclip.engine.runners import BACKENDS
-from apclip.engine.scorers import SCORERS
-from apclip.engine.sources_list import is_live  # noqa: F401  (kept importable from here)
+from apclip.engine.cli.infer_run import DEFAULT_STRIDE, DEFAULT_WINDOW, InferRun, format_prediction, format_window  # noqa: F401
+from apclip.engine.runners.encoders import BACKENDS
+from apclip.engine.scoring.scorers import SCORERS
+from apclip.engine.video.sources_list import is_live  # noqa: F401  (kept importable from here)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ from apclip.bundle import SCORER_FILE, VISION_FILE, VISION_INPUT, Manifest
 from apclip.cli_common import UsageError
 from apclip.errors import ApclipError, MissingExtraError
 
-from apclip.engine.runners import BackendUnavailable, EncoderRunner
+from apclip.engine.runners.encoders import BackendUnavailable, EncoderRunner
 from apclip.extras import importable
 
 # The quantized vision graph an int8 export adds to a bundle (ONNX Runtime dynamic quantization).
@@ -153,7 +153,7 @@ def build(contender: Contender, ctx: BuildContext) -> Any:
 # -- probes --------------------------------------------------------------------------------------------
 def nvidia_driver_present() -> bool:
     """Cheap check before importing torch (seconds, hundreds of MB) just to learn there is no GPU."""
-    from apclip.engine.gpu_backends import cuda_may_be_present
+    from apclip.engine.runners.gpu_backends import cuda_may_be_present
 
     return cuda_may_be_present() or os.path.exists("/etc/nv_tegra_release")
 
@@ -165,9 +165,9 @@ def _needs_ort(ctx: BuildContext) -> str | None:
 
 
 def _gpu_probe(backend: str) -> Probe:
-    """The engine's own probe (apclip.engine.gpu_backends.PROBES): one answer for --backend and apclip-bench."""
+    """The engine's own probe (apclip.engine.runners.gpu_backends.PROBES): one answer for --backend and apclip-bench."""
     def reason(ctx: BuildContext) -> str | None:
-        from apclip.engine.gpu_backends import PROBES
+        from apclip.engine.runners.gpu_backends import PROBES
 
         found = PROBES[backend](ctx.manifest, ctx.checkpoint)
         return None if found.ok else found.reason
@@ -248,7 +248,7 @@ def _triton_reason(ctx: BuildContext) -> str | None:
     for module, extra in (("torch", "torch"), ("triton", "triton")):
         if not importable(module):
             return f"{module} is not installed: pip install \"apclip[{extra}]\""
-    from apclip.engine.scorers import TritonScorer
+    from apclip.engine.scoring.scorers import TritonScorer
 
     try:
         TritonScorer()
@@ -259,13 +259,13 @@ def _triton_reason(ctx: BuildContext) -> str | None:
 
 # -- builders --------------------------------------------------------------------------------------------
 def _ort_cpu(ctx: BuildContext) -> EncoderRunner:
-    from apclip.engine.runners import ort_runners
+    from apclip.engine.runners.encoders import ort_runners
 
     return ort_runners(ctx.manifest, cuda=False, threads=ctx.threads, batch_size=ctx.batch_size)[0]
 
 
 def _ort_int8(ctx: BuildContext) -> EncoderRunner:
-    from apclip.engine.runners import OrtRunner, _default_threads, graph_batch_max
+    from apclip.engine.runners.encoders import OrtRunner, _default_threads, graph_batch_max
 
     runner = OrtRunner(ctx.manifest.file(VISION_INT8_FILE), VISION_INPUT, threads=_default_threads(ctx.threads),
                        batch_size=graph_batch_max(ctx.manifest, "vision", ctx.batch_size))
@@ -274,15 +274,15 @@ def _ort_int8(ctx: BuildContext) -> EncoderRunner:
 
 
 def _torch_cpu(ctx: BuildContext) -> EncoderRunner:
-    from apclip.engine.runners import torch_runners
+    from apclip.engine.runners.encoders import torch_runners
 
     return torch_runners(ctx.manifest, ctx.checkpoint, ctx.base, batch_size=ctx.batch_size, device="cpu")[0]
 
 
 def _gpu_constructor(backend: str, precision: str | None = None) -> Callable[[BuildContext], EncoderRunner]:
-    """The engine's own constructor (apclip.engine.gpu_backends.CONSTRUCTORS); the vision runner of its pair."""
+    """The engine's own constructor (apclip.engine.runners.gpu_backends.CONSTRUCTORS); the vision runner of its pair."""
     def make(ctx: BuildContext) -> EncoderRunner:
-        from apclip.engine.gpu_backends import CONSTRUCTORS
+        from apclip.engine.runners.gpu_backends import CONSTRUCTORS
 
         return CONSTRUCTORS[backend](ctx.manifest, batch_size=ctx.batch_size, threads=ctx.threads,
                                      ckpt=ctx.checkpoint, base=ctx.base, precision=precision)[0]
@@ -291,7 +291,7 @@ def _gpu_constructor(backend: str, precision: str | None = None) -> Callable[[Bu
 
 def _scorer(name: str) -> Callable[[BuildContext], Any]:
     def make(ctx: BuildContext) -> Any:
-        from apclip.engine.scorers import make_scorer
+        from apclip.engine.scoring.scorers import make_scorer
 
         return make_scorer(name, ctx.manifest)
     return make

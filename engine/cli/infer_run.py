@@ -12,9 +12,9 @@ from typing import IO, Callable, Iterable
 from apclip.cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from apclip.errors import ApclipError
 
-from apclip.engine.errors import SourceError
+from apclip.engine.video.errors import SourceError
 from apclip.engine.predictions import Prediction, WindowPrediction
-from apclip.engine.sources_list import SourceItem, expand_sources, is_live
+from apclip.engine.video.sources_list import SourceItem, expand_sources, is_live
 
 DEFAULT_WINDOW = 2.0
 DEFAULT_STRIDE = 1.0
@@ -82,7 +82,7 @@ class InferRun:
             raise SourceError(f"video file not found: {self.items[0].path}" if self.items[0].missing == "not found"
                               else f"{self.items[0].path}: {self.items[0].missing}")
         if args.out_video:
-            from apclip.engine.overlay import overlay_fourcc
+            from apclip.engine.cli.overlay import overlay_fourcc
 
             overlay_fourcc(args.out_video)
             if not single:
@@ -94,7 +94,7 @@ class InferRun:
                 raise UsageError(f"{flag} is written in clip mode; drop --mode stream")
         if args.report and not args.report.lower().endswith((".html", ".htm")):
             raise UsageError(f"--report {args.report}: give an .html file name")
-        from apclip.engine.outputs import refuse_inputs_as_outputs
+        from apclip.engine.cli.outputs import refuse_inputs_as_outputs
 
         refuse_inputs_as_outputs({"--out-video": args.out_video, "--json": args.json_out, "--csv": args.csv_out,
                                   "--report": args.report},
@@ -144,14 +144,14 @@ class InferRun:
 
     def execute(self) -> int:
         self.load()
-        from apclip.engine.outputs import CsvResults, json_lines
+        from apclip.engine.cli.outputs import CsvResults, json_lines
 
         args = self.args
         live = is_live(self.items[0].path)
         if args.json_out:
             self.json_file = json_lines(args.json_out, live)
         if args.csv_out:
-            from apclip.engine.multi_source import CSV_FIELDS
+            from apclip.engine.cli.multi_source import CSV_FIELDS
 
             self.csv_file = CsvResults(args.csv_out, CSV_FIELDS)
         if self.mode == "stream":
@@ -159,8 +159,8 @@ class InferRun:
         return self._clips()
 
     def _clips(self) -> int:
-        from apclip.engine.explain_view import prompt_attributes
-        from apclip.engine.multi_source import csv_row, prediction_record, run_sources, skipped_row
+        from apclip.engine.cli.explain_view import prompt_attributes
+        from apclip.engine.cli.multi_source import csv_row, prediction_record, run_sources, skipped_row
 
         args = self.args
         results: list[tuple[Prediction, SourceItem]] = []
@@ -270,8 +270,8 @@ class InferRun:
         self.json_file = self.csv_file = None
 
     def _write_report(self, results: list[tuple[Prediction, SourceItem]]) -> None:
-        from apclip.engine.explain_view import prompt_attributes
-        from apclip.engine.report_html import collect, write_report
+        from apclip.engine.cli.explain_view import prompt_attributes
+        from apclip.engine.cli.report_html import collect, write_report
 
         crops = self.rec.spec.crops
         videos = []
@@ -280,14 +280,14 @@ class InferRun:
                 videos.append(collect(pred, item.path, crops, self.args.fps))
             except ApclipError as exc:  # the prediction stands; only its thumbnails are missing
                 print(f"apclip-infer: warning: no thumbnails for {item.path}: {exc}", file=sys.stderr)
-                from apclip.engine.report_html import ReportVideo
+                from apclip.engine.cli.report_html import ReportVideo
 
                 videos.append(ReportVideo(item.path, pred, crops))
         write_report(self.args.report, videos, prompt_attributes(self.bank))
         self.log(f"wrote {self.args.report} ({len(videos)} video(s))")
 
     def _write_overlay(self, predictions: list[Prediction]) -> None:
-        from apclip.engine.overlay import CODEC_NAMES, write_overlay
+        from apclip.engine.cli.overlay import CODEC_NAMES, write_overlay
 
         result = write_overlay(self.items[0].path, self.args.out_video, predictions, self.args.topk,
                                fps=self.args.fps)
@@ -314,7 +314,7 @@ def distinct_note(pred: Prediction) -> str:
 
 def format_prediction(pred: Prediction, explain: bool = False, header: bool = True,
                       attributes: dict[tuple[str, str], str] | None = None) -> str:
-    from apclip.engine.explain_view import format_explain_summary
+    from apclip.engine.cli.explain_view import format_explain_summary
 
     approx = " (approximate sampling: frame count unknown or wrong)" if pred.approximate else ""
     timings = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in pred.timings.items())

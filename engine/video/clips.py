@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from apclip.engine.errors import NoFramesError, SourceError
-from apclip.engine.preprocess import resize_frame, spec_views
-from apclip.engine.sampling import StridedReservoir, nearest_kept, sample_segment_indices, sample_train_indices
-from apclip.engine.sources import SourceInfo, SourceSpec, open_source
+from apclip.engine.video.errors import NoFramesError, SourceError
+from apclip.engine.video.preprocess import resize_frame, spec_views
+from apclip.engine.video.sampling import StridedReservoir, nearest_kept, sample_segment_indices, sample_train_indices
+from apclip.engine.video.sources import SourceInfo, SourceSpec, open_source
 from apclip.preprocessing import Preprocessing
 
 # Frames the reservoir keeps for a source of unknown length: at least this, and 4 per sampled frame.

@@ -64,7 +64,7 @@ def verify_int8_text(model: CLIP, path: Path, matrix: ClassMatrix, *, trim: bool
                      min_cosine: float | None = None, seed: int = 0) -> VerificationReport:
     from apclip.tokenizer import get_tokenizer
 
-    from apclip.engine.text_trim import trim_to_last_eot
+    from apclip.engine.runners.text_trim import trim_to_last_eot
 
     min_cosine = INT8_MIN_COSINE if min_cosine is None else min_cosine
     rng = np.random.default_rng(seed)

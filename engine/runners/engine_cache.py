@@ -8,7 +8,7 @@ one precision and one optimization profile; the key holds all of them:
     manifest.json  "engines": {"vision-fp16-sm90-3f2a...engine": {"key": {...}, "sha256": ..., ...}}
 
 An engine whose listed key, file hash or deserialisation does not match is never used: the builder
-(apclip.export.trt_build) rebuilds it and says why; the runner refuses it and says how to rebuild.
+(apclip.export.tensorrt.build) rebuilds it and says why; the runner refuses it and says how to rebuild.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ ENGINES_DIR = "engines"
 PRECISIONS = ("fp16", "int8")
 # graph -> (ONNX file it is built from, manifest io entry giving its batch range and input shape)
 GRAPHS = {"vision": VISION_FILE, "text": TEXT_FILE}
-DEFAULT_TEXT_OPT = 256  # run-time labels are encoded 256 prompts at a time (engine/runners.py)
+DEFAULT_TEXT_OPT = 256  # run-time labels are encoded 256 prompts at a time (engine/runners/encoders.py)
 TEXT_ENGINE_MAX = 4096  # a text profile is capped here: TensorRT sizes activations for the max batch
 
 

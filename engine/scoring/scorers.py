@@ -18,8 +18,8 @@ from apclip.errors import ApclipError
 from apclip.extras import importable, require
 from apclip.scoring import vificlip_score
 
-from apclip.engine.gemm_scorer import GemmClasses, maka_gemm
-from apclip.engine.runners import BackendUnavailable
+from apclip.engine.scoring.gemm_scorer import GemmClasses, maka_gemm
+from apclip.engine.runners.encoders import BackendUnavailable
 
 SCORERS = ("auto", "numpy", "onnx", "triton")
 
@@ -31,7 +31,7 @@ class Scorer(Protocol):
 
 
 class NumpyScorer:
-    """One BLAS GEMM then masked max/mean (engine/gemm_scorer.py); equals `maka_score` within 1e-6."""
+    """One BLAS GEMM then masked max/mean (engine/scoring/gemm_scorer.py); equals `maka_score` within 1e-6."""
 
     name = "numpy"
 

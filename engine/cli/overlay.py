@@ -12,9 +12,9 @@ import numpy as np
 
 from apclip.fileio import AtomicFile
 
-from apclip.engine.errors import SourceError
+from apclip.engine.video.errors import SourceError
 from apclip.engine.predictions import Prediction, WindowPrediction
-from apclip.engine.sources import open_source
+from apclip.engine.video.sources import open_source
 
 _FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 # Tried first where the container holds it: H.264 plays in every browser and player; OpenCV's FFmpeg

@@ -32,8 +32,8 @@ from apclip.cli_common import report_error
 from apclip.errors import ApclipError, MissingExtraError
 from apclip.fileio import atomic_write
 
-from apclip.engine.bundle_cli import Command
-from apclip.engine.trt_cache import (GRAPHS, PRECISIONS, EngineKey, Profile, engine_entry, engine_key, find_engine,
+from apclip.engine.cli.bundle import Command
+from apclip.engine.runners.engine_cache import (GRAPHS, PRECISIONS, EngineKey, Profile, engine_entry, engine_key, find_engine,
                                      profile_from_manifest, record_engine, timing_cache_path)
 
 Log = Callable[[str], None]
@@ -111,7 +111,7 @@ def build_engine(request: BuildRequest, log: Log = print) -> Path:
     from apclip.extras import require
 
     trt = require("tensorrt", "trt", "building TensorRT engines")
-    from apclip.engine.trt_runner import current_gpu
+    from apclip.engine.runners.tensorrt import current_gpu
 
     if request.graph not in GRAPH_CHOICES:
         raise EngineBuildError(f"--graph {request.graph}: choose one of {', '.join(GRAPH_CHOICES)}")
@@ -138,7 +138,7 @@ def build_engine(request: BuildRequest, log: Log = print) -> Path:
     with tempfile.TemporaryDirectory(prefix="apclip-trt-") as tmp:
         onnx_path = prepare_onnx(manifest, request, plan, Path(tmp), log)
         if request.graph == "vision+maka":
-            from apclip.export.trt_network import maka_network_hook
+            from apclip.export.tensorrt.network import maka_network_hook
 
             hook = maka_network_hook(manifest, profile)
         else:
@@ -197,8 +197,8 @@ def calibration_pixels(manifest: Manifest, sources: Sequence[str]) -> np.ndarray
         from apclip.export.verify import generated_video_pixels
 
         return generated_video_pixels(manifest.preprocessing)
-    from apclip.engine.clips import load_clip
-    from apclip.engine.preprocess import flatten_views
+    from apclip.engine.video.clips import load_clip
+    from apclip.engine.video.preprocess import flatten_views
 
     parts = []
     for source in sources:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 from apclip.errors import ApclipError
 
 from apclip.engine.predictions import Prediction
-from apclip.engine.sources_list import SourceItem
+from apclip.engine.video.sources_list import SourceItem
 
 CSV_FIELDS = ["source", "expected", "rank1", "score1", "top", "frames", "distinct_frames", "approximate",
               "decode_ms", "encode_ms", "score_ms", "status", "error"]

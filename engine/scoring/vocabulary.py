@@ -21,7 +21,7 @@ from apclip.class_matrix import ClassMatrix, PromptSource, class_prompts, encode
 from apclip.errors import ApclipError
 from apclip.fileio import atomic_write
 
-from apclip.engine.runners import EncoderRunner
+from apclip.engine.runners.encoders import EncoderRunner
 
 
 def cache_dir() -> Path:

@@ -1,0 +1,1 @@
+"""Scoring: scorers (numpy, ONNX, Triton kernel) and the class matrix at run time."""

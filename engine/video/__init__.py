@@ -1,0 +1,1 @@
+"""Video ingest: sources, frame sampling, preprocessing, clips and sliding windows."""

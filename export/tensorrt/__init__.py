@@ -1,0 +1,1 @@
+"""TensorRT engine builds from the bundle's ONNX graphs (apclip-build-engine)."""
