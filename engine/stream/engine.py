@@ -257,11 +257,17 @@ class MultiStream:
 
     # -- windows -> predictions ---------------------------------------------------------------------------
     def _windows(self, feed: _Feed) -> Iterator[WindowPrediction]:
+        dropped = 0
         for window in feed.ring.ready():
             if window.embeddings is None:
-                feed.stats.dropped += 1
+                dropped += 1
                 continue
             yield self._predict(feed, window)
+        if dropped:
+            feed.stats.dropped += dropped
+            self.on_event(FeedEvent(feed.thread.number, "dropped",
+                                    f"{feed.stats.name}: {dropped} window(s) dropped, encoding is behind real time "
+                                    f"({feed.stats.dropped} so far, {feed.queue.dropped_frames} frames)"))
 
     def _predict(self, feed: _Feed, window: RingWindow) -> WindowPrediction:
         lattice, info = self.lattice, feed.info
