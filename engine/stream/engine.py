@@ -117,9 +117,11 @@ class MultiStream:
 
         feeds = []
         for number, (spec, stats) in enumerate(zip(self.sources, self.stats)):
-            q = FeedQueue(self.settings.feed.queue_frames, cond)
+            # A window needs T queued frames after a drop to complete: the queue holds two windows at least.
+            q = FeedQueue(max(self.settings.feed.queue_frames, 2 * self.pre.frames), cond)
             thread = SourceFeed(number, spec, self.lattice, self.pre, q, emit, stop, self.settings.feed)
             feeds.append(_Feed(thread, q, stats, WindowRing(self.lattice, self.pre.crops)))
+        self._feeds = feeds
         for feed in feeds:
             feed.thread.start()
         try:
@@ -290,6 +292,11 @@ class MultiStream:
         feed.stats.windows += 1
         feed.stats.lags.append(lag)
         return pred
+
+    @property
+    def peak_queued(self) -> int:
+        """Most sampled frames one source had waiting for the encoder (bounded by FeedOptions.queue_frames)."""
+        return max((f.queue.peak for f in getattr(self, "_feeds", [])), default=0)
 
     @property
     def frames_per_window(self) -> float:

@@ -17,7 +17,7 @@ import collections
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -88,6 +88,7 @@ class FeedQueue:
         self.items: collections.deque[SampledFrame] = collections.deque()
         self.lost: list[tuple[int, list[int]]] = []  # (epoch, points) dropped, for the engine to count
         self.dropped_frames = 0
+        self.peak = 0  # most frames queued at once
 
     def put(self, item: SampledFrame, drop: bool, stop: threading.Event) -> None:
         with self.cond:
@@ -102,6 +103,7 @@ class FeedQueue:
                     return
                 self.cond.wait(0.1)
             self.items.append(item)
+            self.peak = max(self.peak, len(self.items))
             self.cond.notify_all()
 
 
