@@ -2,7 +2,10 @@
 README's relative links point at files that exist, and the README lists every extra and console script."""
 from __future__ import annotations
 
+import contextlib
+import importlib
 import importlib.util
+import io
 import os
 import re
 import shutil
@@ -146,3 +149,65 @@ def test_license_matches_pyproject():
     license_text = (ROOT / "LICENSE").read_text()
     assert declared == "MIT" and license_text.startswith("MIT License")
     assert "apclip developers" in license_text
+
+
+def console_scripts() -> dict[str, str]:
+    tomllib = pytest.importorskip("tomllib")
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def help_text(target: str, argv: list[str]) -> str:
+    """What `COMMAND ARGV --help` prints, run in this process (argparse exits after printing it)."""
+    module, _, attr = target.partition(":")
+    main = getattr(importlib.import_module(module), attr)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            main([*argv, "--help"])
+        except SystemExit:
+            pass
+    return out.getvalue()
+
+
+def documented_command_lines(text: str) -> list[str]:
+    """apclip-* command lines from fenced blocks and inline code, with continuation lines joined."""
+    chunks = re.findall(r"^```[a-z]*\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+    chunks += re.findall(r"`(apclip-[a-z-]+ [^`]*)`", text)
+    lines = []
+    for chunk in chunks:
+        for line in chunk.replace("\\\n", " ").split("\n"):
+            lines += re.findall(r"(apclip-[a-z-]+(?: [^#|&;]*)?)", line)
+    return lines
+
+
+def test_documented_options_exist():
+    """Every --option the README and docs show for a command is one its --help (or subcommand's) lists."""
+    scripts = console_scripts()
+    helps: dict[tuple[str, str | None], str] = {}
+    unknown, checked = [], 0
+    for page in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        for line in documented_command_lines(page.read_text()):
+            name, *words = line.split()
+            if name not in scripts:
+                continue
+            if (name, None) not in helps:
+                helps[name, None] = help_text(scripts[name], [])
+            first = words[0] if words else ""
+            listed = re.search(rf"^\s{{2,}}{re.escape(first)}\s", helps[name, None], re.MULTILINE)
+            sub = first if first and not first.startswith("-") and listed else None
+            if sub and (name, sub) not in helps:
+                helps[name, sub] = help_text(scripts[name], [sub])
+            for option in re.findall(r"(--[a-z][a-z0-9-]*)", " ".join(words)):
+                checked += 1
+                if not re.search(rf"{re.escape(option)}\b", helps[name, sub]):
+                    unknown.append(f"{page.name}: {name}{' ' + sub if sub else ''} {option}")
+    assert checked >= 50, checked  # the docs show many options; finding few means the parser broke
+    assert not unknown, f"documented options the commands do not have: {sorted(set(unknown))}"
+
+
+def test_option_check_catches_an_unknown_option():
+    scripts = console_scripts()
+    lines = documented_command_lines("```bash\napclip-infer video.mp4 --bogus-flag \\\n    --topk 3\n```\n")
+    assert lines == ["apclip-infer video.mp4 --bogus-flag      --topk 3"]
+    text = help_text(scripts["apclip-infer"], [])
+    assert "--topk" in text and "--bogus-flag" not in text
