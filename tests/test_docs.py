@@ -1,5 +1,6 @@
 """The documentation: the mkdocs site builds with --strict (no broken link, anchor or missing page), the
-README's relative links point at files that exist, and the README lists every extra and console script."""
+README's relative links point at files that exist, it lists every extra and console script, and every
+--option the README and docs show is one the command has."""
 from __future__ import annotations
 
 import contextlib
