@@ -230,7 +230,7 @@ def cmd_stream(args: argparse.Namespace, log) -> int:
     print(f"stream mode: {s['sources']} source(s) of {s['seconds']:g} s {s['size'][0]}x{s['size'][1]} at "
           f"{s['fps']:g} fps{' paced in real time' if s['realtime'] else ''}, windows of {s['window']:g} s every "
           f"{s['stride']:g} s; {describe(report['machine'])}")
-    print(format_table(report["rows"]))
+    print(format_table(report["rows"], s["realtime"]))
     for name, drift in report["rss_drift"].items():
         if drift:
             print(f"{name}: RSS peak {drift['first_minute_peak_mib']:.0f} MiB in the first minute, "

@@ -14,6 +14,7 @@ counted as interrupted. A source that cannot be opened the first time, or a file
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ def source_name(spec: SourceSpec) -> str:
     if isinstance(spec, VideoSource):
         return spec.info.name
     text = str(spec)
-    if isinstance(spec, int) or (text.isdigit()):
+    if _camera(spec):
         return f"camera {text}"
     return _redact(text) if text.split(":", 1)[0].lower() in STREAM_SCHEMES else text
 
@@ -75,8 +76,12 @@ def source_name(spec: SourceSpec) -> str:
 def is_live_spec(spec: SourceSpec) -> bool:
     if isinstance(spec, VideoSource):
         return spec.info.live
-    text = str(spec)
-    return isinstance(spec, int) or text.isdigit() or text.split(":", 1)[0].lower() in STREAM_SCHEMES
+    return _camera(spec) or str(spec).split(":", 1)[0].lower() in STREAM_SCHEMES
+
+
+def _camera(spec: SourceSpec) -> bool:
+    """A camera index, as open_source reads one (a folder named "0" is a folder)."""
+    return isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit() and not os.path.exists(spec))
 
 
 class FeedQueue:
