@@ -229,3 +229,13 @@ def read_jsonl_complete(path: Path) -> list[dict]:
 
     text = path.read_text(encoding="utf-8")
     return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-batch", "0"], "--max-batch 0"),
+    (["--csv", "x.csv"], "--csv is not written with --stream"),
+    (["--mode", "clip"], "drop --mode clip"),
+])
+def test_cli_stream_refuses_what_cannot_work(capsys, clip_file, extra, message):
+    code, _, err = run(capsys, "--stream", clip_file, "--bundle", "no-bundle", *extra)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
