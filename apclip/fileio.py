@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -49,14 +50,48 @@ def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def read_user_text(path: str | os.PathLike, what: str, error: type[Exception]) -> str:
-    """The text of a file the user named (BOM dropped), or `error` in one line: "{what} does not
-    exist" / "{what} is unreadable: ..." (what: e.g. "labels file labels.txt")."""
+# The largest text file a user may hand us (labels, lists, prompt banks, manifests): far above any real
+# one (a 100k-label bank is ~50 MB), and small enough that reading it whole cannot exhaust memory.
+MAX_USER_FILE_BYTES = int(os.environ.get("APCLIP_MAX_USER_FILE_MB", "256")) << 20
+
+
+def read_user_bytes(path: str | os.PathLike, what: str, error: type[Exception],
+                    max_bytes: int = MAX_USER_FILE_BYTES) -> bytes:
+    """The bytes of a file the user named, or `error` in one line. Only regular files: a FIFO, socket or
+    device would block or never end, so it is refused before a byte is read (opened non-blocking, then
+    fstat'd: no race between the check and the read). At most `max_bytes` ($APCLIP_MAX_USER_FILE_MB)."""
     try:
-        return Path(path).read_text(encoding="utf-8-sig")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise error(f"{what} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise error(f"{what} is unreadable: {exc.strerror or exc}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
+        os.close(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise error(f"{what} is unreadable: it is a folder; give a file")
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{what} is unreadable: not a regular file (a FIFO, socket or device would never end); "
+                        f"give a file")
+        raise error(f"{what} is {info.st_size} bytes, over the limit of {max_bytes} (APCLIP_MAX_USER_FILE_MB)")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as exc:
+            raise error(f"{what} is unreadable: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise error(f"{what} grew past the limit of {max_bytes} bytes while being read")
+    return data
+
+
+def read_user_text(path: str | os.PathLike, what: str, error: type[Exception],
+                   max_bytes: int = MAX_USER_FILE_BYTES) -> str:
+    """The text of a file the user named (BOM dropped), or `error` in one line: "{what} does not
+    exist" / "{what} is unreadable: ..." / not a regular file / too large (what: e.g. "labels file x.txt")."""
+    try:
+        return read_user_bytes(path, what, error, max_bytes).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
         raise error(f"{what} is unreadable: {exc}") from None
 
 
