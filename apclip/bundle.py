@@ -210,7 +210,7 @@ def _check_numbers(manifest: Manifest, path: Path) -> None:
              "frames": pre.frames, "clips": pre.clips, "resolution": pre.resolution}
     for name, value in sizes.items():
         if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 65536:
-            raise BundleError(f"bundle manifest {path}: {name} {str(value)[:40]!r} is not a size in 1..65536; "
+            raise BundleError(f"bundle manifest {path}: {name}={str(value)[:40]} is not a size in 1..65536; "
                               f"re-run apclip-export")
     if pre.frames * pre.clips > 4096:
         raise BundleError(f"bundle manifest {path}: {pre.frames} frames x {pre.clips} clips is over 4096 frames")

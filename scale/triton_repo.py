@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from apclip.bundle import VISION_FILE, VISION_INPUT, EMBEDDINGS_OUTPUT, Manifest, read_manifest
+from apclip.bundle import (VISION_FILE, VISION_INPUT, EMBEDDINGS_OUTPUT, Manifest, bundle_member, read_manifest,
+                           sha256_file)
 from apclip.errors import ApclipError
 from apclip.fileio import replace_dir
 
@@ -61,6 +62,22 @@ def vision_engines(manifest: Manifest) -> dict[str, EngineKey]:
         if key.graph == "vision" and (manifest.path / ENGINES_DIR / name).is_file():
             found[name] = key
     return found
+
+
+def listed_engines_sha256(manifest: Manifest) -> dict[str, str | None]:
+    from apclip.engine.runners.engine_cache import listed_engines
+
+    return {name: entry.get("sha256") for name, entry in listed_engines(manifest).items()}
+
+
+def _copy_regular(source: Path, target: Path, sha256: str | None) -> None:
+    """Copy a bundle file that is itself a regular file (never a symlink's target) and has its listed hash."""
+    if source.is_symlink() or not source.is_file():
+        raise ApclipError(f"{source} is a symlink or not a regular file; a model repository copies only the "
+                          f"bundle's own files")
+    shutil.copyfile(source, target, follow_symlinks=False)
+    if sha256 is None or sha256_file(target) != sha256:
+        raise ApclipError(f"{source} does not match its sha256 in the manifest (modified while copied?)")
 
 
 def _pick_engine(manifest: Manifest, engine: str | None):
@@ -163,9 +180,12 @@ def write_triton_repo(bundle: str | Path, out: str | Path, *, vision: str = "aut
         if kind == "tensorrt":
             from apclip.engine.runners.engine_cache import ENGINES_DIR
 
-            shutil.copyfile(manifest.path / ENGINES_DIR / picked[0], tmp / VISION / "1" / "model.plan")
+            source = bundle_member(manifest.path, f"{ENGINES_DIR}/{picked[0]}")
+            _copy_regular(source, tmp / VISION / "1" / "model.plan",
+                          listed_engines_sha256(manifest).get(picked[0]))
         else:
-            shutil.copyfile(manifest.file(VISION_FILE), tmp / VISION / "1" / "model.onnx")
+            _copy_regular(manifest.file(VISION_FILE), tmp / VISION / "1" / "model.onnx",
+                          manifest.files[VISION_FILE]["sha256"])
         if kind == "python":
             (tmp / VISION / "1" / "model.py").write_text(model_source("vision_ort"), encoding="utf-8")
         maka_dir = tmp / MAKA / "1"
