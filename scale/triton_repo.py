@@ -21,7 +21,6 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,7 +30,7 @@ import numpy as np
 from apclip.bundle import (VISION_FILE, VISION_INPUT, EMBEDDINGS_OUTPUT, Manifest, bundle_member, read_manifest,
                            sha256_file)
 from apclip.errors import ApclipError
-from apclip.fileio import replace_dir
+from apclip.fileio import partial_dir, replace_dir
 
 from apclip.scale.triton_config import ModelConfig, Step, Tensor
 
@@ -166,7 +165,7 @@ def write_triton_repo(bundle: str | Path, out: str | Path, *, vision: str = "aut
     classes = bundle_class_matrix(manifest)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Built in a sibling folder and renamed into place: never a half-written repository.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp = partial_dir(out)
     try:
         (tmp / VISION / "1").mkdir(parents=True)
         (tmp / MAKA / "1").mkdir(parents=True)
