@@ -71,7 +71,9 @@ def expand_inputs(spec: str) -> list[str]:
     elif path.is_file():
         found = [str(path)]
     elif glob.has_magic(spec):
-        found = [p for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
+        from apclip.walk import glob_paths
+
+        found = [p for p in glob_paths(spec) if os.path.isfile(p)]  # `**` never loops through symlinks
     else:
         raise ApclipError(f"--input {spec}: no such folder, list file or video")
     if not found:
@@ -84,6 +86,13 @@ def check_arguments(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ApclipError(f"--{name.replace('_', '-')} {value}: use 1 or more")
+    from apclip.limits import max_threads
+
+    if args.threads is not None and args.threads > max_threads():
+        raise ApclipError(f"--threads {args.threads}: this machine has {os.cpu_count()} CPUs "
+                          f"(use at most {max_threads()})")
+    if not (0 <= args.gpus_per_worker <= 64 and 0 <= args.cpus_per_worker <= 1024):  # also refuses nan
+        raise ApclipError("--gpus-per-worker / --cpus-per-worker must be in 0..64 / 0..1024")
     if args.gpus_per_worker < 0 or args.cpus_per_worker < 0:
         raise ApclipError("--gpus-per-worker / --cpus-per-worker must not be negative")
     if not Path(args.bundle).is_dir():

@@ -115,8 +115,11 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ApclipError(f"--threads {args.threads}: use 1 or more")
     if not 0 < args.max_request_mb <= 4096:  # also refuses nan
         raise ApclipError(f"--max-request-mb {args.max_request_mb}: use a size in (0, 4096]")
-    if args.threads is not None and args.threads > (os.cpu_count() or 1) * 4:
-        raise ApclipError(f"--threads {args.threads}: this machine has {os.cpu_count()} CPUs")
+    from apclip.limits import max_threads
+
+    if args.threads is not None and args.threads > max_threads():
+        raise ApclipError(f"--threads {args.threads}: this machine has {os.cpu_count()} CPUs "
+                          f"(use at most {max_threads()})")
     if args.max_queue_delay_us < 0:
         raise ApclipError("--max-queue-delay-us must not be negative")
     for name in ("http_port", "grpc_port", "metrics_port"):

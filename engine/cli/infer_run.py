@@ -52,9 +52,17 @@ class InferRun:
         args = self.args
         if args.topk < 1:
             raise UsageError(f"--topk {args.topk}: show at least 1 class")
+        from apclip.limits import MAX_FPS, MAX_SECONDS, MIN_SECONDS, check_range, max_threads
+
         for flag, value in (("--window", args.window), ("--stride", args.stride), ("--fps", args.fps)):
             if value is not None and value <= 0:
                 raise UsageError(f"{flag} {value:g}: must be positive")
+        check_range("--window", args.window, MIN_SECONDS, MAX_SECONDS, UsageError)
+        check_range("--stride", args.stride, MIN_SECONDS, MAX_SECONDS, UsageError)
+        check_range("--fps", args.fps, 0.1, MAX_FPS, UsageError)
+        if args.threads is not None and args.threads > max_threads():
+            raise UsageError(f"--threads {args.threads}: this machine has {os.cpu_count()} CPUs "
+                             f"(use at most {max_threads()})")
         if args.template is not None:
             from apclip.scoring_protocol import check_template
 
