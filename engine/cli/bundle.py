@@ -8,6 +8,8 @@ Subcommands live in COMMANDS. Packages outside the engine add theirs as entry po
 """
 from __future__ import annotations
 
+from apclip.safe_text import terminal_safe
+
 import argparse
 import json
 import sys
@@ -124,7 +126,7 @@ def format_info(info: dict[str, Any], first: int = 5) -> str:
         for c in verification.get("checks", []):
             lines.append(f"    {c['name']:34s} {c['metric']:14s} {c['value']:12.7g}  {c['threshold']:>10s}  "
                          f"{'ok' if c['ok'] else 'FAILED'}")
-    return "\n".join(lines)
+    return "\n".join(terminal_safe(line) for line in lines)  # labels may carry escape sequences
 
 
 def _configure_info(p: argparse.ArgumentParser) -> None:
@@ -235,7 +237,7 @@ def format_findings(findings: Sequence[Finding]) -> str:
     for f in findings:
         result = "ok" if f.ok else ("skipped" if f.ok is None else "FAILED")
         lines.append(f"  {f.item:30s} {f.check:10s} {result:8s} {f.detail}")
-    return "\n".join(lines)
+    return "\n".join(terminal_safe(line) for line in lines)  # labels may carry escape sequences
 
 
 def _configure_verify(p: argparse.ArgumentParser) -> None:

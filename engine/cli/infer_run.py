@@ -11,6 +11,7 @@ from typing import IO, Callable, Iterable
 
 from apclip.cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from apclip.errors import ApclipError
+from apclip.safe_text import terminal_safe
 
 from apclip.engine.video.errors import SourceError
 from apclip.engine.predictions import Prediction, WindowPrediction
@@ -333,7 +334,7 @@ def format_prediction(pred: Prediction, explain: bool = False, header: bool = Tr
         lines += [f"  {i + 1:4d}  {t.score:8.4f}  {t.label}" for i, t in enumerate(pred.top)]
     if explain and pred.explanations:
         lines += format_explain_summary(pred.explanations, attributes=attributes)
-    return "\n".join(lines)
+    return "\n".join(terminal_safe(line) for line in lines)  # labels and prompts may carry escape sequences
 
 
 def format_row(pred: Prediction, item: SourceItem, index: int, total: int) -> str:
@@ -345,7 +346,7 @@ def format_row(pred: Prediction, item: SourceItem, index: int, total: int) -> st
 
 def format_window(pred: WindowPrediction) -> str:
     top = " | ".join(f"{t.label} {t.score:.3f}" for t in pred.top)
-    return f"[{pred.start:8.2f}s - {pred.end:8.2f}s]  {top}"
+    return terminal_safe(f"[{pred.start:8.2f}s - {pred.end:8.2f}s]  {top}")
 
 
 @contextlib.contextmanager

@@ -122,7 +122,9 @@ class CsvResults:
         self._writer.writeheader()
 
     def write(self, row: dict) -> None:
-        self._writer.writerow(row)
+        from apclip.safe_text import csv_safe
+
+        self._writer.writerow({key: csv_safe(value) for key, value in row.items()})  # no formula injection
 
     def commit(self) -> None:
         self._target.commit()
