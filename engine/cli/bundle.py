@@ -174,13 +174,17 @@ def verify_bundle(path: str) -> list[Finding]:
 def _engine_findings(manifest) -> list[Finding]:
     """TensorRT engines listed in the manifest: present and matching their sha256. Deserialising one
     needs its GPU and TensorRT version; the trt runner does that (and refuses a mismatch) at load."""
-    from apclip.bundle import sha256_file
+    from apclip.bundle import BundleError, bundle_member, sha256_file
     from apclip.engine.runners.engine_cache import listed_engines
 
     findings = []
     for name, entry in sorted(listed_engines(manifest).items()):
-        file = manifest.path / str(entry.get("file") or f"engines/{name}")
-        if not file.is_file():
+        try:  # a name from the manifest: never a file outside the bundle (no hash oracle)
+            file = bundle_member(manifest.path, str(entry.get("file") or f"engines/{name}"))
+        except BundleError as exc:
+            findings.append(Finding(name, "sha256", False, str(exc)))
+            continue
+        if file.is_symlink() or not file.is_file():
             findings.append(Finding(name, "sha256", False, "listed in the manifest but missing"))
         elif sha256_file(file) != entry.get("sha256"):
             findings.append(Finding(name, "sha256", False, "does not match the manifest (modified or corrupt)"))
