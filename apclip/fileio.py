@@ -213,9 +213,13 @@ class AtomicFile:
         return self.path
 
     def discard(self) -> None:
-        if self.file is not None and not self.file.closed:
-            self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        try:
+            if self.file is not None and not self.file.closed:
+                self.file.close()  # flushes what is buffered: on a full disk that raises ENOSPC again
+        except OSError:
+            pass  # the file is being thrown away; what matters is that it goes
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

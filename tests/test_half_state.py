@@ -132,3 +132,18 @@ def test_export_on_a_full_disk_is_one_line_and_leaves_nothing(full_disk, demo_as
     assert len(error_lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "space" in error_lines[0].lower(), error_lines
     assert list(full_disk.iterdir()) == []
+
+
+def test_infer_json_on_a_full_disk_is_one_line_and_leaves_no_temporary(full_disk, tiny_bundle, demo_assets):
+    """A buffered close re-raised ENOSPC inside the cleanup: a traceback, and the .tmp stayed."""
+    with open(full_disk / "filler", "wb") as f:
+        try:
+            f.write(bytes(1 << 20))
+        except OSError:
+            pass  # the disk is full now
+    result = subprocess.run([sys.executable, "-m", "apclip.engine.cli.infer", str(demo_assets["video"]), "--bundle",
+                             str(tiny_bundle), "--json", str(full_disk / "out.jsonl"), "--threads", "1", "--quiet"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1 and "No space" in result.stderr
+    assert [p.name for p in full_disk.iterdir()] == ["filler"]
