@@ -60,19 +60,14 @@ def vision_engines(manifest: Manifest, precision: str = "auto") -> dict[str, Eng
             if key.graph == "vision" and key.precision in served and (manifest.path / ENGINES_DIR / name).is_file()}
 
 
-def listed_engines_sha256(manifest: Manifest) -> dict[str, str | None]:
-    from apclip.engine.runners.engine_cache import listed_engines
-
-    return {name: entry.get("sha256") for name, entry in listed_engines(manifest).items()}
-
-
 def _copy_regular(source: Path, target: Path, sha256: str | None) -> None:
-    """Copy a bundle file that is itself a regular file (never a symlink's target) and has its listed hash."""
+    """Copy a bundle file that is itself a regular file (never a symlink's target) and, given `sha256`, has it.
+    Engines are passed without: TensorRT checks an engine's own build record when it deserialises it."""
     if source.is_symlink() or not source.is_file():
         raise ApclipError(f"{source} is a symlink or not a regular file; a model repository copies only the "
                           f"bundle's own files")
     shutil.copyfile(source, target, follow_symlinks=False)
-    if sha256 is None or sha256_file(target) != sha256:
+    if sha256 is not None and sha256_file(target) != sha256:
         raise ApclipError(f"{source} does not match its sha256 in the manifest (modified while copied?)")
 
 
@@ -185,8 +180,7 @@ def write_triton_repo(bundle: str | Path, out: str | Path, *, vision: str = "aut
             from apclip.engine.runners.engine_cache import ENGINES_DIR
 
             source = bundle_member(manifest.path, f"{ENGINES_DIR}/{picked[0]}")
-            _copy_regular(source, tmp / VISION / "1" / "model.plan",
-                          listed_engines_sha256(manifest).get(picked[0]))
+            _copy_regular(source, tmp / VISION / "1" / "model.plan", None)
         else:
             vision_file = onnx_vision_file()
             _copy_regular(manifest.file(vision_file), tmp / VISION / "1" / "model.onnx",
