@@ -187,6 +187,7 @@ def test_expand_inputs_folder_list_glob(tmp_path):
         expand_inputs(str(tmp_path / "v" / "*.mkv"))
 
 
+@pytest.mark.slow
 def test_local_ray_listens_on_loopback_only_and_dies_with_the_driver(tiny_bundle, archive, tmp_path, ray_env):
     """apclip-batch itself keeps Ray on 127.0.0.1 (the env here does not); kill -9 of the driver takes the
     GCS and the raylet with it (Ray's agents follow within about a minute: docs/security.md)."""
