@@ -233,6 +233,7 @@ def read_jsonl_complete(path: Path) -> list[dict]:
 
 @pytest.mark.parametrize("extra, message", [
     (["--max-batch", "0"], "--max-batch 0"),
+    (["--stride", "nan"], "--stride nan"),
     (["--csv", "x.csv"], "--csv is not written with --stream"),
     (["--mode", "clip"], "drop --mode clip"),
 ])

@@ -11,11 +11,13 @@ import sys
 import time
 
 from apclip.cli_common import EXIT_FAILURE, EXIT_OK, UsageError
+from apclip.safe_text import terminal_safe
 
 from apclip.engine.cli.infer_run import DEFAULT_STRIDE, DEFAULT_WINDOW, InferRun, format_window
 from apclip.engine.stream.feeds import FeedEvent, is_live_spec
 
 _DROP_REPORT_SECONDS = 10.0  # at most one "dropped" line per source this often
+_MAX_BATCH = 4096  # crops per encoder call: more only costs memory (4096 x 224 x 224 x 3 floats = 2.4 GB)
 
 
 class StreamRun(InferRun):
@@ -25,13 +27,14 @@ class StreamRun(InferRun):
         self.mode = "stream"
         if args.topk < 1:
             raise UsageError(f"--topk {args.topk}: show at least 1 class")
-        if args.max_batch < 1:
-            raise UsageError(f"--max-batch {args.max_batch}: encode at least 1 crop per call")
-        for flag, value in (("--window", args.window), ("--stride", args.stride), ("--fps", args.fps)):
-            if value is not None and value <= 0:
-                raise UsageError(f"{flag} {value:g}: must be positive")
-        if args.threads is not None and args.threads < 1:
-            raise UsageError(f"--threads {args.threads}: use 1 or more (or leave it out for all cores)")
+        from apclip.limits import MAX_FPS, MAX_SECONDS, MIN_SECONDS, check_range, max_threads
+
+        check_range("--window", args.window, MIN_SECONDS, MAX_SECONDS, UsageError)
+        check_range("--stride", args.stride, MIN_SECONDS, MAX_SECONDS, UsageError)
+        check_range("--fps", args.fps, 0.1, MAX_FPS, UsageError)
+        check_range("--max-batch", args.max_batch, 1, _MAX_BATCH, UsageError)
+        if args.threads is not None and not 1 <= args.threads <= max_threads():
+            raise UsageError(f"--threads {args.threads}: use 1 to {max_threads()} (or leave it out for all cores)")
         if args.mode == "clip":
             raise UsageError("--stream runs stream mode; drop --mode clip")
         for flag, value in (("--out-video", args.out_video), ("--report", args.report), ("--csv", args.csv_out)):
@@ -67,7 +70,7 @@ class StreamRun(InferRun):
         try:
             for pred in engine:
                 count += 1
-                print(f"{pred.source} {format_window(pred)}", file=self.table, flush=True)
+                print(terminal_safe(f"{pred.source} {format_window(pred)}"), file=self.table, flush=True)
                 if self.json_file:
                     self.json_file.write(pred.to_dict())
         except KeyboardInterrupt:
@@ -75,7 +78,7 @@ class StreamRun(InferRun):
         self._finish_files(bool(count), bool(count))
         elapsed = time.perf_counter() - start
         for stats in engine.stats:
-            self.log(_summary(stats.to_dict()))
+            self.log(terminal_safe(_summary(stats.to_dict())))
         self.log(f"{'interrupted: ' if interrupted else ''}{count} window(s) from {len(self.sources)} source(s) in "
                  f"{elapsed:.1f}s; {engine.frames_per_window:.2f} frames encoded per window, "
                  f"{engine.encoder_calls} encoder call(s)")
@@ -85,7 +88,7 @@ class StreamRun(InferRun):
 
     def _event(self, event: FeedEvent) -> None:
         if event.kind in ("opened", "ended"):
-            self.log(event.message)
+            self.log(terminal_safe(event.message))
             return
         if event.kind == "dropped":
             now = time.monotonic()
@@ -93,7 +96,7 @@ class StreamRun(InferRun):
                 return
             self._last_drop_line[event.feed] = now
         prefix = "error" if event.kind == "failed" else "warning"
-        print(f"apclip-infer: {prefix}: {event.message}", file=sys.stderr, flush=True)
+        print(terminal_safe(f"apclip-infer: {prefix}: {event.message}"), file=sys.stderr, flush=True)
 
 
 def _summary(s: dict) -> str:
