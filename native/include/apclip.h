@@ -13,6 +13,12 @@
 #ifndef APCLIP_H
 #define APCLIP_H
 
+#if defined(APCLIP_BUILDING) && defined(__GNUC__)
+#define APCLIP_API __attribute__((visibility("default")))
+#else
+#define APCLIP_API
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -30,22 +36,22 @@ typedef struct apclip_model apclip_model;   /* an opened bundle with its compile
 typedef struct apclip_result apclip_result; /* one prediction: the top-k classes with their scores */
 
 /* Open the bundle directory and compile its vision encoder. *model is set only on APCLIP_OK. */
-apclip_status apclip_open(const char *bundle_dir, apclip_model **model);
+APCLIP_API apclip_status apclip_open(const char *bundle_dir, apclip_model **model);
 
 /* Predict one video (path, camera index or stream URL) and keep the top `topk` classes. */
-apclip_status apclip_predict_file(apclip_model *model, const char *source, int topk, apclip_result **result);
+APCLIP_API apclip_status apclip_predict_file(apclip_model *model, const char *source, int topk, apclip_result **result);
 
-int apclip_result_count(const apclip_result *result);                /* classes kept (<= topk) */
-const char *apclip_result_label(const apclip_result *result, int rank); /* NULL when rank is out of range */
-float apclip_result_score(const apclip_result *result, int rank);       /* NaN when rank is out of range */
-int apclip_result_frames(const apclip_result *result);               /* frame embeddings scored (views x T) */
+APCLIP_API int apclip_result_count(const apclip_result *result);                /* classes kept (<= topk) */
+APCLIP_API const char *apclip_result_label(const apclip_result *result, int rank); /* NULL when rank is out of range */
+APCLIP_API float apclip_result_score(const apclip_result *result, int rank);       /* NaN when rank is out of range */
+APCLIP_API int apclip_result_frames(const apclip_result *result);               /* frame embeddings scored (views x T) */
 
-void apclip_result_free(apclip_result *result); /* NULL is fine */
-void apclip_close(apclip_model *model);         /* NULL is fine */
+APCLIP_API void apclip_result_free(apclip_result *result); /* NULL is fine */
+APCLIP_API void apclip_close(apclip_model *model);         /* NULL is fine */
 
 /* The message of the last failed call on this thread ("" when none). Valid until the next failing call. */
-const char *apclip_last_error(void);
-const char *apclip_version(void);
+APCLIP_API const char *apclip_last_error(void);
+APCLIP_API const char *apclip_version(void);
 
 #ifdef __cplusplus
 }
