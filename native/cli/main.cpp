@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <string>
@@ -176,6 +177,8 @@ int run(const Args& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    // FFmpeg's own messages ("moov atom not found") would add lines to the one-line report of a bad source.
+    setenv("OPENCV_FFMPEG_LOGLEVEL", "-8", 0);  // AV_LOG_QUIET, unless the user asked for a level
     try {
         return run(parse(argc, argv));
     } catch (const UsageError& exc) {
