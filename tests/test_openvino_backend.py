@@ -67,11 +67,12 @@ def test_openvino_int8_runs_the_quantized_graph(tiny_bundle, video_views, tmp_pa
     pytest.importorskip("onnxruntime.quantization")
     from apclip.bundle import read_manifest
     from apclip.engine.runners.encoders import BackendUnavailable, encode_in_batches
-    from apclip.engine.runners.openvino import openvino_reason, openvino_runners
+    from apclip.engine.runners.openvino import openvino_runners
+    from apclip.engine.runners.probes import openvino_reason
 
     plain = read_manifest(tiny_bundle)
     assert "vision.int8.onnx" in openvino_reason(plain, "int8")
-    with pytest.raises(BackendUnavailable, match="apclip-export --precision fp32,int8"):
+    with pytest.raises(BackendUnavailable, match="re-export it with apclip-export --precision fp32,int8"):
         openvino_runners(plain, precision="int8")
     manifest = read_manifest(_with_int8(tiny_bundle, tmp_path / "int8"))
     assert openvino_reason(manifest, "int8") is None
@@ -93,3 +94,34 @@ def test_openvino_refuses_an_unloadable_graph_in_one_line(tmp_path):
     with pytest.raises(BundleError, match="OpenVINO cannot load .*re-run apclip-export") as info:
         OpenVinoRunner(bad, "pixels")
     assert "\n" not in str(info.value)
+
+
+def test_apclip_infer_backend_openvino_gives_the_ort_answers(tiny_bundle, video_views, tmp_path, capsys):
+    from apclip.testing.videos import write_test_video
+    from infer_cli_helpers import read_jsonl, run
+
+    video = write_test_video(tmp_path / "v.avi", frames=40, size=(80, 60))
+    out = {}
+    for backend in ("openvino", "ort"):
+        out[backend] = tmp_path / f"{backend}.jsonl"
+        code, _, err = run(capsys, video, "--bundle", tiny_bundle, "--backend", backend, "--json", out[backend],
+                           "--no-cache", "--quiet")
+        assert code == 0, err
+    got, want = read_jsonl(out["openvino"])[0], read_jsonl(out["ort"])[0]
+    assert got["backend"] == "openvino-cpu" and want["backend"] == "ort-cpu"
+    assert [t["label"] for t in got["top"]] == [t["label"] for t in want["top"]]
+    np.testing.assert_allclose([t["score"] for t in got["top"]], [t["score"] for t in want["top"]], atol=1e-5)
+
+
+def test_backend_table_has_the_openvino_rows(tiny_bundle):
+    from apclip.benchmarks.contenders import select
+    from apclip.bundle import read_manifest
+    from apclip.engine.runners import table
+
+    rows = {row.key: row for row in table.rows()}
+    assert {"openvino:fp32", "openvino:int8"} <= rows.keys()
+    assert not rows["openvino:fp32"].auto  # ONNX Runtime stays the embedded default
+    ctx = table.Context(read_manifest(tiny_bundle))
+    assert table.probe(rows["openvino:fp32"], ctx) is None
+    assert "no int8 encoders" in table.probe(rows["openvino:int8"], ctx)
+    assert [c.name for c in select("openvino")] == ["openvino:fp32", "openvino:int8"]  # apclip-bench contenders

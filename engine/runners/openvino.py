@@ -15,9 +15,10 @@ import numpy as np
 
 from apclip.bundle import EMBEDDINGS_OUTPUT, INT8_FILES, TEXT_FILE, TEXT_INPUT, VISION_FILE, VISION_INPUT, \
     BundleError, Manifest
-from apclip.extras import importable, require
+from apclip.extras import require
 
 from apclip.engine.runners.encoders import BackendUnavailable, LazyRunner, _default_threads, graph_batch_max
+from apclip.engine.runners.probes import openvino_reason
 
 EXTRA = "openvino"
 DEVICE = "CPU"
@@ -47,22 +48,11 @@ class OpenVinoRunner:
         return self.request.get_tensor(EMBEDDINGS_OUTPUT).data.copy()  # the request reuses its buffer
 
 
-def openvino_reason(manifest: Manifest, precision: str = "fp32") -> str | None:
-    """None when the openvino backend can run `precision` on this bundle, else why not (one line)."""
-    if not importable("openvino"):
-        return f"OpenVINO is not installed: pip install \"apclip[{EXTRA}]\""
-    if precision == "int8" and not manifest.has(INT8_FILES[VISION_FILE]):
-        return (f"the bundle has no {INT8_FILES[VISION_FILE]} (re-export it with apclip-export "
-                f"--precision fp32,int8)")
-    if precision not in ("fp32", "int8"):
-        return f"openvino runs fp32 or int8, not {precision}"
-    return None
-
-
 def openvino_runners(manifest: Manifest, *, threads: int | None = None, batch_size: int = 32,
                      precision: str = "fp32"):
     """(vision, text) runners: vision compiled now, text (only needed for labels not in the bundle) on first use."""
-    reason = openvino_reason(manifest, precision)
+    reason = openvino_reason(manifest, precision) if precision in ("fp32", "int8") else \
+        f"openvino runs fp32 or int8, not {precision}"
     if reason:
         raise BackendUnavailable(f"backend openvino ({precision}): {reason}")
     threads = _default_threads(threads)
