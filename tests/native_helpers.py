@@ -74,7 +74,9 @@ def build_native(build: Path = BUILD) -> Path:
 
 
 def run_cli(build: Path, *args, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(build / CLI), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    """apclip-infer-native ARGS; its compiled-model cache in the build folder, never the user's ~/.cache."""
+    env = {**os.environ, "APCLIP_CACHE_DIR": str(build / "test-cache")}
+    return subprocess.run([str(build / CLI), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def rebind_bundle(source: Path, out: Path, *, preprocessing=None, scoring=None, prompts_per_class: int | None = None) -> Path:

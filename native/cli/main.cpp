@@ -1,5 +1,6 @@
 // apclip-infer-native BUNDLE SOURCE... [--topk K] [--json FILE|-] [--threads N] [--precision fp32|int8]
-//                     [--dump-pixels FILE.npy]
+//                     [--max-frames N] [--cache-dir DIR | --no-cache] [--dump-pixels FILE.npy]
+// Compiled models are cached (default $XDG_CACHE_HOME/apclip/openvino): the second start of a bundle skips compiling.
 // The native twin of `apclip-infer` in clip mode: one prediction per source, a table on stdout (stderr when
 // --json -), JSON lines with apclip-infer's field names, a bad source reported in one line and skipped.
 #include <nlohmann/json.hpp>
@@ -19,12 +20,24 @@ namespace {
 
 const char* kUsage =
     "usage: apclip-infer-native BUNDLE SOURCE... [--topk K] [--json FILE|-] [--threads N] "
-    "[--precision fp32|int8] [--dump-pixels FILE.npy]\n";
+    "[--precision fp32|int8] [--max-frames N] [--cache-dir DIR | --no-cache] [--dump-pixels FILE.npy]\n";
+
+// $APCLIP_CACHE_DIR/openvino, else $XDG_CACHE_HOME/apclip/openvino, else ~/.cache/apclip/openvino: beside the
+// Python engine's label cache (engine/scoring/vocabulary.py cache_dir)
+std::string default_cache_dir() {
+    const char* own = std::getenv("APCLIP_CACHE_DIR");
+    if (own && *own) return std::string(own) + "/openvino";
+    const char* xdg = std::getenv("XDG_CACHE_HOME");
+    const char* home = std::getenv("HOME");
+    if (xdg && *xdg) return std::string(xdg) + "/apclip/openvino";
+    return home && *home ? std::string(home) + "/.cache/apclip/openvino" : "";
+}
 
 struct Args {
-    std::string bundle, json, dump_pixels, precision = "fp32";
+    std::string bundle, json, dump_pixels, precision = "fp32", cache_dir = default_cache_dir();
     std::vector<std::string> sources;
     int topk = 5, threads = 0;
+    long long max_frames = 0;
 };
 
 struct UsageError : std::runtime_error {
@@ -57,14 +70,18 @@ Args parse(int argc, char** argv) {
             std::exit(0);
         } else if (arg == "--topk") args.topk = parse_int(arg, value());
         else if (arg == "--threads") args.threads = parse_int(arg, value());
+        else if (arg == "--max-frames") args.max_frames = parse_int(arg, value());
         else if (arg == "--json") args.json = value();
         else if (arg == "--precision") args.precision = value();
         else if (arg == "--dump-pixels") args.dump_pixels = value();
+        else if (arg == "--cache-dir") args.cache_dir = value();
+        else if (arg == "--no-cache") args.cache_dir.clear();
         else if (arg.size() > 1 && arg[0] == '-' && arg.rfind("--", 0) == 0) throw UsageError("unknown option " + arg);
         else positional.push_back(arg);
     }
     if (positional.size() < 2) throw UsageError("give a bundle and at least one source");
     if (args.topk < 1) throw UsageError("--topk " + std::to_string(args.topk) + ": show at least 1 class");
+    if (args.max_frames < 0) throw UsageError("--max-frames: use 1 or more (0 or leaving it out: the whole video)");
     if (args.threads < 0) throw UsageError("--threads: use 1 or more (or leave it out for all cores)");
     if (args.precision != "fp32" && args.precision != "int8") throw UsageError("--precision: choose fp32 or int8");
     args.bundle = positional[0];
@@ -132,6 +149,7 @@ std::string one_line(const std::string& text) {
 int run(const Args& args) {
     apclip::EncoderOptions options;
     options.threads = args.threads;
+    options.cache_dir = args.cache_dir;
     apclip::Recognizer recognizer(args.bundle, options, args.precision);
     if (!args.dump_pixels.empty()) {
         write_npy(args.dump_pixels, recognizer.preprocess(args.sources[0]));
@@ -151,7 +169,7 @@ int run(const Args& args) {
     for (const std::string& source : args.sources) {
         ++seen;
         try {
-            const apclip::Prediction pred = recognizer.predict(source, args.topk);
+            const apclip::Prediction pred = recognizer.predict(source, args.topk, args.max_frames);
             ++done;
             table << "[" << seen << "/" << total << "] " << source << ":";
             for (const auto& t : pred.top) table << "  " << t.label << " " << std::to_string(t.score);

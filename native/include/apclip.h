@@ -38,8 +38,12 @@ typedef struct apclip_result apclip_result; /* one prediction: the top-k classes
 /* Open the bundle directory and compile its vision encoder. *model is set only on APCLIP_OK. */
 APCLIP_API apclip_status apclip_open(const char *bundle_dir, apclip_model **model);
 
-/* Predict one video (path, camera index or stream URL) and keep the top `topk` classes. */
+/* Predict one video file (or a stream with an end) and keep the top `topk` classes. */
 APCLIP_API apclip_status apclip_predict_file(apclip_model *model, const char *source, int topk, apclip_result **result);
+
+/* The same from its first `max_frames` frames; a camera index ("0") or a live stream URL needs max_frames > 0. */
+APCLIP_API apclip_status apclip_predict_source(apclip_model *model, const char *source, long long max_frames, int topk,
+                                               apclip_result **result);
 
 APCLIP_API int apclip_result_count(const apclip_result *result);                /* classes kept (<= topk) */
 APCLIP_API const char *apclip_result_label(const apclip_result *result, int rank); /* NULL when rank is out of range */

@@ -49,10 +49,15 @@ apclip_status apclip_open(const char* bundle_dir, apclip_model** model) {
     return guarded([&] { *model = new apclip_model{apclip::Recognizer(bundle_dir)}; });
 }
 
-apclip_status apclip_predict_file(apclip_model* model, const char* source, int topk, apclip_result** result) {
+apclip_status apclip_predict_source(apclip_model* model, const char* source, long long max_frames, int topk,
+                                    apclip_result** result) {
     if (!model || !source || !*source || !result)
-        return fail(APCLIP_ERROR_ARGUMENT, "apclip_predict_file: model, source and result are required");
-    return guarded([&] { *result = new apclip_result{model->recognizer.predict(source, topk)}; });
+        return fail(APCLIP_ERROR_ARGUMENT, "apclip_predict: model, source and result are required");
+    return guarded([&] { *result = new apclip_result{model->recognizer.predict(source, topk, max_frames)}; });
+}
+
+apclip_status apclip_predict_file(apclip_model* model, const char* source, int topk, apclip_result** result) {
+    return apclip_predict_source(model, source, 0, topk, result);
 }
 
 int apclip_result_count(const apclip_result* result) { return result ? static_cast<int>(result->prediction.top.size()) : 0; }

@@ -18,6 +18,8 @@ public:
         batch_size_ = bundle.batch_max > 0 ? std::min(options.batch_size, bundle.batch_max) : options.batch_size;
         try {
             ov::Core core;
+            // A compiled model is keyed by OpenVINO itself (model, device, settings, version): a stale one is never used.
+            if (!options.cache_dir.empty()) core.set_property(ov::cache_dir(options.cache_dir));
             ov::AnyMap config{ov::hint::inference_precision(ov::element::f32),
                               ov::hint::performance_mode(ov::hint::PerformanceMode::LATENCY)};
             if (options.threads > 0) config.emplace(ov::inference_num_threads(options.threads));

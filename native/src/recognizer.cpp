@@ -36,12 +36,13 @@ Views Recognizer::preprocess(const std::string& source) {
     return make_views(load_clip(source, bundle_.preprocessing), bundle_.preprocessing);
 }
 
-Prediction Recognizer::predict(const std::string& source, int topk) {
+Prediction Recognizer::predict(const std::string& source, int topk, int64_t max_frames) {
     if (topk < 1) throw Error(ErrorKind::Argument, "topk " + std::to_string(topk) + ": show at least 1 class");
+    if (max_frames < 0) throw Error(ErrorKind::Argument, "max_frames must be >= 0 (0: the whole video)");
     const Preprocessing& spec = bundle_.preprocessing;
     Prediction pred;
     auto start = std::chrono::steady_clock::now();
-    const SampledClip clip = load_clip(source, spec);
+    const SampledClip clip = load_clip(source, spec, max_frames);
     const Views views = make_views(clip, spec);
     pred.timings.emplace_back("decode+preprocess", seconds_since(start));
 

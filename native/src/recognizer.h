@@ -34,7 +34,8 @@ class Recognizer {
 public:
     Recognizer(const std::string& bundle_dir, const EncoderOptions& options = {}, const std::string& precision = "fp32");
 
-    Prediction predict(const std::string& source, int topk);
+    // max_frames: decode at most this many frames (cameras and live streams need it; 0: the whole video)
+    Prediction predict(const std::string& source, int topk, int64_t max_frames = 0);
     Views preprocess(const std::string& source);  // the encoder's input, for parity checks (--dump-pixels)
 
     const Bundle& bundle() const { return bundle_; }
