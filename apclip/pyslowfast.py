@@ -102,5 +102,6 @@ def pyslowfast_metadata(obj: dict[str, Any]) -> dict[str, Any]:
     else:
         temporal_source = f"checkpoint cfg MODEL.TEMPORAL_MODELING_TYPE={temporal}"
     sources["temporal"] = temporal_source
+    sources["template"] = "one of Open-VCLIP's 28 templates (their test averages all 28 per class)"
     return {"preprocessing": preprocessing, "train_config": config, "temporal": temporal, "defaults_from": sources,
             "template": "a video of {}."}

@@ -265,12 +265,13 @@ def _ort_cpu(ctx: BuildContext) -> EncoderRunner:
 
 
 def _ort_int8(ctx: BuildContext) -> EncoderRunner:
+    from apclip.engine.runners.clip_level import clip_batch, frame_interface
     from apclip.engine.runners.encoders import OrtRunner, _default_threads, graph_batch_max
 
     runner = OrtRunner(ctx.manifest.file(VISION_INT8_FILE), VISION_INPUT, threads=_default_threads(ctx.threads),
-                       batch_size=graph_batch_max(ctx.manifest, "vision", ctx.batch_size))
+                       batch_size=graph_batch_max(ctx.manifest, "vision", clip_batch(ctx.manifest, ctx.batch_size)))
     runner.name = "ort-cpu-int8"
-    return runner
+    return frame_interface(ctx.manifest, runner)
 
 
 def _torch_cpu(ctx: BuildContext) -> EncoderRunner:
