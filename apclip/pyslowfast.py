@@ -94,8 +94,9 @@ def pyslowfast_metadata(obj: dict[str, Any]) -> dict[str, Any]:
     if isinstance(mean, list) and [round(float(m), 6) for m in mean] != [round(m, 6) for m in CLIP_MEAN]:
         raise CheckpointError(f"checkpoint cfg DATA.MEAN {mean} is not CLIP's: only CLIP-normalised "
                               f"Open-VCLIP/FROSTER checkpoints are supported")
-    temporal = _get(config, "MODEL.TEMPORAL_MODELING_TYPE")
-    if temporal is None and config:
+    model_cfg = config.get("MODEL") if isinstance(config.get("MODEL"), dict) else {}
+    temporal = model_cfg.get("TEMPORAL_MODELING_TYPE")
+    if temporal is None and "TEMPORAL_MODELING_TYPE" in model_cfg:  # their cfg.dump() writes null: plain CLIP
         temporal_source = "checkpoint cfg MODEL.TEMPORAL_MODELING_TYPE=None (per-frame CLIP)"
     elif temporal is None:
         temporal, temporal_source = DEFAULT_TEMPORAL, "Open-VCLIP/FROSTER configs (TemporalCLIP_*_8x16_STAdapter.yaml)"
