@@ -66,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         sessions = {name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
                     for name, path in (("per-frame", frame_path), ("clip-level", clip_path))}
         feeds = {"per-frame": pixels, "clip-level": pixels[None]}  # [T, 3, R, R] / [1, T, 3, R, R]
-        timers = {name: host_timer(lambda name=name: sessions[name].run([EMBEDDINGS_OUTPUT], {VISION_INPUT: feeds[name]}))
-                  for name in sessions}
+        def run(name: str) -> None:
+            sessions[name].run([EMBEDDINGS_OUTPUT], {VISION_INPUT: feeds[name]})
+
+        timers = {name: host_timer(lambda name=name: run(name)) for name in sessions}
         times = measure(timers, args.runs, warmup=2)
     flops = {"per-frame": vision_flops(config, t, 1), "clip-level": vision_flops(config, t, 3)}
     stats = {name: summarize(ms) for name, ms in times.items()}

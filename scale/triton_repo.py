@@ -155,7 +155,8 @@ def write_triton_repo(bundle: str | Path, out: str | Path, *, vision: str = "aut
         profile = picked[1].profile
         per_item = manifest.vision_graph.frames if manifest.vision_graph.clip_level else 1  # frames per batch item
         if profile.max_batch * per_item < views:
-            raise ApclipError(f"engine {picked[0]} takes at most {profile.max_batch * per_item} frames, one clip is {views}")
+            raise ApclipError(f"engine {picked[0]} takes at most {profile.max_batch * per_item} frames, "
+                              f"one clip is {views}")
         max_batch = min(max_batch, profile.max_batch * per_item)  # Triton must not send batches the profile cannot take
     out = Path(out)
     if out.exists() and not overwrite:

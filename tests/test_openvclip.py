@@ -154,3 +154,21 @@ def test_patching_needs_the_base_and_a_ratio_in_range(swa, tmp_path):
         load_checkpoint(path, patch_ratio=0.5)
     with pytest.raises(CheckpointError, match=r"\[0, 1\]"):
         load_checkpoint(path, patch_ratio=1.5)
+
+
+def test_patching_works_for_other_clip_family_formats(tmp_path):
+    """ViFi-CLIP (token embedding from --base, then patched) and plain OpenAI-format state_dicts."""
+    from checkpoint_layouts import vificlip_keys
+
+    finetuned, original = _clip_state(6), _clip_state(7)
+    base = tmp_path / "ViT-B-16.pt"
+    torch.save(original, base)
+    vifi = tmp_path / "vificlip.pth"
+    torch.save({"model": vificlip_keys(finetuned)}, vifi)
+    plain = tmp_path / "plain.pt"
+    torch.save(finetuned, plain)
+    for path in (vifi, plain):
+        one = load_checkpoint(path, base=base, patch_ratio=1.0).model.state_dict()
+        assert all(torch.equal(one[k], v) for k, v in original.items()), path
+        half = load_checkpoint(path, base=base, patch_ratio=0.5).model.state_dict()
+        assert torch.allclose(half["visual.proj"], (original["visual.proj"] + finetuned["visual.proj"]) / 2)

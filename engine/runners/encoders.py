@@ -168,8 +168,8 @@ def checked_checkpoint(manifest: Manifest, checkpoint: str | os.PathLike | None,
     patching = manifest.raw.get("patching")
     if patching:
         if base is None or not Path(base).is_file() or sha256_file(base) != patching.get("base_sha256"):
-            raise BackendUnavailable(f"bundle {manifest.path} was patched with the original CLIP {patching.get('base')} "
-                                     f"(ratio {patching.get('ratio')}): pass that file as --base")
+            raise BackendUnavailable(f"bundle {manifest.path} was patched with the original CLIP "
+                                     f"{patching.get('base')} (ratio {patching.get('ratio')}): pass that file as --base")
         return load_model(checkpoint, base=base, patch_ratio=float(patching["ratio"]))
     return load_model(checkpoint, base=base)
 

@@ -259,7 +259,8 @@ def torch_cuda_runners(manifest: Manifest, checkpoint, base: str | None, *, batc
     graph = manifest.vision_graph
     tail = (graph.frames, 3, r, r) if graph.clip_level else (3, r, r)  # clip-level graphs batch whole clips
     vision = TorchCudaRunner(vision_module(manifest, model), tail=tail, input_dtype=torch.float32, device=device,
-                             batch_size=graph_batch_max(manifest, "vision", clip_batch(manifest, batch_size)), graphs=graphs,
+                             batch_size=graph_batch_max(manifest, "vision", clip_batch(manifest, batch_size)),
+                             graphs=graphs,
                              name=f"torch-cuda-{precision}",
                              normalize=GpuNormalize(manifest.preprocessing.normalization, device, dtype))
     text_batch = graph_batch_max(manifest, "text", 256)
