@@ -128,9 +128,9 @@ def choose(checkpoint, *, profile: str | None = None, frames: int | None = None,
         chosen_scoring = Scoring(protocol, logit_scale, chosen_template)
     except ValueError as exc:
         raise ExportError(f"{exc}") from None
-    vision = f"clip-level {checkpoint.temporal}" if checkpoint.temporal else "per-frame"
+    temporal, patching = getattr(checkpoint, "temporal", None), getattr(checkpoint, "patching", None)
+    vision = f"clip-level {temporal}" if temporal else "per-frame"
     sources["vision"] = from_ckpt.get("temporal", f"checkpoint format {checkpoint.format}")
-    patching = checkpoint.patching
     if patching is not None:
         sources["patch_ratio"] = f"option, with the original CLIP {patching.base}"
     elif checkpoint.format == "openvclip":

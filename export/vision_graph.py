@@ -12,7 +12,7 @@ from apclip.bundle import VisionGraph
 
 def vision_graph_of(checkpoint, frames: int) -> VisionGraph:
     """The graph a checkpoint needs: clip-level with its temporal attention, else per-frame."""
-    if checkpoint.temporal:
+    if getattr(checkpoint, "temporal", None):
         return VisionGraph("clip", "frames", frames, checkpoint.temporal)
     return VisionGraph()
 
