@@ -133,7 +133,7 @@ class InferRun:
         self.rec = Recognizer.from_bundle(args.bundle, args.backend, labels, prompts=args.prompts,
                                           scorer=args.scorer, threads=args.threads, ckpt=args.ckpt, base=args.base,
                                           topk=args.topk, use_cache=args.cache, template=args.template,
-                                          precision=getattr(args, "precision", "fp32"),
+                                          precision=getattr(args, "precision", "auto"),
                                           log=self.log)
         if args.prompts and (args.report or args.explain):
             from apclip.prompt_bank import load_prompt_bank
