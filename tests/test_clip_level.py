@@ -54,6 +54,9 @@ def test_manifest_says_clip_level_and_patched(clip_assets):
     checks = {c["name"] for c in int8["verification"]["vision.int8.onnx"]["checks"]}
     assert "int8 vision, video frames" in checks
     assert int8["files"].get("vision") == "vision.int8.onnx" or "vision.int8.onnx" in int8["refused"]
+    from apclip.engine.cli.bundle import bundle_info, format_info
+
+    assert f"clip-level [B, {FRAMES}, 3, R, R]" in format_info(bundle_info(str(clip_assets["bundle"])))
     log = clip_assets["log"]
     assert "patch_ratio  0.5" in log and "clip-level expand_temporal_view" in log
     assert "checkpoint cfg DATA.NUM_FRAMES=4" in log
