@@ -112,10 +112,9 @@ def test_bench_parity_passes_for_the_clip_level_bundle(clip_assets, tmp_path):
     videos = write_varied_videos(tmp_path, count=2, frames=24)
     report = run_parity(clip_assets["bundle"], clip_assets["checkpoint"], videos, base=clip_assets["base"],
                         backends="ort-cpu,numpy,onnx", threads=1)
-    statuses = {(row.kind, row.contender.split(":")[0]): row.status for row in report.rows
-                if row.status != "unavailable"}
-    assert statuses == {("reference", "torch"): "reference", ("encoder", "ort"): "pass",
-                        ("scorer", "numpy"): "pass", ("scorer", "onnx"): "pass"}, report.rows
+    ran = {row.contender: row.status for row in report.rows if row.status not in ("unavailable", "reference")}
+    assert set(ran.values()) == {"pass"}, report.rows
+    assert {"ort:fp32", "numpy:fp32", "onnx:fp32"} <= set(ran), report.rows  # int8 too if the export kept it
 
 
 def test_clip_runner_takes_whole_clips_only():
