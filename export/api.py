@@ -207,7 +207,7 @@ class _Job:
 def _build(job: _Job, work: Path) -> ExportResult:
     from apclip.class_matrix import class_prompts, encode_class_matrix, save_class_matrix, save_prompt_texts
 
-    from apclip.export.onnx_export import (export_ensemble_scorer, export_scorer, export_text, export_vision,
+    from apclip.export.onnx_export import (EnsembleScorer, export_scorer, export_text, export_vision,
                                            export_vision_clip, export_vificlip_scorer, scorer_opset)
 
     model, opt, log, seconds = job.model, job.options, job.log, job.seconds
@@ -229,7 +229,7 @@ def _build(job: _Job, work: Path) -> ExportResult:
             export_vificlip_scorer(work / SCORER_FILE, model.config.embed_dim, opset, job.preprocessing.frames,
                                    float(job.scoring.logit_scale))
         elif job.scoring.protocol == "ensemble":
-            export_ensemble_scorer(work / SCORER_FILE, model.config.embed_dim, opset)
+            export_scorer(work / SCORER_FILE, model.config.embed_dim, opset, EnsembleScorer())
         else:
             export_scorer(work / SCORER_FILE, model.config.embed_dim, opset)
     seconds["export onnx"] = time.perf_counter() - t

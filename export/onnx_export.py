@@ -117,27 +117,19 @@ class EnsembleScorer(nn.Module):
         return video @ cls.t()
 
 
-def export_ensemble_scorer(path: Path, embed_dim: int, opset: int) -> None:
-    b, nv, k, p = (torch.export.Dim(name, min=1, max=65536) for name in ("B", "Nv", "K", "P"))
-    frames = torch.nn.functional.normalize(torch.randn(2, 5, embed_dim), dim=-1)
-    classes = torch.nn.functional.normalize(torch.randn(3, 4, embed_dim), dim=-1)
-    counts = torch.tensor([4, 2, 3])
-    _export(EnsembleScorer().eval(), (frames, classes, counts), path, list(SCORER_INPUTS), [SCORER_OUTPUT],
-            dict(zip(SCORER_INPUTS, ({0: b, 1: nv}, {0: k, 1: p}, {0: k}))), scorer_opset(opset))
-
-
 def scorer_opset(opset: int) -> int:
     # torch's exporter emits opset-18 Reduce ops (axes as inputs) for amax/mean that ONNX's version
     # converter cannot lower to 17, so the optional scorer is written at 18 or newer.
     return max(opset, 18)
 
 
-def export_scorer(path: Path, embed_dim: int, opset: int) -> None:
+def export_scorer(path: Path, embed_dim: int, opset: int, scorer: nn.Module | None = None) -> None:
+    """scorer.onnx of MakaScorer (default) or another set scorer with the same inputs (EnsembleScorer)."""
     b, nv, k, p = (torch.export.Dim(name, min=1, max=65536) for name in ("B", "Nv", "K", "P"))
     frames = torch.nn.functional.normalize(torch.randn(2, 5, embed_dim), dim=-1)
     classes = torch.nn.functional.normalize(torch.randn(3, 4, embed_dim), dim=-1)
     counts = torch.tensor([4, 2, 3])
-    _export(MakaScorer().eval(), (frames, classes, counts), path, list(SCORER_INPUTS), [SCORER_OUTPUT],
+    _export((scorer or MakaScorer()).eval(), (frames, classes, counts), path, list(SCORER_INPUTS), [SCORER_OUTPUT],
             dict(zip(SCORER_INPUTS, ({0: b, 1: nv}, {0: k, 1: p}, {0: k}))), scorer_opset(opset))
 
 

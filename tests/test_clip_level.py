@@ -239,7 +239,7 @@ def test_tensorrt_build_path_takes_clips(clip_assets, tmp_path, monkeypatch):
 def test_ensemble_protocol_scores_and_onnx_graph(tmp_path):
     from apclip.class_matrix import ClassMatrix
     from apclip.engine.scoring.scorers import EnsembleScorer
-    from apclip.export.onnx_export import export_ensemble_scorer
+    from apclip.export.onnx_export import EnsembleScorer as EnsembleGraph, export_scorer
     from apclip.export.verify import ort_session
     from apclip.scoring import maka_score
 
@@ -257,7 +257,7 @@ def test_ensemble_protocol_scores_and_onnx_graph(tmp_path):
     want = video @ cls.T
     matrix = ClassMatrix(emb.astype(np.float32), counts, ["a", "b", "c"], [])
     np.testing.assert_allclose(EnsembleScorer()(frames, matrix), want, atol=1e-6)
-    export_ensemble_scorer(tmp_path / "scorer.onnx", 16, 17)
+    export_scorer(tmp_path / "scorer.onnx", 16, 17, EnsembleGraph())
     got = ort_session(tmp_path / "scorer.onnx").run(None, {"frames": frames, "classes": emb.astype(np.float32),
                                                            "counts": counts.astype(np.int64)})[0]
     np.testing.assert_allclose(got, want, atol=1e-5)
