@@ -281,11 +281,11 @@ def timing_cache_path(engine: Path, key: EngineKey) -> Path:
     return engine.with_name(f"{key.gpu.sm}-trt{key.tensorrt}.timing.cache")
 
 
-def machine_engines(manifest: Manifest, graph: str, tensorrt_version: str, gpu: GpuIdentity
+def machine_engines(manifest: Manifest, graph: str, tensorrt_version: str, gpu: GpuIdentity, precision: str
                     ) -> tuple[list[CacheDecision], list[str]]:
-    """Listed engines of `graph` that fit this machine (usable decisions, newest first), and why each
-    other listed engine of that graph does not (one line each). The profile and precision are the
-    listed ones: any profile the builder chose is fine at run time, the batch is split to fit it."""
+    """Listed engines of `graph` at `precision` that fit this machine (usable decisions, newest first), and
+    why each other listed engine of that graph and precision does not (one line each). The profile is the
+    listed one: any profile the builder chose is fine at run time, the batch is split to fit it."""
     usable, refused = [], []
     for name, entry in sorted(listed_engines(manifest).items(), key=lambda item: str(item[1].get("built", "")),
                               reverse=True):
@@ -294,7 +294,7 @@ def machine_engines(manifest: Manifest, graph: str, tensorrt_version: str, gpu: 
         except EngineCacheError as exc:
             refused.append(f"{name}: {exc}")
             continue
-        if stored.graph != graph:
+        if stored.graph != graph or stored.precision != precision:
             continue
         try:
             expected = engine_key(manifest, graph, stored.precision, tensorrt_version, gpu, stored.profile)
