@@ -31,7 +31,7 @@ Log = Callable[[str], None]
 
 
 def text_batch_max(batch_max: int) -> int:
-    # Run-time labels are encoded 256 prompts at a time; never let a small vision limit starve that.
+    # Run-time labels are encoded TEXT_BATCH (256) prompts at a time; never let a small vision limit starve that.
     return max(batch_max, 4096)
 
 

@@ -18,13 +18,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from apclip.bundle import CLASSES_FILE, MANIFEST, TEXT_FILE, VISION_FILE, Manifest, sha256_file
+from apclip.bundle import CLASSES_FILE, MANIFEST, TEXT_BATCH, TEXT_FILE, VISION_FILE, Manifest, sha256_file
 from apclip.errors import ApclipError
 
 ENGINES_DIR = "engines"
 # graph -> (ONNX file it is built from, manifest io entry giving its batch range and input shape)
 GRAPHS = {"vision": VISION_FILE, "text": TEXT_FILE}
-DEFAULT_TEXT_OPT = 256  # run-time labels are encoded 256 prompts at a time (engine/runners/encoders.py)
 TEXT_ENGINE_MAX = 4096  # a text profile is capped here: TensorRT sizes activations for the max batch
 
 
@@ -126,7 +125,7 @@ def profile_from_manifest(manifest: Manifest, graph: str, opt_batch: int | None 
     """The batch range the bundle's ONNX graph was exported for, from the manifest's io entry.
 
     opt: vision engines are tuned for one clip (V*T frames, the batch clip mode sends), text engines for
-    the run-time batch of 256 prompts; both capped to the exported range. A text graph's range is huge
+    the run-time batch of TEXT_BATCH prompts; both capped to the exported range. A text graph's range is huge
     (4096+) and TensorRT plans memory for the max, so text engines stop at TEXT_ENGINE_MAX."""
     base = graph.split("+")[0]
     if base not in GRAPHS:
@@ -146,7 +145,7 @@ def profile_from_manifest(manifest: Manifest, graph: str, opt_batch: int | None 
                                f"exported for (1..{exported_max}); re-export with a larger --batch-max")
     if opt_batch is None:
         pre = manifest.preprocessing
-        opt_batch = pre.frames * pre.clips * pre.crops if base == "vision" else DEFAULT_TEXT_OPT
+        opt_batch = pre.frames * pre.clips * pre.crops if base == "vision" else TEXT_BATCH
     opt_batch = max(1, min(int(opt_batch), max_batch))
     return Profile(str(spec["name"]), 1, opt_batch, max_batch, tail)
 
