@@ -54,7 +54,7 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
                   scorer: bool = False, progress: bool = True, log: Log = print,
                   profile: str | None = None, scoring: str | None = None, template: str | None = None,
                   precisions: tuple[str, ...] = ("fp32",),
-                  _before_rename: Callable[[Path], None] | None = None) -> ExportResult:
+) -> ExportResult:
     """Export `ckpt` to a bundle at `out`. Defaults come from the checkpoint, else the paper's
     (export/defaults.py; the choices and where each came from are logged).
 
@@ -137,8 +137,6 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
                                  precisions=precisions),
                    log, seconds, choices.scoring)
         result = _build(job, work)
-        if _before_rename is not None:
-            _before_rename(work)
         _replace_dir(work, out)
         result.path = shown
         return result
