@@ -124,8 +124,13 @@ class Recognizer:
         return encode_in_batches(self.vision, flatten_views(clip.views))  # [V*T, 3, R, R] -> [V*T, E]
 
     def score(self, embeddings: np.ndarray) -> np.ndarray:
-        """[Nv, E] -> [K] scores of all classes by the bundle's protocol (maka: all frames pooled into one set)."""
-        return self.scorer(embeddings[None], self.classes)[0]
+        """[Nv, E] -> [K] scores of all classes by the bundle's protocol (maka: all frames pooled into one set).
+        NaN or infinite scores (a broken model or class matrix) are an error, never ranked: NaN sorts anywhere."""
+        scores = self.scorer(embeddings[None], self.classes)[0]
+        if not np.isfinite(scores).all():
+            raise ApclipError(f"the model of bundle {self.manifest.path} gave NaN or infinite scores; nothing was "
+                              f"scored (re-export the bundle)")
+        return scores
 
     def _fill(self, pred: Prediction, clip: Clip, timings: dict[str, float], topk: int, explain: bool,
               on_stage: Callable[[str], None] | None = None) -> None:

@@ -21,16 +21,15 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from apclip.bundle import VISION_INPUT, EMBEDDINGS_OUTPUT, Manifest, read_manifest
+from apclip.bundle import VISION_INPUT, EMBEDDINGS_OUTPUT, Manifest, bundle_member, read_manifest, sha256_file
 from apclip.errors import ApclipError
-from apclip.fileio import replace_dir
+from apclip.fileio import partial_dir, replace_dir
 
 from apclip.scale.triton_config import ModelConfig, Step, Tensor
 
@@ -68,6 +67,17 @@ def vision_engines(manifest: Manifest, precision: str = "auto") -> dict[str, Eng
         raise ApclipError(f"--precision {precision}: TensorRT engines are built in {', '.join(precisions('trt'))}")
     return {name: key for name, key in listed_keys(manifest).items()
             if key.graph == "vision" and key.precision in served and (manifest.path / ENGINES_DIR / name).is_file()}
+
+
+def _copy_regular(source: Path, target: Path, sha256: str | None) -> None:
+    """Copy a bundle file that is itself a regular file (never a symlink's target) and, given `sha256`, has it.
+    Engines are passed without: TensorRT checks an engine's own build record when it deserialises it."""
+    if source.is_symlink() or not source.is_file():
+        raise ApclipError(f"{source} is a symlink or not a regular file; a model repository copies only the "
+                          f"bundle's own files")
+    shutil.copyfile(source, target, follow_symlinks=False)
+    if sha256 is not None and sha256_file(target) != sha256:
+        raise ApclipError(f"{source} does not match its sha256 in the manifest (modified while copied?)")
 
 
 def onnx_vision_file() -> str:
@@ -164,7 +174,7 @@ def write_triton_repo(bundle: str | Path, out: str | Path, *, vision: str = "aut
     classes = bundle_class_matrix(manifest)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Built in a sibling folder and renamed into place: never a half-written repository.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp = partial_dir(out)
     try:
         (tmp / VISION / "1").mkdir(parents=True)
         (tmp / MAKA / "1").mkdir(parents=True)
@@ -178,9 +188,12 @@ def write_triton_repo(bundle: str | Path, out: str | Path, *, vision: str = "aut
         if kind == "tensorrt":
             from apclip.engine.runners.engine_cache import ENGINES_DIR
 
-            shutil.copyfile(manifest.path / ENGINES_DIR / picked[0], tmp / VISION / "1" / "model.plan")
+            source = bundle_member(manifest.path, f"{ENGINES_DIR}/{picked[0]}")
+            _copy_regular(source, tmp / VISION / "1" / "model.plan", None)
         else:
-            shutil.copyfile(manifest.file(onnx_vision_file()), tmp / VISION / "1" / "model.onnx")
+            vision_file = onnx_vision_file()
+            _copy_regular(manifest.file(vision_file), tmp / VISION / "1" / "model.onnx",
+                          manifest.files[vision_file]["sha256"])
         if kind == "python":
             (tmp / VISION / "1" / "model.py").write_text(model_source("vision_ort"), encoding="utf-8")
         maka_dir = tmp / MAKA / "1"

@@ -280,10 +280,38 @@ class ImageFolderSource(VideoSource):
         self._finish(glitches)
 
 
+# Largest image of an image folder ($APCLIP_MAX_IMAGE_PIXELS, default 8K x 8K). A PNG header may claim
+# 100000 x 100000 in a few bytes; the header is read (PIL, no decode) before anything is allocated, and
+# such an image is skipped like an unreadable one, not the whole folder.
+MAX_IMAGE_PIXELS = int(os.environ.get("APCLIP_MAX_IMAGE_PIXELS", str(8192 * 8192)))
+
+
+def _image_size_ok(path: Path) -> bool:
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: the limit below decides
+            with Image.open(path) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:
+        return False
+    except Exception:  # not an image PIL knows: OpenCV decides (its own limit is 2^30 pixels)
+        return True
+    return width * height <= MAX_IMAGE_PIXELS
+
+
 def _read_image(path: Path) -> np.ndarray | None:
+    if not _image_size_ok(path):
+        return None
     # IMREAD_COLOR applies EXIF orientation and converts gray / 16-bit / alpha to 8-bit BGR.
     data = np.fromfile(str(path), dtype=np.uint8)  # fromfile + imdecode: non-ASCII paths work everywhere
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except cv2.error:  # e.g. over CV_IO_MAX_IMAGE_PIXELS: this image is unreadable, not the folder
+        return None
     return None if image is None else to_bgr8(image)
 
 
