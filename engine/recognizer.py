@@ -8,8 +8,9 @@
 Clip mode samples T frames x N temporal clips x C crops (the bundle's numbers), encodes all V*T
 frames and scores them with the bundle's protocol (MAKA over all frames pooled, or ViFi-CLIP's
 per-view softmax summed over views). Stream mode samples each window with one temporal clip
-and the bundle's crops. Decoding and preprocessing run in a producer thread, a window ahead of the
-encoder, so neither waits while both are busy.
+and the bundle's crops, on a lattice shared by overlapping windows: every sampled frame is encoded
+once and windows are scored from a ring of embeddings (engine/stream/). Decoding and preprocessing
+run in producer threads, so the encoder does not wait for them.
 """
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ from apclip.class_matrix import ClassMatrix, load_prompt_texts
 from apclip.errors import ApclipError
 
 from apclip.engine.video.clips import Clip, load_clip
-from apclip.engine.video.windows import iter_window_clips
 from apclip.engine.predictions import Explanation, FrameMatch, LabelScore, Prediction, ViewMatch, WindowPrediction
 from apclip.engine.video.preprocess import flatten_views
 from apclip.engine.runners.encoders import EncoderRunner, encode_in_batches
@@ -141,6 +141,11 @@ class Recognizer:
         timings["encode"] = time.perf_counter() - t
         if on_stage:
             on_stage("score")
+        self.rank(pred, emb, clip, timings, topk, explain)
+
+    def rank(self, pred: Prediction, emb: np.ndarray, clip: Clip, timings: dict[str, float], topk: int,
+             explain: bool) -> None:
+        """Fill `pred` from a clip's frame embeddings [V*T, E] (view-major): scores, top-k, explanations."""
         t = time.perf_counter()
         scores = self.score(emb)
         timings["score"] = time.perf_counter() - t
@@ -234,15 +239,25 @@ class Recognizer:
     # -- stream -----------------------------------------------------------------------------------
     def stream(self, source, *, window: float = 2.0, stride: float = 1.0, unit: str = "seconds",
                topk: int | None = None, explain: bool = False, fps: float | None = None) -> Iterator[WindowPrediction]:
-        """Stream mode: a prediction per sliding window, yielded as soon as the window completes."""
-        spec = self.manifest.preprocessing.with_clips(1)
-        windows = iter_window_clips(source, spec, span=window, stride=stride, unit=unit, workers=self.workers,
-                                    fps=fps)
-        for index, (clip, decode_s) in enumerate(_prefetch(lambda: iter(windows))):
-            pred = WindowPrediction(source=clip.source.name, top=[], scores=np.zeros(0), index=index,
-                                    start=float(clip.start), end=float(clip.end))
-            self._fill(pred, clip, {"decode+preprocess": decode_s}, topk or self.topk, explain)
+        """Stream mode: a prediction per sliding window, yielded as soon as the window completes.
+
+        Frames are sampled on the stream lattice (engine/video/lattice.py) and each is encoded once; a
+        window is scored from the embeddings of its frames. Errors of the source are raised here."""
+        from apclip.engine.stream.engine import MultiStream, StreamSettings
+        from apclip.engine.stream.feeds import FeedOptions
+
+        settings = StreamSettings(window, stride, unit, feed=FeedOptions(fps=fps))
+        for pred in MultiStream(self, [source], settings, topk=topk, explain=explain, raise_errors=True):
+            pred.stream = None  # one source: no stream number in its records
             yield pred
+
+    def stream_many(self, sources: Sequence, settings=None, *, topk: int | None = None, explain: bool = False,
+                    on_event=None):
+        """Many sources in one batched loop (engine/stream/engine.py's MultiStream; iterate it for windows,
+        read its .stats for windows, drops and lag per source)."""
+        from apclip.engine.stream.engine import MultiStream
+
+        return MultiStream(self, sources, settings, topk=topk, explain=explain, on_event=on_event)
 
 
 def _prompt_texts(manifest: Manifest, classes: ClassMatrix, bank, template: str) -> list[list[str]] | None:

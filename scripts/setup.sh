@@ -22,6 +22,9 @@ fi
 #   chromium                              the --report browser test (tests/test_report_browser.py)
 #   cmake g++ libopencv-dev nlohmann-json3-dev libssl-dev ccache
 #                                         the native runtime (CMakeLists.txt; tests/test_native_*.py)
+#   ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-{base,good,ugly}
+#                                         HTTP and RTSP stream servers (tests/test_stream_many.py; GStreamer's
+#                                         RTSP server runs on the system python3)
 APT_PACKAGES=()
 command -v chromium >/dev/null 2>&1 || APT_PACKAGES+=(chromium)
 command -v cmake >/dev/null 2>&1 || APT_PACKAGES+=(cmake)
@@ -30,6 +33,11 @@ command -v ccache >/dev/null 2>&1 || APT_PACKAGES+=(ccache)
 [ -f /usr/include/opencv4/opencv2/videoio.hpp ] || APT_PACKAGES+=(libopencv-dev)
 [ -f /usr/include/nlohmann/json.hpp ] || APT_PACKAGES+=(nlohmann-json3-dev)
 [ -f /usr/include/openssl/evp.h ] || APT_PACKAGES+=(libssl-dev)
+command -v ffmpeg >/dev/null 2>&1 || APT_PACKAGES+=(ffmpeg)
+for pkg in python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+           gstreamer1.0-plugins-ugly; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || APT_PACKAGES+=("$pkg")
+done
 if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
         (timeout 300 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 900 \

@@ -29,7 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(one path per line, or mmaction2 'path label'), a camera index (0) or an "
                                        "rtsp/http(s) URL. Exit status: 0 ok, 1 failure or a skipped source, "
                                        "2 usage or missing package, 130 interrupted.")
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="what to recognise (see below)")
+    p.add_argument("sources", nargs="*", metavar="SOURCE", help="what to recognise (see below)")
+    p.add_argument("--stream", nargs="+", metavar="SRC",
+                   help="stream mode over one or many sources at once (files, cameras, rtsp/http URLs, any mix): "
+                        "one model, frames of all sources encoded in shared batches, a JSON line per window "
+                        "(docs/streaming.md)")
+    p.add_argument("--max-batch", type=int, default=32,
+                   help="--stream: most frame crops per encoder call, over all sources (default 32)")
     p.add_argument("--bundle", default="bundle", help="bundle directory (default: bundle)")
     p.add_argument("--labels", help="labels file; labels not in the bundle are encoded at run time")
     p.add_argument("--split-camel-case", action="store_true",
@@ -76,9 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     # Intermixed: `apclip-infer a.mp4 --bundle b c.mp4` gives both videos as SOURCE.
-    args = build_parser().parse_intermixed_args(argv)
+    parser = build_parser()
+    args = parser.parse_intermixed_args(argv)
+    if not args.sources and not args.stream:
+        parser.error("give a SOURCE, or --stream SRC [SRC ...]")
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
     run = InferRun(args, log)
+    if args.stream:
+        from apclip.engine.cli.stream_run import StreamRun
+
+        run = StreamRun(args, log)
     try:
         with _one_line_diagnostics(args.debug):
             run.prepare()

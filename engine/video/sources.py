@@ -319,11 +319,13 @@ def _natural_key(path: Path) -> list[Any]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
-def open_source(spec: SourceSpec, *, fps: float | None = None, threads: int | None = None) -> VideoSource:
+def open_source(spec: SourceSpec, *, fps: float | None = None, threads: int | None = None,
+                timeout: float | None = None) -> VideoSource:
     """Open a file, image folder, camera index or stream URL; raise SourceError naming it if impossible.
 
     fps: frame rate of an image folder (default 30). threads: FFmpeg decoding threads for files
-    (default: FFmpeg's choice).
+    (default: FFmpeg's choice). timeout: seconds a stream URL may take to open or to deliver a packet
+    (default 10).
     """
     if isinstance(spec, VideoSource):
         return spec
@@ -336,7 +338,7 @@ def open_source(spec: SourceSpec, *, fps: float | None = None, threads: int | No
             if scheme == "file":
                 return open_source(Path(url2pathname(parts.path)), fps=fps, threads=threads)
             if scheme in STREAM_SCHEMES:
-                return _open_stream(spec)
+                return _open_stream(spec, timeout)
             raise SourceError(
                 f"unsupported URL scheme {scheme!r} in {_redact(spec)}: use a file path, an image folder, "
                 f"a camera index, or an {'/'.join(STREAM_SCHEMES)} URL"
@@ -365,8 +367,9 @@ def _open_camera(index: int) -> VideoSource:
     return CaptureSource(capture, f"camera {index}", "camera")
 
 
-def _open_stream(url: str) -> VideoSource:
-    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, _STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, _STREAM_TIMEOUT_MS]
+def _open_stream(url: str, timeout: float | None = None) -> VideoSource:
+    ms = int(timeout * 1000) if timeout else _STREAM_TIMEOUT_MS
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
     capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
     if not capture.isOpened():
         raise SourceError(f"cannot open stream {_redact(url)}: unreachable, refused, or not a video")
