@@ -1,7 +1,7 @@
 """`export_xclip_bundle`: an X-CLIP transformers folder -> bundle (scoring protocol `xclip`), atomically.
 
 Defaults come from the folder's config.json (frames: vision_config.num_frames, resolution: image_size,
-logit_scale: the weights); preprocessing is the `clip` profile (one centre crop, CLIP mean/std). The
+logit_scale: the weights); preprocessing is the `xclip` profile (XCLIPProcessor's: PIL bilinear, centre crop, ImageNet mean/std). The
 bundle is checked before it is kept: ONNX Runtime's probabilities against XCLIPModel's own forward.
 """
 from __future__ import annotations
@@ -52,12 +52,12 @@ def export_xclip_bundle(folder, *, out, labels, frames: int | None = None, clips
         raise ExportError(f"--frames {t}: this X-CLIP was built for {vc.num_frames} frames (vision_config.num_frames)")
     log(f"loaded {folder} ({weights.name}) in {time.perf_counter() - t0:.1f}s: X-CLIP ViT {vc.hidden_size}w/"
         f"{vc.num_hidden_layers}L/p{vc.patch_size} @ {vc.image_size}px, {t} frames, embed {model.config.projection_dim}")
-    pre = Preprocessing(frames=t, clips=clips or 1, crops=1, resolution=vc.image_size, profile="clip")
+    pre = Preprocessing(frames=t, clips=clips or 1, crops=1, resolution=vc.image_size, profile="xclip")
     scale = float(model.logit_scale.detach().exp())
     scoring = Scoring("xclip", logit_scale=scale, template=XCLIP_TEMPLATE)
     graph = VisionGraph("clip", "tokens", t, "xclip")
     log(f"  frames {t} (config.json vision_config.num_frames), clips {pre.clips} ({'--clips' if clips else 'default'}), "
-        f"1 centre crop, clip profile, logit_scale {scale:.4g} (weights), template {XCLIP_TEMPLATE!r} (X-CLIP's)")
+        f"1 centre crop, xclip profile (PIL bilinear, ImageNet mean/std), logit_scale {scale:.4g} (weights), template {XCLIP_TEMPLATE!r} (X-CLIP's)")
     if opset < XCLIP_MIN_OPSET:  # the exporter lowers X-CLIP's graphs to opset 18 whatever it is asked
         log(f"  opset {XCLIP_MIN_OPSET} instead of {opset} (X-CLIP's graphs need it)")
         opset = XCLIP_MIN_OPSET
