@@ -201,3 +201,21 @@ def test_xclip_export_cli_folder_without_weights(xclip_folder, tmp_path):
     labels.write_text("a\nb\n", encoding="utf-8")
     assert main(["--ckpt", str(empty), "--labels", str(labels), "--out", str(tmp_path / "b")]) != 0
     assert not (tmp_path / "b").exists()
+
+
+def test_xclip_predicts_a_video_with_new_labels(xclip_bundle, tmp_path):
+    """apclip-infer's path: decode, xclip profile, clip-level graph, run-time labels through text.onnx."""
+    cv2 = pytest.importorskip("cv2")
+    from apclip.engine.recognizer import Recognizer
+
+    video = tmp_path / "v.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 25, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        writer.write(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    rec = Recognizer.from_bundle(xclip_bundle, backend="ort", labels=["dancing", "cooking pasta"], use_cache=False)
+    pred = rec.predict(video, explain=True)
+    scores = {s.label: s.score for s in pred.top}
+    assert set(scores) == {"dancing", "cooking pasta"} and sum(scores.values()) == pytest.approx(1.0, abs=1e-5)
+    assert [e.label for e in pred.explanations] and all(e.frames == [] for e in pred.explanations)
