@@ -121,13 +121,13 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
     ctx = Context(read_manifest(args.bundle) if args.bundle else None, args.ckpt, args.base)
     rows = describe(ctx)
-    print(f"{'backend':<11} {'precision':<9} {'device':<6} {'extra':<6} {'file':<44} status")
+    print(f"{'backend':<11} {'precision':<9} {'device':<6} {'extra':<8} {'file':<44} status")
     for row in rows:
         status = "available" if row["available"] else f"unavailable: {row['reason']}"
         if row["available"] and not row["files_checked"]:
             status += " (machine only)"
         tags = "".join(f" [{tag}]" for tag in ("auto", "reference") if row[tag])
-        print(f"{row['backend']:<11} {row['precision']:<9} {row['device']:<6} {row['extra']:<6} "
+        print(f"{row['backend']:<11} {row['precision']:<9} {row['device']:<6} {row['extra']:<8} "
               f"{row['file'] or '(the --ckpt checkpoint)':<44} {status}{tags}")
     scorer_rows = []
     for c in scorers():
