@@ -3,7 +3,8 @@
 Each probe returns None (it can run) or a one-line reason. A probe given no manifest (None:
 `apclip-bench backends` without a bundle) answers for the machine only and skips the bundle's files.
 Nothing heavy is imported before a device file says an NVIDIA GPU may be present, so a CPU machine
-pays nothing for asking about GPUs. The backend table (engine/runners/table.py) pairs each of its rows with one of these probes.
+pays nothing for asking about GPUs. The backend table (engine/runners/table.py) pairs each of its
+rows with one of these probes.
 """
 from __future__ import annotations
 
