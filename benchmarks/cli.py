@@ -1,6 +1,6 @@
 """apclip-bench: accuracy parity against the PyTorch reference, per-stage latency, comparisons, kernel.
 
-    apclip-bench backends BUNDLE [--ckpt best.pt]                    what can run here, and why not the rest
+    apclip-bench backends [BUNDLE] [--ckpt best.pt]                  what can run here, and why not the rest
     apclip-bench parity BUNDLE --ckpt best.pt [--backends LIST] [--videos DIR|LIST] [--json F]
     apclip-bench latency BUNDLE [--backends LIST] [--video V] [--batch N] [--runs N] [--warmup N] [--json F] [--plot F.png]
     apclip-bench compare A.json B.json [...] [--plot F.png]
@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
     q = sub.add_parser("backends", help="the backend x precision table: what can run here, and why not the rest")
-    q.add_argument("bundle", help="bundle directory (some rows depend on its files)")
+    q.add_argument("bundle", nargs="?", help="bundle directory (some rows depend on its files; without one, "
+                                             "only this machine's packages and devices are checked)")
     q.add_argument("--ckpt", help="checkpoint (the torch rows need one)")
     q.add_argument("--base", help="base OpenAI CLIP file for a ViFi-CLIP --ckpt")
     q.add_argument("--json", dest="json_out")
@@ -110,18 +111,23 @@ def _check_out(path: str | None, flag: str) -> None:
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
-    """The backend table (engine/runners/table.py) as it stands on this machine for this bundle, then the scorers."""
+    """The backend table (engine/runners/table.py) as it stands on this machine for this bundle, then the scorers.
+
+    Without a bundle every row is still printed, "available" meaning this machine has the packages and
+    devices; the rows' files (int8 graphs, TensorRT engines, the scorer graph) are checked only with one."""
     from apclip.bundle import read_manifest
     from apclip.benchmarks.contenders import probe, scorers
     from apclip.engine.runners.table import Context, describe
 
-    ctx = Context(read_manifest(args.bundle), args.ckpt, args.base)
+    ctx = Context(read_manifest(args.bundle) if args.bundle else None, args.ckpt, args.base)
     rows = describe(ctx)
-    print(f"{'backend':<11} {'precision':<9} {'device':<6} {'extra':<6} {'file':<44} status")
+    print(f"{'backend':<11} {'precision':<9} {'device':<6} {'extra':<8} {'file':<44} status")
     for row in rows:
         status = "available" if row["available"] else f"unavailable: {row['reason']}"
+        if row["available"] and not row["files_checked"]:
+            status += " (machine only)"
         tags = "".join(f" [{tag}]" for tag in ("auto", "reference") if row[tag])
-        print(f"{row['backend']:<11} {row['precision']:<9} {row['device']:<6} {row['extra']:<6} "
+        print(f"{row['backend']:<11} {row['precision']:<9} {row['device']:<6} {row['extra']:<8} "
               f"{row['file'] or '(the --ckpt checkpoint)':<44} {status}{tags}")
     scorer_rows = []
     for c in scorers():
@@ -130,6 +136,9 @@ def cmd_backends(args: argparse.Namespace) -> int:
                             "available": reason is None, "reason": reason})
         print(f"scorer {c.backend:<10} {c.precision:<9} {c.device:<6} "
               f"{'available' if reason is None else 'unavailable: ' + reason}")
+    if ctx.manifest is None:
+        print("no bundle given: availability is this machine's packages and devices only; the rows' files "
+              "(int8 graphs, TensorRT engines, scorer.onnx) are checked with a bundle: apclip-bench backends BUNDLE")
     if args.json_out:
         _write_json(args.json_out, {"benchmark": "backends", "rows": rows, "scorers": scorer_rows})
     return 0

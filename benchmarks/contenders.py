@@ -177,6 +177,8 @@ def cuda_reason() -> str | None:
 def _scorer_file_reason(ctx: BuildContext) -> str | None:
     if not importable("onnxruntime"):
         return "onnxruntime is not installed: pip install \"apclip[cpu]\""
+    if ctx.manifest is None:  # no bundle: the machine can run it; the file is checked with a bundle
+        return None
     return None if ctx.manifest.has(SCORER_FILE) else f"the bundle has no {SCORER_FILE} (re-export with --scorer)"
 
 

@@ -159,3 +159,26 @@ def test_bench_backends_prints_the_table(tiny_bundle, tmp_path, capsys):
     assert "vision.onnx" in ort and "available" in ort and "[auto]" in ort
     data = json.loads((tmp_path / "b.json").read_text())
     assert len(data["rows"]) == len(table.rows()) and {s["scorer"] for s in data["scorers"]} >= {"numpy", "onnx"}
+
+
+def test_bench_backends_without_a_bundle_prints_every_row_for_the_machine(tmp_path, capsys, monkeypatch):
+    """issue 20: `apclip-bench backends` prints the table; without a bundle only the machine is checked."""
+    import json
+
+    from apclip.benchmarks import cli
+
+    monkeypatch.setattr(probes, "nvidia_gpu_may_be_present", lambda root=None: False)
+    assert cli.main(["backends", "--json", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:5] == ["backend", "precision", "device", "extra", "file"]
+    for row in table.rows():
+        assert any(line.split()[:4] == [row.name, row.precision, row.device, row.extra] for line in out), row.key
+    # ort int8 needs int8 files: unknown without a bundle, so the machine's answer (onnxruntime installed) stands
+    ort_int8 = next(line for line in out if line.split()[:2] == ["ort", "int8"])
+    assert "available (machine only)" in ort_int8 and "vision.int8.onnx" in ort_int8
+    trt = next(line for line in out if line.split()[:2] == ["trt", "fp16"])
+    assert "unavailable" in trt
+    assert out[-1].startswith("no bundle given") and "checked with a bundle" in out[-1]
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert len(data["rows"]) == len(table.rows()) and not any(r["files_checked"] for r in data["rows"])
+    assert not next(r for r in data["rows"] if r["backend"] == "torch-cuda")["available"]

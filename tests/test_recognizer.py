@@ -212,7 +212,7 @@ print(json.dumps({"device": scorer.device, "max_diff": float(np.abs(out - ref).m
 
 
 def test_triton_scorer_matches_numpy_under_the_interpreter(tiny_bundle):
-    """fp16 kernel vs float reference (DESIGN.md fp16 tolerance); on CPU only via TRITON_INTERPRET=1,
+    """fp16 kernel vs float reference (docs/architecture.md fp16); on CPU only via TRITON_INTERPRET=1,
     which must be set before triton is imported, hence a fresh interpreter."""
     pytest.importorskip("torch")
     pytest.importorskip("triton")

@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MAKA scorer (default auto: Triton kernel on CUDA, else numpy)")
     p.add_argument("--precision", default="auto", choices=precision_choices(),
                    help="encoder precision (default auto: the backend's own, fp16 on trt and torch-cuda, else "
-                        "fp32); int8 runs on ort (a bundle from apclip-export --precision fp32,int8) or trt")
+                        "fp32); int8 runs on ort and openvino (a bundle from "
+                        "apclip-export --precision fp32,int8) or trt")
     p.add_argument("--ckpt", help="checkpoint the bundle was exported from (for --backend torch and torch-cuda)")
     p.add_argument("--base", help="base OpenAI CLIP file for a ViFi-CLIP --ckpt")
     p.add_argument("--topk", type=int, default=5, help="classes to show (default 5)")

@@ -43,7 +43,7 @@ class UnknownChoice(UsageError, PrecisionUnavailable):
 class Context:
     """What probes and builders may need besides the row."""
 
-    manifest: Manifest
+    manifest: Manifest | None  # None: no bundle (apclip-bench backends alone): probes check the machine only
     checkpoint: str | os.PathLike | None = None  # the checkpoint the bundle was exported from (torch rows)
     base: str | os.PathLike | None = None  # base OpenAI CLIP file for a ViFi-CLIP checkpoint
     threads: int | None = None  # CPU threads (ONNX Runtime intra-op)
@@ -209,9 +209,11 @@ def build(row: Row, ctx: Context) -> Runners:
     return row.build(ctx)
 
 
-def vision_file(row: Row, manifest: Manifest) -> str | None:
+def vision_file(row: Row, manifest: Manifest | None) -> str | None:
     """The bundle file `row` would run for the vision encoder, when the bundle has it: an engine of its
-    precision (the newest listed) for trt rows, an ONNX file otherwise; None for checkpoint rows."""
+    precision (the newest listed) for trt rows, an ONNX file otherwise; None for checkpoint rows or no bundle."""
+    if manifest is None:
+        return None
     if row.name == "trt":
         from apclip.engine.runners.engine_cache import ENGINES_DIR, listed_engine_names
 
@@ -276,11 +278,13 @@ def _found_words(row: Row) -> str:
 
 
 def describe(ctx: Context) -> list[dict[str, Any]]:
-    """Every row as a plain dict (apclip-bench backends prints and writes it)."""
+    """Every row as a plain dict (apclip-bench backends prints and writes it). Without a bundle
+    (ctx.manifest None) `available` is the machine's answer (packages, devices): `files_checked` is False."""
     out = []
     for row in rows():
         reason = probe(row, ctx)
         out.append({"backend": row.name, "precision": row.precision, "device": row.device, "extra": row.extra,
                     "available": reason is None, "reason": reason, "file": vision_file(row, ctx.manifest) or row.file,
-                    "auto": row.auto, "reference": row.reference})
+                    "auto": row.auto, "reference": row.reference,
+                    "files_checked": ctx.manifest is not None})
     return out
