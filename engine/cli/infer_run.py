@@ -94,12 +94,14 @@ class InferRun:
                 raise UsageError(f"{flag} is written in clip mode; drop --mode stream")
         if args.report and not args.report.lower().endswith((".html", ".htm")):
             raise UsageError(f"--report {args.report}: give an .html file name")
-        from apclip.engine.cli.outputs import refuse_inputs_as_outputs
+        from apclip.output_guard import Input, Output, check_outputs, source_inputs
 
-        refuse_inputs_as_outputs({"--out-video": args.out_video, "--json": args.json_out, "--csv": args.csv_out,
-                                  "--report": args.report},
-                                 [item.path for item in self.items] + [a for a in (args.bundle, args.labels,
-                                                                                   args.prompts, args.ckpt) if a])
+        check_outputs([Output(flag, value) for flag, value in (("--out-video", args.out_video), ("--json", args.json_out),
+                                                                ("--csv", args.csv_out), ("--report", args.report))],
+                      source_inputs(args.sources, [item.path for item in self.items])
+                      + [Input("--bundle", args.bundle, "tree"), Input("--labels", args.labels),
+                         Input("--prompts", args.prompts), Input("--ckpt", args.ckpt), Input("--base", args.base),
+                         Input("--bpe-vocab", args.bpe_vocab)])
         self._advise()
         if args.json_out == "-":
             self.table = sys.stderr
