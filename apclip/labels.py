@@ -41,6 +41,9 @@ def _class_ind(rows: list[str]) -> list[str] | None:
 def parse_labels(text: str, source: str = "<labels>", split_camel: bool = False) -> list[str]:
     """Labels in file order (index order for CSV / classInd). Blank lines and `#` comments are ignored;
     duplicates are an error. split_camel: "ApplyEyeMakeup" -> "Apply Eye Makeup"."""
+    if text.lstrip().startswith("{"):
+        raise LabelsError(f"labels file {source} is JSON and looks like a prompt bank: pass it as --prompts, and "
+                          f"the class names (one per line) as --labels")
     lines = [line.strip() for line in text.splitlines()]
     lines = [line for line in lines if line and not line.startswith("#")]
     if not lines:

@@ -20,7 +20,7 @@ from apclip.cli_common import UsageError
 from apclip.errors import ApclipError, MissingExtraError
 
 from apclip.engine.runners.encoders import BackendUnavailable, EncoderRunner
-from apclip.extras import importable
+from apclip.extras import importable, install_hint
 
 # The quantized vision graph an int8 export adds to a bundle (ONNX Runtime dynamic quantization).
 VISION_INT8_FILE = "vision.int8.onnx"
@@ -160,7 +160,7 @@ def nvidia_driver_present() -> bool:
 
 def _needs_ort(ctx: BuildContext) -> str | None:
     if not importable("onnxruntime"):
-        return "onnxruntime is not installed: pip install \"apclip[cpu]\""
+        return f"onnxruntime is not installed: {install_hint('cpu')}"
     return None
 
 
@@ -191,7 +191,7 @@ def _checkpoint_reason(ctx: BuildContext) -> str | None:
 
 def _torch_reason(ctx: BuildContext) -> str | None:
     if not importable("torch"):
-        return "torch is not installed: pip install \"apclip[torch]\""
+        return f"torch is not installed: {install_hint('torch')}"
     return _checkpoint_reason(ctx)
 
 
@@ -200,7 +200,7 @@ def cuda_reason() -> str | None:
     if not nvidia_driver_present():
         return "no CUDA GPU here (no NVIDIA driver)"
     if not importable("torch"):
-        return "torch is not installed: pip install \"apclip[torch]\" (a CUDA build)"
+        return f"torch is not installed: {install_hint('torch')} (a CUDA build)"
     import torch
 
     if not torch.cuda.is_available():
@@ -247,7 +247,7 @@ def _triton_reason(ctx: BuildContext) -> str | None:
         return "the Triton kernel needs a CUDA GPU (no NVIDIA driver here)"
     for module, extra in (("torch", "torch"), ("triton", "triton")):
         if not importable(module):
-            return f"{module} is not installed: pip install \"apclip[{extra}]\""
+            return f"{module} is not installed: {install_hint(extra)}"
     from apclip.engine.scoring.scorers import TritonScorer
 
     try:

@@ -52,7 +52,7 @@ def select_backend(backend: str, manifest: Manifest, *, tensorrt: bool = True, c
     for name in AUTO_ORDER:
         if (tensorrt or name != "trt") and PROBES[name](manifest, ckpt).ok:
             return name
-    require("onnxruntime", "cpu", "inference (or \"apclip[gpu]\" on a CUDA machine)")
+    require("onnxruntime", "cpu", "inference (the gpu extra on a CUDA machine)")
     return "ort"
 
 
@@ -77,7 +77,7 @@ class Recognizer:
                     prompts: str | os.PathLike | None = None, scorer: str = "auto", threads: int | None = None,
                     batch_size: int = 32, ckpt: str | os.PathLike | None = None, base: str | None = None,
                     topk: int = 5, use_cache: bool = True, template: str | None = None, precision: str = "fp32",
-                    log: Log = _quiet) -> "Recognizer":
+                    log: Log = _quiet, verbose: bool = False) -> "Recognizer":
         """Load a bundle (every file checked against its sha256) and pick the runners and the scorer.
 
         backend: auto | ort | ort-cuda | trt | torch-cuda | torch (torch and torch-cuda need `ckpt`, the
@@ -86,7 +86,8 @@ class Recognizer:
         text.onnx from `prompts` (a prompt bank) or the template, and cached on disk unless use_cache
         is False. scorer: auto | numpy | onnx | triton. template: text of new labels without bank
         entries (default: the bundle's). precision: fp32 | int8 (the bundle's int8 files, from
-        apclip-export --precision fp32,int8; backend ort). log: receives one-line progress messages.
+        apclip-export --precision fp32,int8; backend ort). log: receives one-line progress messages;
+        verbose: also why --backend auto passed over the faster backends.
         """
         from apclip.errors import ApclipError
         from apclip.scoring_protocol import check_template
@@ -111,7 +112,7 @@ class Recognizer:
                                        precision=precision)
             log(f"precision {precision} -> {vision.name}")
         elif backend == "auto":
-            vision, text, _ = auto_runners(manifest, log=log, **options)
+            vision, text, _ = auto_runners(manifest, log=log, detail=log if verbose else None, **options)
         else:
             vision, text = CONSTRUCTORS[select_backend(backend, manifest)](manifest, **options)
         bank = None

@@ -25,11 +25,14 @@ def test_order_is_fastest_first():
 def test_on_this_cpu_machine_auto_runs_ort_and_says_why_not_the_others(tiny_bundle, monkeypatch):
     monkeypatch.setattr(gpu_backends, "cuda_may_be_present", lambda: False)
     messages: list[str] = []
-    vision, _, chosen = auto_runners(read_manifest(tiny_bundle), log=messages.append, batch_size=8, threads=1)
+    details: list[str] = []
+    vision, _, chosen = auto_runners(read_manifest(tiny_bundle), log=messages.append, detail=details.append,
+                                     batch_size=8, threads=1)
     assert chosen == "ort" and vision.name == "ort-cpu"
-    assert messages[0] == "backend auto -> ort-cpu"
-    why = messages[1]
-    assert why.startswith("backend auto chose ort: ")
+    # One line names the backend; the reasons for passing over the others only go to `detail` (--verbose).
+    assert len(messages) == 1 and messages[0].startswith("backend auto chose ort (ort-cpu): "), messages
+    assert "--verbose" in messages[0] and "TensorRT" not in messages[0]
+    why = details[-1]
     for skipped in ("trt: TensorRT is not installed" if not gpu_backends._importable("tensorrt") else "trt: ",
                     "torch-cuda: no NVIDIA driver found", "ort-cuda: "):
         assert skipped in why
@@ -46,7 +49,7 @@ def test_first_available_backend_wins(tiny_bundle, monkeypatch, working, expecte
     messages: list[str] = []
     _, _, chosen = auto_runners(read_manifest(tiny_bundle), log=messages.append)
     assert chosen == expected
-    assert f"backend auto chose {expected}: {expected} probed" in messages[-1]
+    assert f"backend auto chose {expected} ({expected}): {expected} probed" in messages[-1]
 
 
 def test_a_backend_that_fails_to_build_falls_back_with_its_reason(tiny_bundle, monkeypatch):
@@ -59,7 +62,7 @@ def test_a_backend_that_fails_to_build_falls_back_with_its_reason(tiny_bundle, m
     monkeypatch.setitem(gpu_backends.CONSTRUCTORS, "torch-cuda",
                         lambda manifest, **options: (FakeRunner("torch-cuda-fp16"), FakeRunner("torch-cuda-fp16")))
     messages: list[str] = []
-    vision, _, chosen = auto_runners(read_manifest(tiny_bundle), log=messages.append)
+    vision, _, chosen = auto_runners(read_manifest(tiny_bundle), log=messages.append, detail=messages.append)
     assert chosen == "torch-cuda" and vision.name == "torch-cuda-fp16"
     assert any("TensorRT 10.3.0" in m and "falling back" in m for m in messages)
 

@@ -192,7 +192,7 @@ ERRORS = {
     "video missing": (None, lambda t: t / "absent.mp4", [], ["absent.mp4", "not found"]),
     "video empty": (None, file_with(b"", "empty.mp4"), [], ["empty.mp4", "empty"]),
     "video unreadable": (None, file_with(b"\x00\x01garbage" * 500, "garbage.mp4"), [], ["garbage.mp4"]),
-    "ort-cuda unavailable": (None, None, ["--backend", "ort-cuda"], ["ort-cuda", 'apclip[gpu]']),
+    "ort-cuda unavailable": (None, None, ["--backend", "ort-cuda"], ["ort-cuda", '-e ".[gpu]"']),
     "tensorrt unavailable": (None, None, ["--backend", "trt"], ["TensorRT", "--backend ort"]),
     "torch without ckpt": (None, None, ["--backend", "torch"], ["--ckpt"]),
     "camera not present": (None, lambda t: "97", [], ["camera 97"]),

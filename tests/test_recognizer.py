@@ -269,7 +269,7 @@ def test_auto_backend_falls_back_when_tensorrt_engines_cannot_run(tiny_bundle, t
     monkeypatch.setattr(gpu_backends, "_importable", lambda module: True)
     monkeypatch.setattr(gpu_backends, "cuda_may_be_present", lambda: True)
     messages: list[str] = []
-    rec = Recognizer.from_bundle(bundle, log=messages.append)
+    rec = Recognizer.from_bundle(bundle, log=messages.append, verbose=True)
     assert rec.backend == "ort-cpu"
     assert any("TensorRT" in m and "falling back" in m for m in messages)
     with pytest.raises(ApclipError, match="TensorRT"):

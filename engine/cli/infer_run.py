@@ -136,7 +136,10 @@ class InferRun:
                                           scorer=args.scorer, threads=args.threads, ckpt=args.ckpt, base=args.base,
                                           topk=args.topk, use_cache=args.cache, template=args.template,
                                           precision=getattr(args, "precision", "fp32"),
-                                          log=self.log)
+                                          log=self.log, verbose=getattr(args, "verbose", False))
+        if args.ckpt and not self.rec.backend.startswith("torch"):
+            self.warn.once("ckpt", f"--ckpt {args.ckpt} is not used: backend {self.rec.backend} runs the bundle's "
+                                   f"ONNX files (--backend torch runs the checkpoint)")
         if args.prompts and (args.report or args.explain):
             from apclip.prompt_bank import load_prompt_bank
 

@@ -10,6 +10,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from apclip.cli_common import UsageError
 from apclip.fileio import AtomicFile
 
 from apclip.engine.video.errors import SourceError
@@ -49,7 +50,7 @@ def overlay_fourcc(out: str | os.PathLike) -> str:
     """The codec for an --out-video name; checked before a run so a bad name does not waste it."""
     fourcc = _FOURCC.get(Path(out).suffix.lower())
     if fourcc is None:
-        raise SourceError(f"--out-video {out}: use a .mp4, .m4v, .mov, .avi or .mkv file name")
+        raise UsageError(f"--out-video {out}: use a .mp4, .m4v, .mov, .avi or .mkv file name")
     return fourcc
 
 

@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from apclip.bundle import EMBEDDINGS_OUTPUT, VISION_INPUT, BundleError, Manifest
-from apclip.errors import ApclipError
+from apclip.errors import ApclipError, MissingExtraError
 from apclip.extras import require
 
 
@@ -24,6 +24,10 @@ BACKENDS = ("auto", "ort", "ort-cuda", "trt", "torch-cuda", "torch")
 
 class BackendUnavailable(ApclipError):
     pass
+
+
+class BackendPackageMissing(BackendUnavailable, MissingExtraError):
+    """The backend's package is not installed: a missing extra (exit 2), not a failure."""
 
 
 class EncoderRunner(Protocol):
@@ -51,8 +55,10 @@ class OrtRunner:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if cuda:
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise BackendUnavailable("backend ort-cuda needs onnxruntime-gpu with CUDA: run pip install "
-                                         "\"apclip[gpu]\" (and uninstall onnxruntime), or use --backend ort")
+                from apclip.extras import install_hint
+
+                raise BackendPackageMissing(f"backend ort-cuda needs onnxruntime-gpu with CUDA: pip uninstall onnxruntime, "
+                                         f"then {install_hint('gpu')}; or use --backend ort")
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]

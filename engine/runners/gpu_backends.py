@@ -16,6 +16,7 @@ from typing import Any, Callable
 from apclip.bundle import Manifest
 
 from apclip.engine.runners.encoders import BackendUnavailable
+from apclip.extras import install_hint
 from apclip.extras import importable as _importable  # module-level name: tests monkeypatch it
 
 AUTO_ORDER = ("trt", "torch-cuda", "ort-cuda", "ort")
@@ -37,7 +38,7 @@ def cuda_may_be_present() -> bool:
 
 def probe_trt(manifest: Manifest, ckpt: Any = None) -> Availability:
     if not _importable("tensorrt"):
-        return Availability("trt", False, "TensorRT is not installed (pip install \"apclip[trt]\" on the GPU machine)")
+        return Availability("trt", False, f"TensorRT is not installed ({install_hint('trt')} on the GPU machine)")
     engines = manifest.raw.get("engines") or {}  # the runner checks each entry's key and file
     if not engines:
         return Availability("trt", False, f"bundle {manifest.path} has no TensorRT engines (build them on this GPU "
@@ -51,7 +52,7 @@ def probe_torch_cuda(manifest: Manifest, ckpt: Any = None) -> Availability:
     if not cuda_may_be_present():
         return Availability("torch-cuda", False, "no NVIDIA driver found")
     if not _importable("torch"):
-        return Availability("torch-cuda", False, "PyTorch is not installed (pip install \"apclip[torch]\")")
+        return Availability("torch-cuda", False, f"PyTorch is not installed ({install_hint('torch')})")
     import torch
 
     if not torch.cuda.is_available():
@@ -70,13 +71,13 @@ def probe_ort_cuda(manifest: Manifest, ckpt: Any = None) -> Availability:
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return Availability("ort-cuda", False, "this onnxruntime has no CUDA provider (pip install \"apclip[gpu]\")")
+        return Availability("ort-cuda", False, f"this onnxruntime has no CUDA provider ({install_hint('gpu')})")
     return Availability("ort-cuda", True, "onnxruntime has the CUDA provider")
 
 
 def probe_ort(manifest: Manifest, ckpt: Any = None) -> Availability:
     if not _importable("onnxruntime"):
-        return Availability("ort", False, "onnxruntime is not installed (pip install \"apclip[cpu]\")")
+        return Availability("ort", False, f"onnxruntime is not installed ({install_hint('cpu')})")
     return Availability("ort", True, "ONNX Runtime on the CPU runs everywhere")
 
 
@@ -123,9 +124,11 @@ def availability(manifest: Manifest, ckpt: Any = None, order: tuple[str, ...] = 
     return [PROBES[name](manifest, ckpt) for name in order]
 
 
-def auto_runners(manifest: Manifest, *, log: Log, **options) -> tuple[Any, Any, str]:
-    """The first backend of AUTO_ORDER whose probe passes and whose runners build; says what it chose and
-    why, and why each better one was passed over. Returns (vision, text, backend)."""
+def auto_runners(manifest: Manifest, *, log: Log, detail: Log | None = None, **options) -> tuple[Any, Any, str]:
+    """The first backend of AUTO_ORDER whose probe passes and whose runners build; says in one line what it
+    chose and why; `detail` (--verbose) also hears why each faster one was passed over. Returns
+    (vision, text, backend)."""
+    detail = detail or (lambda message: None)
     passed_over: list[str] = []
     for name in AUTO_ORDER:
         found = PROBES[name](manifest, options.get("ckpt"))
@@ -136,11 +139,17 @@ def auto_runners(manifest: Manifest, *, log: Log, **options) -> tuple[Any, Any, 
             vision, text = CONSTRUCTORS[name](manifest, **options)
         except BackendUnavailable as exc:
             # auto promised the best backend that works, not an error: fall back and say why.
-            log(f"{exc}; falling back to the next backend")
+            detail(f"{exc}; falling back to the next backend")
             passed_over.append(f"{name}: {exc}")
             continue
-        skipped = f"; passed over {'; '.join(passed_over)}" if passed_over else ""
-        log(f"backend auto -> {vision.name}")
-        log(f"backend auto chose {name}: {found.reason}{skipped}")
+        more = f" ({len(passed_over)} faster backend(s) unavailable here; --verbose says why)" if passed_over else ""
+        log(f"backend auto chose {name} ({vision.name}): {found.reason}{more}")
+        if passed_over:
+            detail(f"backend auto passed over {'; '.join(passed_over)}")
         return vision, text, name
+    if not _importable("onnxruntime"):  # the backend that runs everywhere lacks its package: a missing extra
+        from apclip.engine.runners.encoders import BackendPackageMissing
+
+        raise BackendPackageMissing(f"onnxruntime is not installed, so no backend can run here: {install_hint('cpu')}"
+                                    f" (the gpu extra on a CUDA machine)")
     raise BackendUnavailable("no backend can run here: " + "; ".join(passed_over))

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from apclip.bundle import EMBEDDINGS_OUTPUT, TEXT_FILE, TEXT_INPUT, Manifest
-from apclip.extras import require
+from apclip.extras import install_hint, require
 
-from apclip.engine.runners.encoders import BackendUnavailable, LazyRunner, OrtRunner
+from apclip.engine.runners.encoders import BackendPackageMissing, BackendUnavailable, LazyRunner, OrtRunner
 from apclip.engine.runners.engine_cache import CacheDecision, GpuIdentity, machine_engines
 
 NOT_INSTALLED = "TensorRT is not installed"
@@ -38,7 +38,7 @@ def current_gpu() -> GpuIdentity:
         from cuda.bindings import runtime as cudart
     except ImportError:
         raise BackendUnavailable("the TensorRT backend needs torch with CUDA or cuda-python to reach the GPU "
-                                 "(pip install \"apclip[trt]\")") from None
+                                 f"({install_hint('trt')})") from None
     err, props = cudart.cudaGetDeviceProperties(0)
     if int(err) != 0:
         raise BackendUnavailable(f"no CUDA GPU is visible (cudaGetDeviceProperties: error {int(err)})")
@@ -224,10 +224,15 @@ def choose_engine(manifest: Manifest, graph: str, tensorrt_version: str, gpu: Gp
 
 
 def trt_runners(manifest: Manifest, *, batch_size: int = 32, **_: Any):
+    from apclip.engine.runners.gpu_backends import cuda_may_be_present
+
+    if not cuda_may_be_present():  # no GPU at all: installing TensorRT or torch-cuda would not help
+        raise BackendUnavailable("--backend trt runs TensorRT engines on an NVIDIA GPU, and this machine has none "
+                                 "(no NVIDIA driver device): use --backend ort")
     try:
         trt = require("tensorrt", "trt", "the TensorRT backend")
     except ImportError:
-        raise BackendUnavailable(f"{NOT_INSTALLED} (pip install \"apclip[trt]\" on the GPU machine), so bundle "
+        raise BackendPackageMissing(f"{NOT_INSTALLED} ({install_hint('trt')} on the GPU machine), so bundle "
                                  f"{manifest.path} cannot use --backend trt: use --backend ort or torch-cuda") from None
     gpu = current_gpu()
     vision_engine = deserialize(trt, choose_engine(manifest, "vision", trt.__version__, gpu).path)
