@@ -5,18 +5,30 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
+# pip re-resolves everything on every call (~17 s when nothing changed): each venv records a hash of what
+# decides its contents (pyproject.toml, constraints.txt, this script) and is skipped while that holds.
+STAMP="$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+up_to_date() { [ -x "$1/bin/python" ] && [ "$(cat "$1/.apclip-setup" 2>/dev/null)" = "$STAMP" ]; }
+if up_to_date .venv; then
+    echo "setup: .venv is up to date (pyproject.toml, constraints.txt and setup.sh unchanged)" >&2
+else
+    if [ ! -x .venv/bin/python ]; then
+        "$PYTHON" -m venv .venv
+    fi
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[cpu,torch,train,llm,triton,test,scale]"
+    # The CLIP BPE vocabulary ships inside open_clip_torch; its dependencies (torchvision) are not needed.
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt --no-deps "open_clip_torch==3.3.0"
+    echo "$STAMP" > .venv/.apclip-setup
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[cpu,torch,train,llm,triton,test,scale]"
-# The CLIP BPE vocabulary ships inside open_clip_torch; its dependencies (torchvision) are not needed.
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt --no-deps "open_clip_torch==3.3.0"
 # apclip-serve's Triton server environment: nvidia-pytriton ships the tritonserver binary, whose Python
 # backend stub needs numpy<2, so it gets its own venv (the tests find it as .venv-serve).
-if [ ! -x .venv-serve/bin/python ]; then
-    "$PYTHON" -m venv .venv-serve
+if ! up_to_date .venv-serve; then
+    if [ ! -x .venv-serve/bin/python ]; then
+        "$PYTHON" -m venv .venv-serve
+    fi
+    .venv-serve/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[cpu,triton-server]"
+    echo "$STAMP" > .venv-serve/.apclip-setup
 fi
-.venv-serve/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[cpu,triton-server]"
 # Headless Chromium for the --report browser test (tests/test_report_browser.py skips without it).
 if ! command -v chromium >/dev/null 2>&1; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
