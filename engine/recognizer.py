@@ -25,6 +25,7 @@ from apclip.bundle import Manifest, PROMPTS_FILE, read_manifest
 from apclip.class_matrix import ClassMatrix, load_prompt_texts
 from apclip.errors import ApclipError
 from apclip.extras import require
+from apclip.scoring import class_probabilities
 
 from apclip.engine.video.clips import Clip, load_clip
 from apclip.engine.video.windows import iter_window_clips
@@ -166,7 +167,8 @@ class Recognizer:
         scores = self.score(emb)
         timings["score"] = time.perf_counter() - t
         order = np.argsort(-scores, kind="stable")[:topk]
-        pred.top = [LabelScore(self.labels[k], float(scores[k])) for k in order]
+        probs = class_probabilities(scores, self.scoring.protocol, self.scoring.logit_scale)
+        pred.top = [LabelScore(self.labels[k], float(scores[k]), float(probs[k])) for k in order]
         pred.scores = scores
         pred.backend, pred.scorer, pred.protocol = self.backend, self.scorer.name, self.scoring.protocol
         pred.frames, pred.approximate, pred.timings = len(emb), bool(clip.approximate), timings

@@ -72,6 +72,10 @@ def check_paths(args: argparse.Namespace) -> None:
     for flag, name, value in (("--ckpt", "checkpoint", args.ckpt), ("--labels", "labels file", args.labels),
                               ("--prompts", "prompt bank", args.prompts), ("--base", "base CLIP file", args.base),
                               ("--bpe-vocab", "BPE vocabulary", args.bpe_vocab)):
+        if flag == "--labels" and value is not None:
+            from apclip.labels import resolve_labels
+
+            value = str(resolve_labels(value))  # `--labels k400`: a shipped set
         if value is not None and not Path(value).is_file():
             what = "is a folder, not a file" if Path(value).is_dir() else "does not exist"
             raise ExportError(f"{name} {value} {what} ({flag})")

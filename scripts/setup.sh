@@ -29,13 +29,19 @@ if ! up_to_date .venv-serve; then
     .venv-serve/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[cpu,triton-server]"
     echo "$STAMP" > .venv-serve/.apclip-setup
 fi
-# Headless Chromium for the --report browser test (tests/test_report_browser.py skips without it).
-if ! command -v chromium >/dev/null 2>&1; then
+# Debian packages: headless Chromium for the --report browser tests, and the fonts --out-video draws labels
+# with (Latin and accents: fonts-dejavu-core; Chinese and Japanese: fonts-droid-fallback, 1.8 MB). Tests that
+# need one skip without it.
+APT=()
+command -v chromium >/dev/null 2>&1 || APT+=(chromium)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || APT+=(fonts-dejavu-core)
+[ -f /usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf ] || APT+=(fonts-droid-fallback)
+if [ "${#APT[@]}" -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-        # Bounded: a machine without a reachable Debian mirror skips the browser test instead of hanging.
-        (timeout 300 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq chromium >/dev/null) \
-            || echo "setup: chromium could not be installed; the report browser test will skip" >&2
+        # Bounded: a machine without a reachable Debian mirror skips those tests instead of hanging.
+        (timeout 300 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq "${APT[@]}" >/dev/null) \
+            || echo "setup: ${APT[*]} could not be installed; the tests that need them will skip" >&2
     else
-        echo "setup: chromium not installed (needs root and apt-get); the report browser test will skip" >&2
+        echo "setup: ${APT[*]} not installed (needs root and apt-get); the tests that need them will skip" >&2
     fi
 fi

@@ -35,9 +35,10 @@ def test_setup_skips_pip_when_nothing_changed(tmp_path):
         python.write_text(FAKE_PYTHON)
         python.chmod(0o755)
     (repo / "fakebin").mkdir()
-    chromium = repo / "fakebin" / "chromium"  # the apt-get step is not what this test is about
-    chromium.write_text("#!/bin/sh\n")
-    chromium.chmod(0o755)
+    for tool in ("chromium", "apt-get"):  # the apt-get step (browser, fonts) is not what this test is about
+        fake = repo / "fakebin" / tool
+        fake.write_text("#!/bin/sh\n")
+        fake.chmod(0o755)
 
     first = _setup(repo)
     assert len(first) == 3, first  # .venv (apclip, open_clip_torch) and .venv-serve

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", help="checkpoint the bundle was exported from (only for --backend torch)")
     p.add_argument("--base", help="base OpenAI CLIP file for a ViFi-CLIP --ckpt")
     p.add_argument("--topk", type=int, default=5, help="classes to show (default 5)")
+    p.add_argument("--min-score", type=float, help="show only classes whose probability (the model's softmax over "
+                                                  "the label set, 0-1) is at least this, e.g. 0.2")
     p.add_argument("--mode", choices=("clip", "stream"),
                    help="clip: one multi-view prediction per source (default for files and folders); "
                         "stream: a prediction per sliding window (default for cameras and URLs; one source)")
