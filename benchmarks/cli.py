@@ -38,16 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("bundle", help="bundle directory (from apclip-export)")
         q.add_argument("--ckpt", help=ckpt_help)
         q.add_argument("--base", help="base OpenAI CLIP file for a ViFi-CLIP --ckpt")
-        q.add_argument("--backends", help="comma list of contenders, e.g. ort-cpu,torch-cuda:fp16,numpy "
+        q.add_argument("--backends", help="comma list of contenders, e.g. ort,torch-cuda:fp16,numpy "
                                           "(default: every one; see apclip-bench backends)")
         q.add_argument("--threads", type=int, help="CPU threads of ONNX Runtime (default: all cores)")
         q.add_argument("--json", dest="json_out", help="write everything measured to this JSON file")
         q.add_argument("--workdir", default=_workdir_default(), help="where generated videos are kept")
         q.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
-    q = sub.add_parser("backends", help="list every contender and whether it can run here")
+    q = sub.add_parser("backends", help="the backend x precision table: what can run here, and why not the rest")
     q.add_argument("bundle", help="bundle directory (some rows depend on its files)")
     q.add_argument("--ckpt", help="checkpoint (the torch rows need one)")
+    q.add_argument("--base", help="base OpenAI CLIP file for a ViFi-CLIP --ckpt")
     q.add_argument("--json", dest="json_out")
 
     q = sub.add_parser("parity", help="every contender against the torch fp32 reference")
@@ -118,19 +119,28 @@ def check_output_paths(args: argparse.Namespace) -> None:
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
+    """The backend table (engine/runners/table.py) as it stands on this machine for this bundle, then the scorers."""
     from apclip.bundle import read_manifest
-    from apclip.benchmarks.contenders import BuildContext, contenders, probe
+    from apclip.benchmarks.contenders import probe, scorers
+    from apclip.engine.runners.table import Context, describe
 
-    ctx = BuildContext(read_manifest(args.bundle), args.ckpt)
-    rows = []
-    for c in contenders():
+    ctx = Context(read_manifest(args.bundle), args.ckpt, args.base)
+    rows = describe(ctx)
+    print(f"{'backend':<11} {'precision':<9} {'device':<6} {'extra':<6} {'file':<44} status")
+    for row in rows:
+        status = "available" if row["available"] else f"unavailable: {row['reason']}"
+        tags = "".join(f" [{tag}]" for tag in ("auto", "reference") if row[tag])
+        print(f"{row['backend']:<11} {row['precision']:<9} {row['device']:<6} {row['extra']:<6} "
+              f"{row['file'] or '(the --ckpt checkpoint)':<44} {status}{tags}")
+    scorer_rows = []
+    for c in scorers():
         reason = probe(c, ctx)
-        kind = "reference" if c.reference else c.kind
-        rows.append({"contender": c.name, "kind": kind, "device": c.device, "available": reason is None,
-                     "reason": reason})
-        print(f"{c.name:<17} {kind:<9} {c.device:<5} {'available' if reason is None else 'unavailable: ' + reason}")
+        scorer_rows.append({"scorer": c.backend, "precision": c.precision, "device": c.device,
+                            "available": reason is None, "reason": reason})
+        print(f"scorer {c.backend:<10} {c.precision:<9} {c.device:<6} "
+              f"{'available' if reason is None else 'unavailable: ' + reason}")
     if args.json_out:
-        _write_json(args.json_out, {"benchmark": "backends", "rows": rows})
+        _write_json(args.json_out, {"benchmark": "backends", "rows": rows, "scorers": scorer_rows})
     return 0
 
 

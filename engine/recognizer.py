@@ -24,14 +24,13 @@ import numpy as np
 from apclip.bundle import Manifest, PROMPTS_FILE, read_manifest
 from apclip.class_matrix import ClassMatrix, load_prompt_texts
 from apclip.errors import ApclipError
-from apclip.extras import require
 from apclip.scoring import class_probabilities
 
 from apclip.engine.video.clips import Clip, load_clip
 from apclip.engine.video.windows import iter_window_clips
 from apclip.engine.predictions import Explanation, FrameMatch, LabelScore, Prediction, ViewMatch, WindowPrediction
 from apclip.engine.video.preprocess import flatten_views
-from apclip.engine.runners.encoders import BACKENDS, BackendUnavailable, EncoderRunner, encode_in_batches
+from apclip.engine.runners.encoders import EncoderRunner, encode_in_batches
 from apclip.engine.scoring.scorers import Scorer, make_scorer
 from apclip.engine.scoring.vocabulary import resolve_classes
 
@@ -40,21 +39,6 @@ Log = Callable[[str], None]
 
 def _quiet(message: str) -> None:
     pass
-
-
-def select_backend(backend: str, manifest: Manifest, *, tensorrt: bool = True, ckpt=None) -> str:
-    """`auto`: the first of trt > torch-cuda > ort-cuda > ort whose probe passes (engine/runners/gpu_backends.py)."""
-    if backend not in BACKENDS:
-        raise BackendUnavailable(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend != "auto":
-        return backend
-    from apclip.engine.runners.gpu_backends import AUTO_ORDER, PROBES
-
-    for name in AUTO_ORDER:
-        if (tensorrt or name != "trt") and PROBES[name](manifest, ckpt).ok:
-            return name
-    require("onnxruntime", "cpu", "inference (the gpu extra on a CUDA machine)")
-    return "ort"
 
 
 class Recognizer:
@@ -77,18 +61,20 @@ class Recognizer:
     def from_bundle(cls, path: str | os.PathLike, backend: str = "auto", labels: Sequence[str] | None = None, *,
                     prompts: str | os.PathLike | None = None, scorer: str = "auto", threads: int | None = None,
                     batch_size: int = 32, ckpt: str | os.PathLike | None = None, base: str | None = None,
-                    topk: int = 5, use_cache: bool = True, template: str | None = None, precision: str = "fp32",
+                    topk: int = 5, use_cache: bool = True, template: str | None = None, precision: str = "auto",
                     log: Log = _quiet, verbose: bool = False) -> "Recognizer":
         """Load a bundle (every file checked against its sha256) and pick the runners and the scorer.
 
-        backend: auto | ort | ort-cuda | trt | torch-cuda | torch (torch and torch-cuda need `ckpt`, the
-        exported checkpoint); auto tries trt > torch-cuda > ort-cuda > ort and logs what it chose and why.
+        backend, precision: a row of the backend table (engine/runners/table.py; torch and torch-cuda need
+        `ckpt`, the exported checkpoint). backend auto takes the first row that runs here (fastest first)
+        and logs what it chose and why; precision auto is the backend's default (fp16 on trt and
+        torch-cuda, fp32 elsewhere). The precision asked for is the one run; a pair the table does not
+        have is a one-line UsageError.
         labels: the classes to rank (default: the bundle's); labels not in the bundle are encoded with
         text.onnx from `prompts` (a prompt bank) or the template, and cached on disk unless use_cache
         is False. scorer: auto | numpy | onnx | triton. template: text of new labels without bank
-        entries (default: the bundle's). precision: fp32 | int8 (the bundle's int8 files, from
-        apclip-export --precision fp32,int8; backend ort). log: receives one-line progress messages;
-        verbose: also why --backend auto passed over the faster backends.
+        entries (default: the bundle's). log: receives one-line progress messages; verbose: also why
+        backend auto passed over the faster backends.
         """
         from apclip.errors import ApclipError
         from apclip.scoring_protocol import check_template
@@ -99,23 +85,12 @@ class Recognizer:
             check_template(template)
         except ValueError as exc:
             raise ApclipError(f"--template: {exc}") from None
-        from apclip.engine.runners.gpu_backends import CONSTRUCTORS, auto_runners
+        from apclip.engine.runners.table import Context, choose
 
-        options = dict(batch_size=batch_size, threads=threads, ckpt=ckpt, base=base)
-        if precision != "fp32":
-            from apclip.engine.runners.precision import check_precision
-            from apclip.engine.runners.encoders import ort_runners
-
-            # int8 files run on ONNX Runtime's CPU kernels: auto means ort there.
-            chosen = "ort" if backend == "auto" else select_backend(backend, manifest)
-            check_precision(precision, chosen, manifest)
-            vision, text = ort_runners(manifest, cuda=False, threads=threads, batch_size=batch_size,
-                                       precision=precision)
-            log(f"precision {precision} -> {vision.name}")
-        elif backend == "auto":
-            vision, text, _ = auto_runners(manifest, log=log, detail=log if verbose else None, **options)
-        else:
-            vision, text = CONSTRUCTORS[select_backend(backend, manifest)](manifest, **options)
+        context = Context(manifest, ckpt, base, threads, batch_size)
+        row, (vision, text) = choose(backend, precision, context, log=log, detail=log if verbose else None)
+        if backend != "auto":
+            log(f"backend {row.key} -> {vision.name}")
         bank = None
         if prompts is not None and manifest.scoring.protocol == "vificlip":
             log(f"note: bundle {path} scores with the vificlip protocol (one prompt per class): {prompts} is not "

@@ -19,7 +19,7 @@ from pathlib import Path
 from apclip.cli_common import UsageError, run_command
 from apclip.errors import ApclipError
 
-from apclip.engine.runners.encoders import BACKENDS
+from apclip.engine.runners.table import backend_choices
 from apclip.engine.scoring.scorers import SCORERS
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--object-store-mb", type=int, default=512,
                    help="object store of the local Ray instance in MB (default 512)")
-    p.add_argument("--backend", default="auto", choices=BACKENDS, help="vision/text runner (default auto)")
+    p.add_argument("--backend", default="auto", choices=backend_choices(), help="vision/text runner (default auto)")
     p.add_argument("--scorer", default="auto", choices=SCORERS, help="MAKA scorer (default auto)")
     p.add_argument("--labels", help="labels file; labels not in the bundle are encoded once per actor")
     p.add_argument("--prompts", help="prompt bank JSON for labels not in the bundle")

@@ -23,7 +23,7 @@ from apclip.bundle import read_manifest
 from apclip.cli_common import EXIT_INTERRUPTED, UsageError, run_command
 from apclip.errors import ApclipError
 
-from apclip.engine.runners.encoders import BACKENDS
+from apclip.engine.runners.table import backend_choices
 from apclip.engine.scoring.scorers import SCORERS
 from apclip.scale.triton_config import ModelConfig, Tensor
 from apclip.scale.triton_repo import model_source
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue-delay-us", type=int, default=5000,
                    help="longest wait for more requests to batch (default 5000 us)")
     p.add_argument("--instances", type=int, default=1, help="apclip_clip model instances (default 1)")
-    p.add_argument("--backend", default="auto", choices=BACKENDS, help="vision/text runner (default auto)")
+    p.add_argument("--backend", default="auto", choices=backend_choices(), help="vision/text runner (default auto)")
     p.add_argument("--scorer", default="auto", choices=SCORERS, help="MAKA scorer (default auto)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads per model instance (default: ORT's choice)")
     p.add_argument("--topk", type=int, default=5, help="labels and scores per clip (default 5)")

@@ -35,11 +35,11 @@ def test_a_prompt_bank_as_labels_points_to_prompts(tmp_path):
 
 def test_trt_on_a_machine_without_a_gpu_says_there_is_none(tiny_bundle, monkeypatch):
     from apclip.bundle import read_manifest
-    from apclip.engine.runners import gpu_backends
+    from apclip.engine.runners import probes
     from apclip.engine.runners.encoders import BackendUnavailable
     from apclip.engine.runners.tensorrt import trt_runners
 
-    monkeypatch.setattr(gpu_backends, "cuda_may_be_present", lambda: False)
+    monkeypatch.setattr(probes, "nvidia_gpu_may_be_present", lambda root=None: False)
     with pytest.raises(BackendUnavailable) as info:
         trt_runners(read_manifest(tiny_bundle))
     assert "this machine has none" in str(info.value) and "torch-cuda" not in str(info.value)
@@ -53,9 +53,9 @@ def test_ckpt_without_a_torch_backend_is_said_to_be_unused(capsys, tiny_bundle, 
 
 
 def test_cpu_run_names_its_backend_in_one_line_and_verbose_says_why(capsys, tiny_bundle, demo_assets, monkeypatch):
-    from apclip.engine.runners import gpu_backends
+    from apclip.engine.runners import probes
 
-    monkeypatch.setattr(gpu_backends, "cuda_may_be_present", lambda: False)
+    monkeypatch.setattr(probes, "nvidia_gpu_may_be_present", lambda root=None: False)
     code, _, err = run(capsys, demo_assets["video"], "--bundle", tiny_bundle)
     assert code == 0
     assert len([line for line in err.splitlines() if "backend auto" in line]) == 1

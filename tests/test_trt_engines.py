@@ -165,9 +165,9 @@ def fake_trt(monkeypatch):
     module = fake_tensorrt.module("10.9.0.34")
     monkeypatch.setitem(sys.modules, "tensorrt", module)
     monkeypatch.setattr(trt_runner, "current_gpu", lambda: H200)
-    from apclip.engine.runners import gpu_backends
+    from apclip.engine.runners import probes
 
-    monkeypatch.setattr(gpu_backends, "cuda_may_be_present", lambda: True)  # the fake GPU has a driver too
+    monkeypatch.setattr(probes, "nvidia_gpu_may_be_present", lambda root=None: True)  # the fake GPU has a driver too
     monkeypatch.setattr(trt_build, "_modelopt_available", lambda: False)
     fake_tensorrt.Builder.builds.clear()
     return module
@@ -306,10 +306,10 @@ def test_trt_runners_refuse_what_they_cannot_use(bundle, fake_trt):
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed")
 def test_trt_backend_without_tensorrt_names_the_fix(tiny_bundle, monkeypatch):
-    from apclip.engine.runners import gpu_backends
+    from apclip.engine.runners import probes
     from apclip.engine.runners.tensorrt import trt_runners
 
-    monkeypatch.setattr(gpu_backends, "cuda_may_be_present", lambda: True)  # a GPU machine without TensorRT
+    monkeypatch.setattr(probes, "nvidia_gpu_may_be_present", lambda root=None: True)  # a GPU machine without TensorRT
 
     with pytest.raises(BackendUnavailable, match="TensorRT is not installed"):
         trt_runners(read_manifest(tiny_bundle))

@@ -15,7 +15,7 @@ from typing import Iterator
 from apclip.cli_common import add_version, run_command
 
 from apclip.engine.cli.infer_run import DEFAULT_STRIDE, DEFAULT_WINDOW, InferRun, format_prediction, format_window  # noqa: F401
-from apclip.engine.runners.encoders import BACKENDS
+from apclip.engine.runners.table import backend_choices, precision_choices
 from apclip.engine.scoring.scorers import SCORERS
 from apclip.engine.video.sources_list import is_live  # noqa: F401  (kept importable from here)
 
@@ -36,14 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", help="prompt bank JSON for labels not in the bundle (else the template)")
     p.add_argument("--template", help="text of run-time labels without bank entries, {} marks the label, e.g. "
                                       "\"a photo of a {}.\" (default: the bundle's)")
-    p.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="vision/text runner (default auto: ORT CUDA when available, else ORT CPU)")
+    p.add_argument("--backend", default="auto", choices=backend_choices(),
+                   help="vision/text runner (default auto: the fastest that runs here, trt > torch-cuda > ort-cuda "
+                        "> ort; apclip-bench backends lists them and why not)")
     p.add_argument("--scorer", default="auto", choices=SCORERS,
                    help="MAKA scorer (default auto: Triton kernel on CUDA, else numpy)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
-                   help="encoder precision (default fp32); int8 needs a bundle from apclip-export --precision "
-                        "fp32,int8 and runs on ONNX Runtime CPU")
-    p.add_argument("--ckpt", help="checkpoint the bundle was exported from (only for --backend torch)")
+    p.add_argument("--precision", default="auto", choices=precision_choices(),
+                   help="encoder precision (default auto: the backend's own, fp16 on trt and torch-cuda, else "
+                        "fp32); int8 runs on ort (a bundle from apclip-export --precision fp32,int8) or trt")
+    p.add_argument("--ckpt", help="checkpoint the bundle was exported from (for --backend torch and torch-cuda)")
     p.add_argument("--base", help="base OpenAI CLIP file for a ViFi-CLIP --ckpt")
     p.add_argument("--topk", type=int, default=5, help="classes to show (default 5)")
     p.add_argument("--min-score", type=float, help="show only classes whose probability (the model's softmax over "

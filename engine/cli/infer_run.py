@@ -137,7 +137,7 @@ class InferRun:
         self.rec = Recognizer.from_bundle(args.bundle, args.backend, labels, prompts=args.prompts,
                                           scorer=args.scorer, threads=args.threads, ckpt=args.ckpt, base=args.base,
                                           topk=args.topk, use_cache=args.cache, template=args.template,
-                                          precision=getattr(args, "precision", "fp32"),
+                                          precision=getattr(args, "precision", "auto"),
                                           log=self.log, verbose=getattr(args, "verbose", False))
         if args.ckpt and not self.rec.backend.startswith("torch"):
             self.warn.once("ckpt", f"--ckpt {args.ckpt} is not used: backend {self.rec.backend} runs the bundle's "

@@ -224,9 +224,9 @@ def choose_engine(manifest: Manifest, graph: str, tensorrt_version: str, gpu: Gp
 
 
 def trt_runners(manifest: Manifest, *, batch_size: int = 32, **_: Any):
-    from apclip.engine.runners.gpu_backends import cuda_may_be_present
+    from apclip.engine.runners import probes
 
-    if not cuda_may_be_present():  # no GPU at all: installing TensorRT or torch-cuda would not help
+    if not probes.nvidia_gpu_may_be_present():  # no GPU at all: installing TensorRT or torch-cuda would not help
         raise BackendUnavailable("--backend trt runs TensorRT engines on an NVIDIA GPU, and this machine has none "
                                  "(no NVIDIA driver device): use --backend ort")
     try:
