@@ -71,8 +71,15 @@ def resolve_output(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(path))
 
 
+_FD_PATHS = ("/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/self/fd/")
+
+
 def is_stream_target(path: str | os.PathLike) -> bool:
-    """A character device or FIFO: written in place (renaming a file over it would destroy it)."""
+    """A character device, a FIFO or one of this process's descriptors (/dev/stdout, whatever it is
+    redirected to): written in place, since renaming a file over it would destroy it or cut the stream."""
+    text = os.fspath(path)
+    if text in _FD_PATHS[:2] or text.startswith(_FD_PATHS[2:]):
+        return True
     try:
         mode = os.stat(path).st_mode
     except OSError:
@@ -96,16 +103,19 @@ class AtomicFile:
     def __init__(self, path: str | os.PathLike, mode: str | None = None, *, encoding: str | None = "utf-8",
                  suffix: str = ".tmp", fsync: bool = True) -> None:
         self.path = Path(path)
-        # A symlink's target is what gets replaced; the link itself stays (users link latest.json -> run/x.json).
-        self.target = resolve_output(self.path)
-        self.in_place = is_stream_target(self.target)
+        # A device or FIFO is asked through the path as given: /dev/stdout resolves to /proc/self/fd/1, whose
+        # link text (pipe:[123]) is no path. A symlink's target is what gets replaced; the link itself stays
+        # (users link latest.json -> run/x.json).
+        self.in_place = is_stream_target(self.path)
+        self.target = self.path if self.in_place else resolve_output(self.path)
         self._fsync = fsync and not self.in_place
         self.file: IO[Any] | None = None
         text = {"encoding": encoding, "newline": ""}
         if self.in_place and mode is not None:
             # A device or FIFO: opened as it is (a FIFO's open waits for its reader, as `cmd > fifo` does).
             self.tmp = self.target
-            self.file = open(self.target, mode, **({} if "b" in mode else text))
+            # Appending: `cmd >> log` redirected stdout must not be truncated by our own open.
+            self.file = open(self.target, mode.replace("w", "a"), **({} if "b" in mode else text))
             return
         # mode None on a device: the writer fills a private temporary file, copied into the device on commit.
         folder = None if self.in_place else self.target.parent
@@ -135,7 +145,7 @@ class AtomicFile:
                 _fsync_path(self.tmp)
             if self.in_place:
                 if self.tmp != self.target:
-                    with open(self.tmp, "rb") as src, open(self.target, "wb") as dst:
+                    with open(self.tmp, "rb") as src, open(self.target, "ab") as dst:
                         shutil.copyfileobj(src, dst)
                     self.tmp.unlink(missing_ok=True)
             else:

@@ -258,3 +258,20 @@ def test_fifo_is_written_in_place_and_its_reader_gets_the_text(tmp_path):
     reader.join(timeout=30)
     assert received == [b'{"top1": "waving"}\n']
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_dev_stdout_is_the_stream_whatever_it_is_redirected_to(tmp_path):
+    """`apclip-infer ... --json /dev/stdout > out.txt` (or `| jq`): written through the descriptor, never
+    by renaming a file over whatever /dev/stdout resolves to (a pipe's name is no path; a file would lose
+    what was printed before)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; print('table', flush=True)\nfrom apclip.fileio import atomic_write\n"
+            "with atomic_write('/dev/stdout') as f:\n    f.write('json\\n')\n")
+    out = tmp_path / "out.txt"
+    with open(out, "w") as f:
+        subprocess.run([sys.executable, "-c", code], stdout=f, check=True, timeout=60)
+    assert out.read_text() == "table\njson\n"
+    piped = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0 and piped.stdout == "table\njson\n", piped.stderr

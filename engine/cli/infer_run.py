@@ -105,7 +105,7 @@ class InferRun:
                          Input("--prompts", args.prompts), Input("--ckpt", args.ckpt), Input("--base", args.base),
                          Input("--bpe-vocab", args.bpe_vocab)])
         self._advise()
-        if args.json_out == "-":
+        if args.json_out in ("-", "/dev/stdout"):  # stdout carries the JSON lines: the table moves to stderr
             self.table = sys.stderr
 
     def _advise(self) -> None:
