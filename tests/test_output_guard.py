@@ -128,6 +128,8 @@ COMMANDS = {
                                     _prompts_argv("apply-review")),
     "apclip-triton-repo": ("apclip.scale.triton_repo", {"--out": "dir"}, {"BUNDLE": "tree"},
                            lambda tmp, given: [str(given["BUNDLE"])]),
+    "apclip-serve": ("apclip.scale.serve", {"--work-dir": "dir"}, {"BUNDLE": "tree"},
+                     lambda tmp, given: [str(given["BUNDLE"])]),
 }
 
 CASES = [(command, out_flag, in_flag) for command, (_, outputs, inputs, _) in COMMANDS.items()

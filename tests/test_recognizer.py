@@ -254,7 +254,7 @@ def test_bundle_labels_do_not_load_the_text_encoder(rec):
 def test_auto_backend_says_which(tiny_bundle):
     messages: list[str] = []
     Recognizer.from_bundle(tiny_bundle, log=messages.append)
-    assert any(m.startswith("backend auto chose ort (ort-cpu): ") for m in messages), messages
+    assert any(m.startswith("backend auto chose ort:fp32 (ort-cpu): ") for m in messages), messages
 
 
 def test_auto_backend_falls_back_when_tensorrt_engines_cannot_run(tiny_bundle, tmp_path, monkeypatch):
