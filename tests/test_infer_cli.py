@@ -299,7 +299,7 @@ def test_console_script_runs_and_fails_cleanly(tiny_bundle, demo_assets, tmp_pat
     ok = subprocess.run([console_script(), str(demo_assets["video"]), "--bundle", str(tiny_bundle), "--topk", "2"],
                         capture_output=True, text=True, timeout=120, env=env)
     assert ok.returncode == 0, ok.stderr
-    assert "rank" in ok.stdout and "backend auto chose ort (ort-cpu)" in ok.stderr
+    assert "rank" in ok.stdout and "backend auto chose ort:fp32 (ort-cpu)" in ok.stderr
 
     bad = subprocess.run([console_script(), str(demo_assets["video"]), "--bundle", str(tampered(tiny_bundle, tmp_path))],
                          capture_output=True, text=True, timeout=120, env=env)
