@@ -24,8 +24,7 @@ from apclip.fileio import replace_dir
 from apclip.preprocessing import PROFILES, Preprocessing
 from apclip.scoring_protocol import PROTOCOLS, Scoring, check_template
 
-from apclip.cli_common import UsageError
-from apclip.export.errors import ExportError
+from apclip.export.errors import ExportError, ExportUsageError
 from apclip.export.verify import VerificationReport
 
 Log = Callable[[str], None]
@@ -72,29 +71,29 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
     # Everything that can be checked without the (slow) checkpoint load is checked first.
     out = check_bundle_target(out, force, inputs=(ckpt, labels, prompts, base))
     if opset < MIN_OPSET:
-        raise UsageError(f"--opset {opset} is too old: use >= {MIN_OPSET} so LayerNorm stays one node")
+        raise ExportUsageError(f"--opset {opset} is too old: use >= {MIN_OPSET} so LayerNorm stays one node")
     if batch_max < 1:
-        raise UsageError(f"--batch-max {batch_max}: the largest vision batch must be >= 1")
+        raise ExportUsageError(f"--batch-max {batch_max}: the largest vision batch must be >= 1")
     for flag, value in (("--frames", frames), ("--clips", clips)):
         if value is not None and value < 1:
-            raise UsageError(f"{flag} {value}: must be >= 1")
+            raise ExportUsageError(f"{flag} {value}: must be >= 1")
     if crops is not None and crops not in CROP_COUNTS:
-        raise UsageError(f"--crops {crops}: must be one of {', '.join(map(str, CROP_COUNTS))}")
+        raise ExportUsageError(f"--crops {crops}: must be one of {', '.join(map(str, CROP_COUNTS))}")
     precisions = _check_precisions(precisions)
     if normalize is not None and normalize not in NORMALIZATIONS:
-        raise UsageError(f"--normalize {normalize}: choose one of {', '.join(NORMALIZATIONS)}")
+        raise ExportUsageError(f"--normalize {normalize}: choose one of {', '.join(NORMALIZATIONS)}")
     if profile is not None and profile not in PROFILES:
-        raise UsageError(f"--profile {profile}: choose one of {', '.join(PROFILES)}")
+        raise ExportUsageError(f"--profile {profile}: choose one of {', '.join(PROFILES)}")
     if scoring is not None and scoring not in PROTOCOLS:
-        raise UsageError(f"--scoring {scoring}: choose one of {', '.join(PROTOCOLS)}")
+        raise ExportUsageError(f"--scoring {scoring}: choose one of {', '.join(PROTOCOLS)}")
     if scoring == "vificlip" and prompts:
-        raise UsageError("--scoring vificlip scores one prompt per class (ViFi-CLIP's): drop --prompts, or use "
+        raise ExportUsageError("--scoring vificlip scores one prompt per class (ViFi-CLIP's): drop --prompts, or use "
                           "--scoring maka for a prompt bank")
     if template is not None:
         try:
             check_template(template)
         except ValueError as exc:
-            raise UsageError(f"--template: {exc}") from None
+            raise ExportUsageError(f"--template: {exc}") from None
     label_list = read_labels(labels) if labels else None
     out.parent.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after the slow steps
     bank = None
