@@ -5,6 +5,7 @@
     apclip-bench latency BUNDLE [--backends LIST] [--video V] [--batch N] [--runs N] [--warmup N] [--json F] [--plot F.png]
     apclip-bench compare A.json B.json [...] [--plot F.png]
     apclip-bench kernel [--k 400 600] [--b 1 8 64 256] [--json F]
+    apclip-bench stream [--presets tiny,ViT-B-16] [--sources N] [--baseline] [--processes] [--realtime] [--json F]
 
 Exit codes: 0 ok; 1 a contender failed parity (or an error); 2 usage, missing optional package or
 missing GPU (kernel); 130 interrupted.
@@ -85,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     from apclip.benchmarks.kernel import add_arguments
 
     add_arguments(q)
+
+    q = sub.add_parser("stream", help="stream mode: windows/s, frames encoded per window, lag, drops, RSS "
+                                      "(many sources, encode-once vs re-encoding)")
+    from apclip.benchmarks.stream_bench import add_arguments as add_stream_arguments
+
+    add_stream_arguments(q)
     return p
 
 
@@ -227,6 +234,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stream(args: argparse.Namespace, log) -> int:
+    from apclip.benchmarks.machine import describe
+    from apclip.benchmarks.stream_bench import format_table, run_stream_bench
+
+    _check_out(args.json_out, "--json")
+    if args.sources < 1 or args.max_batch < 1 or args.seconds <= 0:
+        raise UsageError("--sources and --max-batch must be >= 1 and --seconds positive")
+    report = run_stream_bench(args, log)
+    s = report["settings"]
+    print(f"stream mode: {s['sources']} source(s) of {s['seconds']:g} s {s['size'][0]}x{s['size'][1]} at "
+          f"{s['fps']:g} fps{' paced in real time' if s['realtime'] else ''}, windows of {s['window']:g} s every "
+          f"{s['stride']:g} s; {describe(report['machine'])}")
+    print(format_table(report["rows"], s["realtime"]))
+    for name, drift in report["rss_drift"].items():
+        if drift:
+            print(f"{name}: RSS peak {drift['first_minute_peak_mib']:.0f} MiB in the first minute, "
+                  f"{drift['last_minute_peak_mib']:.0f} MiB in the last ({drift['growth_mib']:+.1f} MiB)")
+    if args.json_out:
+        _write_json(args.json_out, report)
+        log(f"wrote {args.json_out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     return run_command("apclip-bench", build_parser(), run, argv)
@@ -244,6 +274,8 @@ def run(args: argparse.Namespace) -> int:
         return cmd_latency(args, log)
     if args.command == "compare":
         return cmd_compare(args)
+    if args.command == "stream":
+        return cmd_stream(args, log)
     from apclip.benchmarks.kernel import run as run_kernel
 
     return run_kernel(args)

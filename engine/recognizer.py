@@ -8,8 +8,9 @@
 Clip mode samples T frames x N temporal clips x C crops (the bundle's numbers), encodes all V*T
 frames and scores them with the bundle's protocol (MAKA over all frames pooled, or ViFi-CLIP's
 per-view softmax summed over views). Stream mode samples each window with one temporal clip
-and the bundle's crops. Decoding and preprocessing run in a producer thread, a window ahead of the
-encoder, so neither waits while both are busy.
+and the bundle's crops, on a lattice shared by overlapping windows: every sampled frame is encoded
+once and windows are scored from a ring of embeddings (engine/stream/). Decoding and preprocessing
+run in producer threads, so the encoder does not wait for them.
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ from apclip.errors import ApclipError
 from apclip.scoring import class_probabilities
 
 from apclip.engine.video.clips import Clip, load_clip
-from apclip.engine.video.windows import iter_window_clips
 from apclip.engine.predictions import Explanation, FrameMatch, LabelScore, Prediction, ViewMatch, WindowPrediction
 from apclip.engine.video.preprocess import flatten_views
 from apclip.engine.runners.encoders import EncoderRunner, encode_in_batches
@@ -126,8 +126,13 @@ class Recognizer:
         return encode_in_batches(self.vision, flatten_views(clip.views))  # [V*T, 3, R, R] -> [V*T, E]
 
     def score(self, embeddings: np.ndarray) -> np.ndarray:
-        """[Nv, E] -> [K] scores of all classes by the bundle's protocol (maka: all frames pooled into one set)."""
-        return self.scorer(embeddings[None], self.classes)[0]
+        """[Nv, E] -> [K] scores of all classes by the bundle's protocol (maka: all frames pooled into one set).
+        NaN or infinite scores (a broken model or class matrix) are an error, never ranked: NaN sorts anywhere."""
+        scores = self.scorer(embeddings[None], self.classes)[0]
+        if not np.isfinite(scores).all():
+            raise ApclipError(f"the model of bundle {self.manifest.path} gave NaN or infinite scores; nothing was "
+                              f"scored (re-export the bundle)")
+        return scores
 
     def _fill(self, pred: Prediction, clip: Clip, timings: dict[str, float], topk: int, explain: bool,
               on_stage: Callable[[str], None] | None = None) -> None:
@@ -138,6 +143,11 @@ class Recognizer:
         timings["encode"] = time.perf_counter() - t
         if on_stage:
             on_stage("score")
+        self.rank(pred, emb, clip, timings, topk, explain)
+
+    def rank(self, pred: Prediction, emb: np.ndarray, clip: Clip, timings: dict[str, float], topk: int,
+             explain: bool) -> None:
+        """Fill `pred` from a clip's frame embeddings [V*T, E] (view-major): scores, top-k, explanations."""
         t = time.perf_counter()
         scores = self.score(emb)
         timings["score"] = time.perf_counter() - t
@@ -165,13 +175,16 @@ class Recognizer:
         frames = clip.frame_indices.reshape(-1)  # [V, T] -> [V*T]
         times = clip.timestamps.reshape(-1)
         t = clip.frame_indices.shape[1]
+        # The matches are MAKA's; the score shown is the bundle's protocol's (ensemble bundles differ).
+        protocol_scores = self.score(emb) if self.scoring.protocol != "maka" else None
         out = []
         for ex in explain_scores(emb, self.classes.embeddings, self.classes.counts, list(classes)):
             texts = self.classes.prompt_texts[ex.class_index] if self.classes.prompt_texts else None
             matches = [FrameMatch(i // t, int(frames[i]), float(times[i]),
                                   texts[p] if texts else f"prompt {p}", sim)
                        for i, (p, sim) in enumerate(zip(ex.best_prompt_per_frame, ex.frame_similarity))]
-            out.append(Explanation(self.labels[ex.class_index], ex.score, matches))
+            score = ex.score if protocol_scores is None else float(protocol_scores[ex.class_index])
+            out.append(Explanation(self.labels[ex.class_index], score, matches))
         return out
 
     def _explain_views(self, emb: np.ndarray, clip: Clip, classes: list[int]) -> list[Explanation]:
@@ -232,15 +245,25 @@ class Recognizer:
     # -- stream -----------------------------------------------------------------------------------
     def stream(self, source, *, window: float = 2.0, stride: float = 1.0, unit: str = "seconds",
                topk: int | None = None, explain: bool = False, fps: float | None = None) -> Iterator[WindowPrediction]:
-        """Stream mode: a prediction per sliding window, yielded as soon as the window completes."""
-        spec = self.manifest.preprocessing.with_clips(1)
-        windows = iter_window_clips(source, spec, span=window, stride=stride, unit=unit, workers=self.workers,
-                                    fps=fps)
-        for index, (clip, decode_s) in enumerate(_prefetch(lambda: iter(windows))):
-            pred = WindowPrediction(source=clip.source.name, top=[], scores=np.zeros(0), index=index,
-                                    start=float(clip.start), end=float(clip.end))
-            self._fill(pred, clip, {"decode+preprocess": decode_s}, topk or self.topk, explain)
+        """Stream mode: a prediction per sliding window, yielded as soon as the window completes.
+
+        Frames are sampled on the stream lattice (engine/video/lattice.py) and each is encoded once; a
+        window is scored from the embeddings of its frames. Errors of the source are raised here."""
+        from apclip.engine.stream.engine import MultiStream, StreamSettings
+        from apclip.engine.stream.feeds import FeedOptions
+
+        settings = StreamSettings(window, stride, unit, feed=FeedOptions(fps=fps))
+        for pred in MultiStream(self, [source], settings, topk=topk, explain=explain, raise_errors=True):
+            pred.stream = None  # one source: no stream number in its records
             yield pred
+
+    def stream_many(self, sources: Sequence, settings=None, *, topk: int | None = None, explain: bool = False,
+                    on_event=None):
+        """Many sources in one batched loop (engine/stream/engine.py's MultiStream; iterate it for windows,
+        read its .stats for windows, drops and lag per source)."""
+        from apclip.engine.stream.engine import MultiStream
+
+        return MultiStream(self, sources, settings, topk=topk, explain=explain, on_event=on_event)
 
 
 def _prompt_texts(manifest: Manifest, classes: ClassMatrix, bank, template: str) -> list[list[str]] | None:

@@ -8,6 +8,8 @@
                              (1/class_embeddings.npy [K, P, E], 1/class_counts.npy [K], 1/labels.json)
       apclip/config.pbtxt    ensemble: views [Nv, 3, R, R] -> vision -> embeddings [Nv, E] -> maka
                              -> labels [k], scores [k], all_scores [K]
+Clip-level bundles (manifest vision_graph, e.g. Open-VCLIP): the vision model's batch item is a clip
+[T, 3, R, R] -> [T, E] (or [E]), max_batch_size counts clips, and the ensemble takes views [V, T, 3, R, R].
 
 Serve it with `tritonserver --model-repository repo` in nvcr.io/nvidia/tritonserver:<yy.mm>-py3.
 `--vision python` writes a vision model that runs ONNX Runtime inside the Python backend instead,
@@ -21,16 +23,15 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from apclip.bundle import VISION_INPUT, EMBEDDINGS_OUTPUT, Manifest, read_manifest
+from apclip.bundle import VISION_INPUT, EMBEDDINGS_OUTPUT, Manifest, bundle_member, read_manifest, sha256_file
 from apclip.errors import ApclipError
-from apclip.fileio import replace_dir
+from apclip.fileio import partial_dir, replace_dir
 
 from apclip.scale.triton_config import ModelConfig, Step, Tensor
 
@@ -61,6 +62,17 @@ def vision_engines(manifest: Manifest, precision: str = "auto") -> dict[str, Eng
             if key.graph == "vision" and key.precision in served and (manifest.path / ENGINES_DIR / name).is_file()}
 
 
+def _copy_regular(source: Path, target: Path, sha256: str | None) -> None:
+    """Copy a bundle file that is itself a regular file (never a symlink's target) and, given `sha256`, has it.
+    Engines are passed without: TensorRT checks an engine's own build record when it deserialises it."""
+    if source.is_symlink() or not source.is_file():
+        raise ApclipError(f"{source} is a symlink or not a regular file; a model repository copies only the "
+                          f"bundle's own files")
+    shutil.copyfile(source, target, follow_symlinks=False)
+    if sha256 is not None and sha256_file(target) != sha256:
+        raise ApclipError(f"{source} does not match its sha256 in the manifest (modified while copied?)")
+
+
 def onnx_vision_file() -> str:
     """The ONNX file the onnx/python vision models serve: the ort fp32 row's."""
     from apclip.engine.runners.table import find
@@ -86,8 +98,13 @@ def _pick_engine(manifest: Manifest, engine: str | None, precision: str = "auto"
 def vision_config(manifest: Manifest, kind: str, *, max_batch: int, instances: int, gpu: bool,
                   max_queue_delay_us: int, threads: int = 0) -> ModelConfig:
     r, e = manifest.preprocessing.resolution, manifest.embed_dim
-    config = ModelConfig(VISION, [Tensor(VISION_INPUT, "TYPE_FP32", [3, r, r])],
-                         [Tensor(EMBEDDINGS_OUTPUT, "TYPE_FP32", [e])], max_batch_size=max_batch,
+    item, out, max_batch = [3, r, r], [e], max_batch
+    graph = manifest.vision_graph
+    if graph.clip_level:  # one batch item is a whole clip; --max-batch counts frames
+        item, max_batch = [graph.frames, 3, r, r], max(1, max_batch // graph.frames)
+        out = [graph.frames, e] if graph.output == "frames" else [e]
+    config = ModelConfig(VISION, [Tensor(VISION_INPUT, "TYPE_FP32", item)],
+                         [Tensor(EMBEDDINGS_OUTPUT, "TYPE_FP32", out)], max_batch_size=max_batch,
                          instance_kind="KIND_GPU" if gpu and kind != "python" else "KIND_CPU", instances=instances,
                          dynamic_batching=True, max_queue_delay_us=max_queue_delay_us)
     if kind == "python":
@@ -100,7 +117,11 @@ def vision_config(manifest: Manifest, kind: str, *, max_batch: int, instances: i
 
 def maka_config(manifest: Manifest, num_classes: int, topk: int) -> ModelConfig:
     k = min(topk, num_classes)
-    return ModelConfig(MAKA, [Tensor("embeddings", "TYPE_FP32", [-1, manifest.embed_dim])], _clip_outputs(k, num_classes),
+    graph = manifest.vision_graph
+    # Clip-level frame outputs arrive as [V, T, E]; the maka model flattens them to one set.
+    dims = [-1, graph.frames, manifest.embed_dim] if graph.clip_level and graph.output == "frames" else \
+        [-1, manifest.embed_dim]
+    return ModelConfig(MAKA, [Tensor("embeddings", "TYPE_FP32", dims)], _clip_outputs(k, num_classes),
                        backend="python", parameters={"topk": str(topk)})
 
 
@@ -113,7 +134,9 @@ def ensemble_config(manifest: Manifest, num_classes: int, topk: int) -> ModelCon
     r = manifest.preprocessing.resolution
     k = min(topk, num_classes)
     # max_batch_size 0: one request is one clip; its Nv views are the batch the vision model sees.
-    return ModelConfig(ENSEMBLE, [Tensor("views", "TYPE_FP32", [-1, 3, r, r])], _clip_outputs(k, num_classes),
+    graph = manifest.vision_graph
+    views = [-1, graph.frames, 3, r, r] if graph.clip_level else [-1, 3, r, r]
+    return ModelConfig(ENSEMBLE, [Tensor("views", "TYPE_FP32", views)], _clip_outputs(k, num_classes),
                        platform="ensemble", instance_kind=None, steps=[
                            Step(VISION, {VISION_INPUT: "views"}, {EMBEDDINGS_OUTPUT: "frame_embeddings"}),
                            Step(MAKA, {"embeddings": "frame_embeddings"},
@@ -146,16 +169,18 @@ def write_triton_repo(bundle: str | Path, out: str | Path, *, vision: str = "aut
                           "makes one on the target GPU); use --vision onnx")
     if kind == "tensorrt":
         profile = picked[1].profile
-        if profile.max_batch < views:
-            raise ApclipError(f"engine {picked[0]} takes at most {profile.max_batch} frames, one clip is {views}")
-        max_batch = min(max_batch, profile.max_batch)  # Triton must not send batches the profile cannot take
+        per_item = manifest.vision_graph.frames if manifest.vision_graph.clip_level else 1  # frames per batch item
+        if profile.max_batch * per_item < views:
+            raise ApclipError(f"engine {picked[0]} takes at most {profile.max_batch * per_item} frames, "
+                              f"one clip is {views}")
+        max_batch = min(max_batch, profile.max_batch * per_item)  # Triton must not send batches the profile cannot take
     out = Path(out)
     if out.exists() and not overwrite:
         raise ApclipError(f"{out} exists: remove it or pass --overwrite")
     classes = bundle_class_matrix(manifest)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Built in a sibling folder and renamed into place: never a half-written repository.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp = partial_dir(out)
     try:
         (tmp / VISION / "1").mkdir(parents=True)
         (tmp / MAKA / "1").mkdir(parents=True)
@@ -169,9 +194,12 @@ def write_triton_repo(bundle: str | Path, out: str | Path, *, vision: str = "aut
         if kind == "tensorrt":
             from apclip.engine.runners.engine_cache import ENGINES_DIR
 
-            shutil.copyfile(manifest.path / ENGINES_DIR / picked[0], tmp / VISION / "1" / "model.plan")
+            source = bundle_member(manifest.path, f"{ENGINES_DIR}/{picked[0]}")
+            _copy_regular(source, tmp / VISION / "1" / "model.plan", None)
         else:
-            shutil.copyfile(manifest.file(onnx_vision_file()), tmp / VISION / "1" / "model.onnx")
+            vision_file = onnx_vision_file()
+            _copy_regular(manifest.file(vision_file), tmp / VISION / "1" / "model.onnx",
+                          manifest.files[vision_file]["sha256"])
         if kind == "python":
             (tmp / VISION / "1" / "model.py").write_text(model_source("vision_ort"), encoding="utf-8")
         maka_dir = tmp / MAKA / "1"

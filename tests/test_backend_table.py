@@ -50,8 +50,8 @@ def test_readers_use_the_table():
 
 @pytest.mark.parametrize("backend, precision, expected", [
     ("auto", "auto", ["trt:fp16", "torch-cuda:fp16", "ort-cuda:fp32", "ort:fp32"]),
-    ("auto", "fp32", ["torch-cuda:fp32", "ort-cuda:fp32", "ort:fp32"]),  # the torch reference is never auto
-    ("auto", "int8", ["trt:int8", "ort:int8"]),
+    ("auto", "fp32", ["torch-cuda:fp32", "ort-cuda:fp32", "ort:fp32", "openvino:fp32"]),  # never the torch reference
+    ("auto", "int8", ["trt:int8", "ort:int8", "openvino:int8"]),
     ("torch-cuda", "auto", ["torch-cuda:fp16"]), ("torch-cuda", "fp32", ["torch-cuda:fp32"]),
     ("torch-cuda", "bf16", ["torch-cuda:bf16"]), ("ort", "auto", ["ort:fp32"]), ("trt", "int8", ["trt:int8"]),
 ])

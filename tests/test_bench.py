@@ -107,8 +107,11 @@ def test_parity_passes_for_ort_cpu(tiny_bundle, demo_assets, parity_videos, tmp_
     assert ort["thresholds"] == {"min_cosine": 0.99999, "max_score_diff": 1e-4, "min_top1": 1.0}
     for scorer in ("numpy:fp32", "onnx:fp32"):
         assert rows[scorer]["status"] == "pass" and rows[scorer]["score_diff_max"] < 1e-5
-    for name in ("ort:int8", "trt:fp16"):
+    for name in ("ort:int8", "trt:fp16", "openvino:int8"):
         assert rows[name]["status"] == "unavailable" and rows[name]["reason"]
+    from apclip.extras import importable
+
+    assert rows["openvino:fp32"]["status"] == ("pass" if importable("openvino") else "unavailable")
     assert rows["torch:fp32"]["status"] == "reference"
     assert "PASS" in out and any(line.split()[:2] == ["ort:fp32", "pass"] for line in out.splitlines())
 

@@ -8,6 +8,8 @@ Subcommands live in COMMANDS. Packages outside the engine add theirs as entry po
 """
 from __future__ import annotations
 
+from apclip.safe_text import terminal_safe
+
 import argparse
 import json
 import sys
@@ -68,6 +70,7 @@ def bundle_info(path: str) -> dict[str, Any]:
         "missing_files": sorted(set(manifest.files) - set(present)),
         "vocabulary": VOCAB_FILE in manifest.files, "tools": raw.get("tools") or {},
         "checkpoint": raw.get("checkpoint") or {}, "verification": raw.get("verification"), "opset": raw.get("opset"),
+        "vision_graph": manifest.vision_graph.to_dict(), "patching": raw.get("patching"),
     }
 
 
@@ -79,6 +82,14 @@ def _engine_summary(entry: dict[str, Any]) -> dict[str, Any]:
     return {"graph": key.get("graph"), "precision": key.get("precision"), "tensorrt": key.get("tensorrt"),
             "gpu": f"{gpu.get('name', '?')} {sm}".strip(), "bytes": entry.get("bytes", 0),
             "file": entry.get("file"), "sha256": entry.get("sha256"), "built": entry.get("built")}
+
+
+def _describe_graph(graph: dict[str, Any], patching: dict[str, Any] | None) -> str:
+    text = ("per-frame [N, 3, R, R]" if graph["level"] == "frame" else
+            f"clip-level [B, {graph['frames']}, 3, R, R] -> {graph['output']}, {graph['temporal_attention']}")
+    if patching:
+        text += f"; weights patched with {patching['base']} at ratio {patching['ratio']:g}"
+    return text
 
 
 def format_info(info: dict[str, Any], first: int = 5) -> str:
@@ -96,6 +107,7 @@ def format_info(info: dict[str, Any], first: int = 5) -> str:
         f"  preprocessing   profile {pre.get('profile', 'apclip')}, {pre.get('resolution')}px, normalisation "
         f"{norm.get('name', norm)}",
         f"  scoring         {info['scoring'].get('protocol')}, template {info['scoring'].get('template', '?')!r}",
+        f"  vision graph    {_describe_graph(info['vision_graph'], info['patching'])}",
         f"  frames/views    T={pre.get('frames')} x {pre.get('clips')} clip(s) x {pre.get('crops')} crop(s) = "
         f"{info['views']} views, {info['frames_per_video']} frames per video",
         f"  backends        {', '.join(info['backends']) or 'none'}; precisions {', '.join(info['precisions'])}"
@@ -125,7 +137,7 @@ def format_info(info: dict[str, Any], first: int = 5) -> str:
         for c in verification.get("checks", []):
             lines.append(f"    {c['name']:34s} {c['metric']:14s} {c['value']:12.7g}  {c['threshold']:>10s}  "
                          f"{'ok' if c['ok'] else 'FAILED'}")
-    return "\n".join(lines)
+    return "\n".join(terminal_safe(line) for line in lines)  # labels may carry escape sequences
 
 
 def _configure_info(p: argparse.ArgumentParser) -> None:
@@ -173,13 +185,17 @@ def verify_bundle(path: str) -> list[Finding]:
 def _engine_findings(manifest) -> list[Finding]:
     """TensorRT engines listed in the manifest: present and matching their sha256. Deserialising one
     needs its GPU and TensorRT version; the trt runner does that (and refuses a mismatch) at load."""
-    from apclip.bundle import sha256_file
+    from apclip.bundle import BundleError, bundle_member, sha256_file
     from apclip.engine.runners.engine_cache import listed_engines
 
     findings = []
     for name, entry in sorted(listed_engines(manifest).items()):
-        file = manifest.path / str(entry.get("file") or f"engines/{name}")
-        if not file.is_file():
+        try:  # a name from the manifest: never a file outside the bundle (no hash oracle)
+            file = bundle_member(manifest.path, str(entry.get("file") or f"engines/{name}"))
+        except BundleError as exc:
+            findings.append(Finding(name, "sha256", False, str(exc)))
+            continue
+        if file.is_symlink() or not file.is_file():
             findings.append(Finding(name, "sha256", False, "listed in the manifest but missing"))
         elif sha256_file(file) != entry.get("sha256"):
             findings.append(Finding(name, "sha256", False, "does not match the manifest (modified or corrupt)"))
@@ -236,7 +252,7 @@ def format_findings(findings: Sequence[Finding]) -> str:
     for f in findings:
         result = "ok" if f.ok else ("skipped" if f.ok is None else "FAILED")
         lines.append(f"  {f.item:30s} {f.check:10s} {result:8s} {f.detail}")
-    return "\n".join(lines)
+    return "\n".join(terminal_safe(line) for line in lines)  # labels may carry escape sequences
 
 
 def _configure_verify(p: argparse.ArgumentParser) -> None:

@@ -28,7 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(one path per line, or mmaction2 'path label'), a camera index (0) or an "
                                        "rtsp/http(s) URL. Exit status: 0 ok, 1 failure or a skipped source, "
                                        "2 usage or missing package, 130 interrupted.")
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="what to recognise (see below)")
+    p.add_argument("sources", nargs="*", metavar="SOURCE", help="what to recognise (see below)")
+    p.add_argument("--stream", nargs="+", metavar="SRC",
+                   help="stream mode over one or many sources at once (files, cameras, rtsp/http URLs, any mix): "
+                        "one model, frames of all sources encoded in shared batches, a JSON line per window "
+                        "(docs/streaming.md)")
+    p.add_argument("--max-batch", type=int, default=32,
+                   help="--stream: most frame crops per encoder call, over all sources (default 32)")
     p.add_argument("--bundle", default="bundle", help="bundle directory (default: bundle)")
     p.add_argument("--labels", help="labels file; labels not in the bundle are encoded at run time")
     p.add_argument("--split-camel-case", action="store_true",
@@ -77,17 +83,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    runs: list[InferRun] = []
+    runs: list = []
+    parser = build_parser()
 
     def body(args: argparse.Namespace) -> int:
+        if not args.sources and not args.stream:
+            parser.error("give a SOURCE, or --stream SRC [SRC ...]")
         log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
-        runs.append(InferRun(args, log))
+        if args.stream:
+            from apclip.engine.cli.stream_run import StreamRun
+
+            runs.append(StreamRun(args, log))
+        else:
+            runs.append(InferRun(args, log))
         with _one_line_diagnostics(args.debug):
             runs[0].prepare()
             return runs[0].execute()
 
     # Intermixed: `apclip-infer a.mp4 --bundle b c.mp4` gives both videos as SOURCE.
-    return run_command("apclip-infer", build_parser(), body, argv, intermixed=True,
+    return run_command("apclip-infer", parser, body, argv, intermixed=True,
                        cleanup=lambda: [run.discard() for run in runs] and None)
 
 

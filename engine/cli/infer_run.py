@@ -11,6 +11,7 @@ from typing import IO, Callable, Iterable
 
 from apclip.cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from apclip.errors import ApclipError
+from apclip.safe_text import terminal_safe
 
 from apclip.engine.video.errors import SourceError
 from apclip.engine.predictions import Prediction, WindowPrediction
@@ -54,9 +55,17 @@ class InferRun:
             raise UsageError(f"--topk {args.topk}: show at least 1 class")
         if args.min_score is not None and not 0.0 <= args.min_score <= 1.0:
             raise UsageError(f"--min-score {args.min_score:g}: a probability between 0 and 1, e.g. 0.2")
+        from apclip.limits import MAX_FPS, MAX_SECONDS, MIN_SECONDS, check_range, max_threads
+
         for flag, value in (("--window", args.window), ("--stride", args.stride), ("--fps", args.fps)):
             if value is not None and value <= 0:
                 raise UsageError(f"{flag} {value:g}: must be positive")
+        check_range("--window", args.window, MIN_SECONDS, MAX_SECONDS, UsageError)
+        check_range("--stride", args.stride, MIN_SECONDS, MAX_SECONDS, UsageError)
+        check_range("--fps", args.fps, 0.1, MAX_FPS, UsageError)
+        if args.threads is not None and args.threads > max_threads():
+            raise UsageError(f"--threads {args.threads}: this machine has {os.cpu_count()} CPUs "
+                             f"(use at most {max_threads()})")
         if args.template is not None:
             from apclip.scoring_protocol import check_template
 
@@ -336,7 +345,7 @@ def format_prediction(pred: Prediction, explain: bool = False, header: bool = Tr
             lines.append("  (no class reaches --min-score)")
     if explain and pred.explanations:
         lines += format_explain_summary(pred.explanations, attributes=attributes)
-    return "\n".join(lines)
+    return "\n".join(terminal_safe(line) for line in lines)  # labels and prompts may carry escape sequences
 
 
 def _percent(probability: float | None) -> str:
@@ -359,7 +368,7 @@ def format_row(pred: Prediction, item: SourceItem, index: int, total: int) -> st
 
 def format_window(pred: WindowPrediction) -> str:
     top = " | ".join(f"{t.label} {_percent(t.probability)} ({t.score:.3f})" for t in pred.top) or "-"
-    return f"[{pred.start:8.2f}s - {pred.end:8.2f}s]  {top}"
+    return terminal_safe(f"[{pred.start:8.2f}s - {pred.end:8.2f}s]  {top}")
 
 
 @contextlib.contextmanager

@@ -130,13 +130,16 @@ def ort_runners(manifest: Manifest, *, cuda: bool, threads: int | None, batch_si
     """(vision, text) runners; precision "int8" loads the bundle's int8 files (engine/runners/precision.py)."""
     from apclip.engine.runners.precision import check_precision, encoder_files, text_runner
 
+    from apclip.engine.runners.clip_level import clip_batch, frame_interface
+
     check_precision(precision, manifest)
     vision_file, text_file = encoder_files(manifest, precision)
     threads = _default_threads(threads)
-    batch_size = graph_batch_max(manifest, "vision", batch_size)
+    batch_size = graph_batch_max(manifest, "vision", clip_batch(manifest, batch_size))
     vision = OrtRunner(manifest.file(vision_file), VISION_INPUT, cuda=cuda, threads=threads, batch_size=batch_size)
     if precision != "fp32":
         vision.name = f"{vision.name}-{precision}"
+    vision = frame_interface(manifest, vision)  # clip-level graphs: whole clips of T frames per input
     text = LazyRunner(lambda: text_runner(manifest, text_file, cuda=cuda, threads=threads), vision.name, 256)
     text.file = text_file  # the label cache is keyed by the encoder file that made the rows
     return vision, text
@@ -144,7 +147,8 @@ def ort_runners(manifest: Manifest, *, cuda: bool, threads: int | None, batch_si
 
 def checked_checkpoint(manifest: Manifest, checkpoint: str | os.PathLike | None, base: str | None, *,
                        backend: str = "torch"):
-    """The float32 CLIP of `checkpoint`, refused unless it is the one the bundle was exported from."""
+    """The float32 CLIP of `checkpoint`, refused unless it is the one the bundle was exported from
+    (patched with the same original CLIP and ratio when the bundle's weights were patched)."""
     if checkpoint is None:
         raise BackendUnavailable(f"backend {backend} needs --ckpt, the checkpoint the bundle was exported from")
     require("torch", "torch", f"the {backend} backend")
@@ -158,6 +162,12 @@ def checked_checkpoint(manifest: Manifest, checkpoint: str | os.PathLike | None,
     if expected and sha256_file(checkpoint) != expected:
         raise BackendUnavailable(f"checkpoint {checkpoint} is not the one bundle {manifest.path} was exported "
                                  f"from (sha256 differs); pass the matching --ckpt")
+    patching = manifest.raw.get("patching")
+    if patching:
+        if base is None or not Path(base).is_file() or sha256_file(base) != patching.get("base_sha256"):
+            raise BackendUnavailable(f"bundle {manifest.path} was patched with the original CLIP "
+                                     f"{patching.get('base')} (ratio {patching.get('ratio')}): pass that file as --base")
+        return load_model(checkpoint, base=base, patch_ratio=float(patching["ratio"]))
     return load_model(checkpoint, base=base)
 
 
@@ -165,10 +175,23 @@ def torch_runners(manifest: Manifest, checkpoint: str | os.PathLike | None, base
                   batch_size: int, device: str | None = None):
     """The reference encoders on `device` (default: CUDA when torch sees a GPU, else the CPU)."""
     torch = require("torch", "torch", "the torch backend")
-    from apclip.model import ImageEmbedder, TextEmbedder
+    from apclip.model import TextEmbedder
+
+    from apclip.engine.runners.clip_level import clip_batch, frame_interface
 
     model = checked_checkpoint(manifest, checkpoint, base)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return (TorchRunner(ImageEmbedder(model, normalize=manifest.vision_normalized), device=device,
-                        batch_size=batch_size),
-            TorchRunner(TextEmbedder(model), device=device, batch_size=256))
+    vision = TorchRunner(vision_module(manifest, model), device=device, batch_size=clip_batch(manifest, batch_size))
+    return frame_interface(manifest, vision), TorchRunner(TextEmbedder(model), device=device, batch_size=256)
+
+
+def vision_module(manifest: Manifest, model):
+    """The torch module the bundle's vision.onnx was exported from (per-frame or clip-level)."""
+    from apclip.model import ImageEmbedder
+
+    graph = manifest.vision_graph
+    if not graph.clip_level:
+        return ImageEmbedder(model, normalize=manifest.vision_normalized)
+    from apclip.temporal_vit import ClipImageEmbedder
+
+    return ClipImageEmbedder(model, graph.temporal_attention, normalize=manifest.vision_normalized)

@@ -146,7 +146,9 @@ def profile_from_manifest(manifest: Manifest, graph: str, opt_batch: int | None 
                                f"exported for (1..{exported_max}); re-export with a larger --batch-max")
     if opt_batch is None:
         pre = manifest.preprocessing
-        opt_batch = pre.frames * pre.clips * pre.crops if base == "vision" else DEFAULT_TEXT_OPT
+        # Clip-level vision graphs (manifest vision_graph) batch whole clips: one video is V of them.
+        frames = 1 if manifest.vision_graph.clip_level else pre.frames
+        opt_batch = frames * pre.clips * pre.crops if base == "vision" else DEFAULT_TEXT_OPT
     opt_batch = max(1, min(int(opt_batch), max_batch))
     return Profile(str(spec["name"]), 1, opt_batch, max_batch, tail)
 

@@ -68,6 +68,17 @@ def ort_reason(manifest: Manifest, precision: str = "fp32") -> str | None:
     return None
 
 
+def openvino_reason(manifest: Manifest, precision: str = "fp32") -> str | None:
+    """OpenVINO (engine/runners/openvino.py) runs the bundle's ONNX files on the CPU: fp32, or its int8 graph."""
+    if not _importable("openvino"):
+        return "OpenVINO is not installed (pip install \"apclip[openvino]\")"
+    if precision == "int8":
+        from apclip.engine.runners.precision import int8_missing
+
+        return int8_missing(manifest)
+    return None
+
+
 def ort_cuda_reason(manifest: Manifest) -> str | None:
     if not _importable("onnxruntime"):
         return f"onnxruntime is not installed ({install_hint('gpu')})"

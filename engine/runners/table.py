@@ -52,7 +52,7 @@ class Context:
 
 @dataclass(frozen=True)
 class Row:
-    name: str  # the --backend value: ort | ort-cuda | torch | torch-cuda | trt
+    name: str  # the --backend value: ort | ort-cuda | openvino | torch | torch-cuda | trt
     precision: str  # fp32 | fp16 | bf16 | int8: what the encoders compute in
     device: str  # where it computes: cpu | cuda
     extra: str  # the pyproject extra that provides its runtime (apclip.extras.install_hint)
@@ -72,6 +72,12 @@ def _probe_ort(ctx: Context, precision: str) -> str | None:
     from apclip.engine.runners.probes import ort_reason
 
     return ort_reason(ctx.manifest, precision)
+
+
+def _probe_openvino(ctx: Context, precision: str) -> str | None:
+    from apclip.engine.runners.probes import openvino_reason
+
+    return openvino_reason(ctx.manifest, precision)
 
 
 def _probe_ort_cuda(ctx: Context) -> str | None:
@@ -103,6 +109,12 @@ def _build_ort(ctx: Context, *, cuda: bool, precision: str) -> Runners:
     from apclip.engine.runners.encoders import ort_runners
 
     return ort_runners(ctx.manifest, cuda=cuda, threads=ctx.threads, batch_size=ctx.batch_size, precision=precision)
+
+
+def _build_openvino(ctx: Context, *, precision: str) -> Runners:
+    from apclip.engine.runners.openvino import openvino_runners
+
+    return openvino_runners(ctx.manifest, threads=ctx.threads, batch_size=ctx.batch_size, precision=precision)
 
 
 def _build_torch(ctx: Context) -> Runners:
@@ -145,6 +157,11 @@ ROWS: tuple[Row, ...] = (
         partial(_build_ort, cuda=False, precision="fp32"), VISION_FILE, auto=True),
     Row("ort", "int8", "cpu", "cpu", partial(_probe_ort, precision="int8"),
         partial(_build_ort, cuda=False, precision="int8"), INT8_FILES[VISION_FILE]),
+    # The runtime of the native C++ library (CMakeLists.txt); not auto: ONNX Runtime stays the embedded default.
+    Row("openvino", "fp32", "cpu", "openvino", partial(_probe_openvino, precision="fp32"),
+        partial(_build_openvino, precision="fp32"), VISION_FILE),
+    Row("openvino", "int8", "cpu", "openvino", partial(_probe_openvino, precision="int8"),
+        partial(_build_openvino, precision="int8"), INT8_FILES[VISION_FILE]),
     Row("torch", "fp32", "cpu", "torch", _probe_torch, _build_torch, None, reference=True),
 )
 

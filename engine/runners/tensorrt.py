@@ -237,7 +237,9 @@ def trt_runners(manifest: Manifest, *, batch_size: int = 32, **_: Any):
     gpu = current_gpu()
     vision_engine = deserialize(trt, choose_engine(manifest, "vision", trt.__version__, gpu).path)
     memory = device_memory()
-    vision = TrtRunner(vision_engine, memory, name="trt", batch_size=batch_size)
+    from apclip.engine.runners.clip_level import clip_batch, frame_interface
+
+    vision = TrtRunner(vision_engine, memory, name="trt", batch_size=clip_batch(manifest, batch_size))
     try:
         text_path = choose_engine(manifest, "text", trt.__version__, gpu).path
     except BackendUnavailable:
@@ -248,4 +250,4 @@ def trt_runners(manifest: Manifest, *, batch_size: int = 32, **_: Any):
             return TrtRunner(deserialize(trt, text_path), memory, name="trt", batch_size=256)
         return OrtRunner(manifest.file(TEXT_FILE), TEXT_INPUT, batch_size=256)
 
-    return vision, LazyRunner(build_text, vision.name, 256)
+    return frame_interface(manifest, vision), LazyRunner(build_text, vision.name, 256)

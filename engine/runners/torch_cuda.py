@@ -248,15 +248,19 @@ def torch_cuda_runners(manifest: Manifest, checkpoint, base: str | None, *, batc
                                  "(use --backend ort)")
     if graphs is None:
         graphs = os.environ.get("APCLIP_CUDA_GRAPHS", "1") != "0"
-    from apclip.model import ImageEmbedder, TextEmbedder
-    from apclip.engine.runners.encoders import graph_batch_max
+    from apclip.model import TextEmbedder
+    from apclip.engine.runners.clip_level import clip_batch, frame_interface
+    from apclip.engine.runners.encoders import graph_batch_max, vision_module
 
     dtype = torch_dtype(precision)
     model = cast_for_inference(checked_checkpoint(manifest, checkpoint, base, backend="torch-cuda"), precision)
     config = model.config
     r = config.image_resolution
-    vision = TorchCudaRunner(ImageEmbedder(model, normalize=manifest.vision_normalized), tail=(3, r, r), input_dtype=torch.float32, device=device,
-                             batch_size=graph_batch_max(manifest, "vision", batch_size), graphs=graphs,
+    graph = manifest.vision_graph
+    tail = (graph.frames, 3, r, r) if graph.clip_level else (3, r, r)  # clip-level graphs batch whole clips
+    vision = TorchCudaRunner(vision_module(manifest, model), tail=tail, input_dtype=torch.float32, device=device,
+                             batch_size=graph_batch_max(manifest, "vision", clip_batch(manifest, batch_size)),
+                             graphs=graphs,
                              name=f"torch-cuda-{precision}",
                              normalize=GpuNormalize(manifest.preprocessing.normalization, device, dtype))
     text_batch = graph_batch_max(manifest, "text", 256)
@@ -264,4 +268,4 @@ def torch_cuda_runners(manifest: Manifest, checkpoint, base: str | None, *, batc
                                               input_dtype=torch.int64, device=device, batch_size=text_batch,
                                               graphs=graphs, name=vision.name),
                       vision.name, text_batch)
-    return vision, text
+    return frame_interface(manifest, vision), text

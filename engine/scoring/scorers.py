@@ -16,7 +16,7 @@ from apclip.bundle import SCORER_FILE, SCORER_INPUTS, Manifest
 from apclip.class_matrix import ClassMatrix
 from apclip.errors import ApclipError
 from apclip.extras import importable, require
-from apclip.scoring import vificlip_score
+from apclip.scoring import mean_pool_score, vificlip_score
 
 from apclip.engine.scoring.gemm_scorer import GemmClasses, maka_gemm
 from apclip.engine.runners.encoders import BackendUnavailable
@@ -57,6 +57,15 @@ class VificlipScorer:
     def __call__(self, frames: np.ndarray, classes: ClassMatrix) -> np.ndarray:
         text = classes.embeddings[:, 0]  # [K, P, E] -> [K, E]: one prompt per class
         return vificlip_score(frames, text, self.frames_per_view, self.logit_scale).astype(np.float32)
+
+
+class EnsembleScorer:
+    """The prompt-ensemble protocol in numpy: cosine of the mean embedding with each class's mean prompt."""
+
+    name = "numpy"
+
+    def __call__(self, frames: np.ndarray, classes: ClassMatrix) -> np.ndarray:
+        return mean_pool_score(frames, classes.embeddings, classes.counts).astype(np.float32)
 
 
 class OnnxScorer:
@@ -148,6 +157,14 @@ def make_scorer(name: str, manifest: Manifest) -> Scorer:
         if name == "triton":
             raise BackendUnavailable(f"the triton scorer computes MAKA; bundle {manifest.path} scores with the "
                                      f"vificlip protocol: use --scorer numpy or onnx")
+    if scoring.protocol == "ensemble":
+        if name in ("auto", "numpy"):
+            return EnsembleScorer()
+        if name == "onnx":
+            return OnnxScorer(manifest)  # its scorer.onnx was exported with the ensemble graph
+        if name == "triton":
+            raise BackendUnavailable(f"the triton scorer computes MAKA; bundle {manifest.path} scores with the "
+                                     f"ensemble protocol: use --scorer numpy or onnx")
     if name == "numpy":
         return NumpyScorer()
     if name == "onnx":

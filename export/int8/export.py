@@ -19,7 +19,7 @@ from apclip.export.verify import VerificationReport
 
 def add_int8_encoders(model, work: Path, matrix, video_pixels: np.ndarray | None, *, verify: bool,
                       log: Callable[[str], None], settings: QuantizationSettings = QuantizationSettings(),
-                      min_cosine: float | None = None) -> dict:
+                      min_cosine: float | None = None, graph=None) -> dict:
     from apclip.export.int8.verify import verify_int8_text, verify_int8_vision
 
     record: dict = {"quantization": settings.to_dict(), "files": {}, "quantized_nodes": {},
@@ -37,7 +37,8 @@ def add_int8_encoders(model, work: Path, matrix, video_pixels: np.ndarray | None
         record["quantized_nodes"][name] = counts
         if verify:
             if fp32_name == VISION_FILE:
-                report = verify_int8_vision(model, target, matrix, video_pixels, min_cosine=min_cosine)
+                report = verify_int8_vision(model, target, matrix, video_pixels, min_cosine=min_cosine,
+                                                    graph=graph)
             else:
                 report = verify_int8_text(model, target, matrix, trim=True, min_cosine=min_cosine)
             record["verification"][name] = report.to_dict()

@@ -83,6 +83,9 @@ def build_plan(precision: str, tensorrt_version: str, modelopt: bool) -> BuildPl
 def maka_profile(manifest: Manifest, max_batch: int | None = None) -> Profile:
     """vision+maka engines take whole videos: N = B * V * T frames, from one video to the largest whole
     number of videos the exported range holds."""
+    if manifest.vision_graph.clip_level:
+        raise EngineBuildError(f"bundle {manifest.path} has a clip-level vision graph ([B, T, 3, R, R]); the MAKA "
+                               "tail of vision+maka engines takes per-frame graphs: build --graph vision")
     pre = manifest.preprocessing
     frames = pre.frames * pre.views
     base = profile_from_manifest(manifest, "vision")
@@ -196,7 +199,7 @@ def calibration_pixels(manifest: Manifest, sources: Sequence[str]) -> np.ndarray
     if not sources:
         from apclip.export.verify import generated_video_pixels
 
-        return generated_video_pixels(manifest.preprocessing)
+        return _graph_pixels(manifest, generated_video_pixels(manifest.preprocessing))
     from apclip.engine.video.clips import load_clip
     from apclip.engine.video.preprocess import flatten_views
 
@@ -213,7 +216,17 @@ def calibration_pixels(manifest: Manifest, sources: Sequence[str]) -> np.ndarray
             parts.append(array.astype(np.float32, copy=False))
         else:
             parts.append(flatten_views(load_clip(source, manifest.preprocessing).views))
-    return np.concatenate(parts)
+    return _graph_pixels(manifest, np.concatenate(parts))
+
+
+def _graph_pixels(manifest: Manifest, pixels: np.ndarray) -> np.ndarray:
+    """[N, 3, R, R] frames as the vision graph takes them ([N/T, T, 3, R, R] for clip-level graphs)."""
+    from apclip.export.vision_graph import graph_input
+
+    try:
+        return graph_input(pixels, manifest.vision_graph)
+    except ValueError as exc:
+        raise EngineBuildError(f"--calibration: {exc}; pass whole clips") from None
 
 
 def _build_serialized(trt, onnx_path: Path, key: EngineKey, plan: BuildPlan, workspace_gb: float,

@@ -45,6 +45,8 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             frames = pb_utils.get_input_tensor_by_name(request, "embeddings").as_numpy()  # [Nv, E]
+            if frames.ndim == 3:  # a clip-level vision model's [V, T, E]: all frames of all views, one set
+                frames = frames.reshape(-1, frames.shape[-1])
             if frames.ndim != 2 or frames.shape[0] == 0 or frames.shape[1] != self.classes.shape[2]:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
                     f"embeddings must be [Nv >= 1, {self.classes.shape[2]}], got {list(frames.shape)}")))

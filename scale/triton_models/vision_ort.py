@@ -36,7 +36,8 @@ class TritonPythonModel:
                                             providers=["CPUExecutionProvider"])
 
     def execute(self, requests):
-        pixels = [pb_utils.get_input_tensor_by_name(r, "pixels").as_numpy() for r in requests]  # [n_i, 3, R, R]
+        # [n_i, 3, R, R] each (clip-level bundles: [n_i, T, 3, R, R])
+        pixels = [pb_utils.get_input_tensor_by_name(r, "pixels").as_numpy() for r in requests]
         sizes = [len(p) for p in pixels]
         # All requests' frames in one call: [sum n_i, 3, R, R] -> [sum n_i, E]
         embeddings = self.session.run(["embeddings"], {"pixels": np.concatenate(pixels)})[0]
