@@ -231,8 +231,10 @@ def train(cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, pro
     if resume:
         saved = run_state.read_config(run)
         cfg = TrainConfig.from_dict(saved["config"])
+        check_run_outputs(cfg, run, extra_inputs)
         snapshot = run_state.load_state(run)
     else:
+        check_run_outputs(cfg, run, extra_inputs)  # first: `--init run/best.pt` is named as the input it is
         if (run / run_state.STATE_FILE).exists() or (run / run_state.CONFIG_FILE).exists():
             raise run_state.RunError(f"run folder {run} already holds a run: pass --resume to continue it, "
                                      "or choose another --output")
@@ -248,7 +250,6 @@ def train(cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, pro
     elif cfg.workers > 0:
         # Leave the decoding workers their cores: oversubscribed intra-op threads spin and slow every step.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - cfg.workers))
-    check_run_outputs(cfg, run, extra_inputs)
     setup = _Setup(cfg, dist, log if dist.main else (lambda m: None))
     for note in setup.notes:
         log(f"note: {note}")
