@@ -46,6 +46,7 @@ VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"  # CLIP's BPE merges, so run-time la
 
 VISION_INPUT = "pixels"
 TEXT_INPUT = "tokens"
+TEXT_BATCH = 256  # prompts per text-encoder call (run-time labels, export, engines' opt batch)
 EMBEDDINGS_OUTPUT = "embeddings"
 SCORER_INPUTS = ("frames", "classes", "counts")
 SCORER_OUTPUT = "scores"

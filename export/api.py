@@ -30,7 +30,7 @@ Log = Callable[[str], None]
 
 
 def text_batch_max(batch_max: int) -> int:
-    # Run-time labels are encoded 256 prompts at a time; never let a small vision limit starve that.
+    # Run-time labels are encoded TEXT_BATCH (256) prompts at a time; never let a small vision limit starve that.
     return max(batch_max, 4096)
 
 
@@ -53,7 +53,7 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
                   scorer: bool = False, progress: bool = True, log: Log = print,
                   profile: str | None = None, scoring: str | None = None, template: str | None = None,
                   precisions: tuple[str, ...] = ("fp32",), patch_ratio: float | None = None,
-                  _before_rename: Callable[[Path], None] | None = None) -> ExportResult:
+) -> ExportResult:
     """Export `ckpt` to a bundle at `out`. Defaults come from the checkpoint, else the paper's
     (export/defaults.py; the choices and where each came from are logged).
 
@@ -146,8 +146,6 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
                                  precisions=precisions),
                    log, seconds, choices.scoring, graph=graph)
         result = _build(job, work)
-        if _before_rename is not None:
-            _before_rename(work)
         _replace_dir(work, out)
         result.path = shown
         return result

@@ -45,8 +45,17 @@ VISION_KINDS = ("auto", "onnx", "tensorrt", "python")
 
 
 def model_source(name: str) -> str:
-    """The text of scale/triton_models/<name>.py (installed as apclip.scale.triton_models)."""
-    return resources.files("apclip.scale.triton_models").joinpath(f"{name}.py").read_text(encoding="utf-8")
+    """The model.py text of scale/triton_models/<name>.py (installed as apclip.scale.triton_models), with
+    the one sys.path preamble (_site_dirs.py) inserted after its docstring, before anything is imported."""
+    import ast
+
+    package = resources.files("apclip.scale.triton_models")
+    source = package.joinpath(f"{name}.py").read_text(encoding="utf-8")
+    preamble = package.joinpath("_site_dirs.py").read_text(encoding="utf-8")
+    first = ast.parse(source).body[0]
+    after = first.end_lineno if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) else 0
+    lines = source.splitlines(keepends=True)
+    return "".join(lines[:after]) + "\n" + preamble + "\n" + "".join(lines[after:])
 
 
 def vision_engines(manifest: Manifest, precision: str = "auto") -> dict[str, EngineKey]:

@@ -21,6 +21,7 @@ class ClipLevelRunner:
         self.inner = inner
         self.graph = graph
         self.name = inner.name
+        self.cache_identity = getattr(inner, "cache_identity", None)
         # In frames, so that encode_in_batches cuts only between clips.
         self.batch_size = max(1, inner.batch_size) * graph.frames
 

@@ -124,11 +124,6 @@ def _kernel_interpreted() -> bool:
     return is_interpreted()
 
 
-def _cuda_may_be_present() -> bool:
-    """Cheap check before importing torch (~2 s, hundreds of MB) just to learn there is no GPU."""
-    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/dxg"))
-
-
 class AutoTritonScorer:
     """`--scorer auto` on a GPU: the kernel, and the numpy reference for inputs beyond its limits
     (more than 256 frames or prompts per set), so a larger sampling never fails a run."""
@@ -172,7 +167,10 @@ def make_scorer(name: str, manifest: Manifest) -> Scorer:
     if name == "triton":
         return TritonScorer()
     if name == "auto":
-        if not (_cuda_may_be_present() and importable("torch") and importable("triton")):
+        from apclip.engine.runners.probes import nvidia_gpu_may_be_present
+
+        # the one device check of the backend table (Jetson included), before torch is imported
+        if not (nvidia_gpu_may_be_present() and importable("torch") and importable("triton")):
             return NumpyScorer()
         try:
             scorer = TritonScorer()

@@ -1,7 +1,7 @@
 """Build TensorRT engines for a bundle on the target GPU, cached under bundle/engines/.
 
     apclip-build-engine BUNDLE [--precision fp16|int8] [--graph vision|text|vision+maka] [--workspace-gb 4]
-    (the same options as `apclip-bundle build-engine`, through add_subparser)
+    (the same options as `apclip-bundle build-engine`)
 
 Precision (TensorRT 10.12 deprecated weak typing and 11.x removed BuilderFlag.FP16/INT8):
 - fp16: a strongly typed network parsed from a mixed-precision ONNX made by NVIDIA ModelOpt AutoCast,
@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from apclip.bundle import Manifest, read_manifest
+from apclip.bundle import VISION_INPUT, Manifest, read_manifest
 from apclip.cli_common import run_command
 from apclip.errors import ApclipError, MissingExtraError
 from apclip.fileio import atomic_write
@@ -187,7 +187,7 @@ def prepare_onnx(manifest: Manifest, request: BuildRequest, plan: BuildPlan, wor
 
     pixels = calibration_pixels(manifest, request.calibration)
     log(f"ModelOpt ONNX quantizer: int8 QDQ, calibrated on {len(pixels)} frames ...")
-    quantize(str(source), quantize_mode="int8", calibration_data={"pixels": pixels}, calibration_method="entropy",
+    quantize(str(source), quantize_mode="int8", calibration_data={VISION_INPUT: pixels}, calibration_method="entropy",
              op_types_to_exclude=list(FP32_ONNX_OPS), high_precision_dtype="fp16", output_path=str(out))
     return out
 
@@ -280,15 +280,6 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="int8: .npy pixel arrays [N, 3, R, R] or videos (default: the generated test video)")
     p.add_argument("--force", action="store_true", help="rebuild even when a matching engine is cached")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    return p
-
-
-def add_subparser(subparsers) -> argparse.ArgumentParser:
-    """Hook for `apclip-bundle build-engine`: subparsers.add_parser(...) with this module's options;
-    the command is `run(args)`."""
-    p = subparsers.add_parser("build-engine", help="build a TensorRT engine for this GPU into BUNDLE/engines/")
-    add_arguments(p)
-    p.set_defaults(func=run)
     return p
 
 
