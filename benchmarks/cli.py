@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from apclip.cli_common import report_error
+from apclip.cli_common import UsageError, run_command
 from apclip.errors import ApclipError
 
 
@@ -110,6 +110,22 @@ def _check_out(path: str | None, flag: str) -> None:
         raise ApclipError(f"{flag} {path}: the folder {Path(path).parent} does not exist")
 
 
+def check_output_paths(args: argparse.Namespace) -> None:
+    """No output of any subcommand may be an input (apclip.output_guard), checked before measuring."""
+    from apclip.output_guard import Input, Output, check_outputs
+
+    outputs = [Output("--json", getattr(args, "json_out", None)), Output("--plot", getattr(args, "plot", None))]
+    if getattr(args, "workdir", None) and not getattr(args, "videos", None) and not getattr(args, "video", None):
+        outputs.append(Output("--workdir", args.workdir, "into"))  # generated videos are written there
+    inputs = [Input("BUNDLE", getattr(args, "bundle", None), "tree"), Input("--ckpt", getattr(args, "ckpt", None)),
+              Input("--base", getattr(args, "base", None)), Input("--video", getattr(args, "video", None))]
+    videos = getattr(args, "videos", None)
+    if videos:
+        inputs.append(Input("--videos", videos, "folder" if Path(videos).is_dir() else "file"))
+    inputs += [Input("FILES", f) for f in getattr(args, "files", None) or ()]
+    check_outputs(outputs, inputs)
+
+
 def cmd_backends(args: argparse.Namespace) -> int:
     """The backend table (engine/runners/table.py) as it stands on this machine for this bundle, then the scorers.
 
@@ -149,7 +165,7 @@ def cmd_parity(args: argparse.Namespace, log) -> int:
     from apclip.benchmarks.parity import format_table, run_parity, thresholds_with
 
     if not args.ckpt:
-        raise ApclipError("parity needs --ckpt, the checkpoint the bundle was exported from (the reference)")
+        raise UsageError("parity needs --ckpt, the checkpoint the bundle was exported from (the reference)")
     _check_out(args.json_out, "--json")
     thresholds = thresholds_with(args.min_cosine, args.max_score_diff, args.min_top1)
     if args.videos:
@@ -186,7 +202,7 @@ def cmd_latency(args: argparse.Namespace, log) -> int:
 
         require("matplotlib", "bench", "--plot")
     if args.runs < 1 or args.warmup < 0 or (args.batch is not None and args.batch < 1):
-        raise ApclipError("--runs and --batch must be >= 1 and --warmup >= 0")
+        raise UsageError("--runs and --batch must be >= 1 and --warmup >= 0")
     video = Path(args.video) if args.video else latency_video(args.workdir)
     if not video.is_file():
         raise ApclipError(f"--video {video} does not exist")
@@ -233,7 +249,7 @@ def cmd_stream(args: argparse.Namespace, log) -> int:
 
     _check_out(args.json_out, "--json")
     if args.sources < 1 or args.max_batch < 1 or args.seconds <= 0:
-        raise ApclipError("--sources and --max-batch must be >= 1 and --seconds positive")
+        raise UsageError("--sources and --max-batch must be >= 1 and --seconds positive")
     report = run_stream_bench(args, log)
     s = report["settings"]
     print(f"stream mode: {s['sources']} source(s) of {s['seconds']:g} s {s['size'][0]}x{s['size'][1]} at "
@@ -252,29 +268,26 @@ def cmd_stream(args: argparse.Namespace, log) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    args = build_parser().parse_args(argv)
+    return run_command("apclip-bench", build_parser(), run, argv)
+
+
+def run(args: argparse.Namespace) -> int:
     quiet = getattr(args, "quiet", False)
     log = (lambda message: None) if quiet else (lambda message: print(message, file=sys.stderr, flush=True))
-    try:
-        if args.command == "backends":
-            return cmd_backends(args)
-        if args.command == "parity":
-            return cmd_parity(args, log)
-        if args.command == "latency":
-            return cmd_latency(args, log)
-        if args.command == "compare":
-            return cmd_compare(args)
-        if args.command == "stream":
-            return cmd_stream(args, log)
-        from apclip.benchmarks.kernel import run
+    check_output_paths(args)
+    if args.command == "backends":
+        return cmd_backends(args)
+    if args.command == "parity":
+        return cmd_parity(args, log)
+    if args.command == "latency":
+        return cmd_latency(args, log)
+    if args.command == "compare":
+        return cmd_compare(args)
+    if args.command == "stream":
+        return cmd_stream(args, log)
+    from apclip.benchmarks.kernel import run as run_kernel
 
-        return run(args)
-    except KeyboardInterrupt as exc:
-        return report_error("apclip-bench", exc)
-    except ApclipError as exc:  # a missing extra or an unknown contender exits 2, a failure 1
-        if args.debug:
-            raise
-        return report_error("apclip-bench", exc)
+    return run_kernel(args)
 
 
 if __name__ == "__main__":

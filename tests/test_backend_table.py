@@ -73,12 +73,14 @@ def test_impossible_pairs_are_one_usage_error(backend, precision, match):
 def test_on_this_cpu_machine_auto_runs_ort_and_says_why_not_the_others(tiny_bundle, monkeypatch):
     monkeypatch.setattr(probes, "nvidia_gpu_may_be_present", lambda root=None: False)
     messages: list[str] = []
+    details: list[str] = []
     row, (vision, _) = choose("auto", "auto", Context(read_manifest(tiny_bundle), batch_size=8, threads=1),
-                              log=messages.append)
+                              log=messages.append, detail=details.append)
     assert row.key == "ort:fp32" and vision.name == "ort-cpu"
-    assert messages[0] == "backend auto -> ort-cpu"
-    why = messages[1]
-    assert why.startswith("backend auto chose ort:fp32: ")
+    # One line names the backend; why the others were passed over goes to `detail` only (--verbose).
+    assert len(messages) == 1 and messages[0].startswith("backend auto chose ort:fp32 (ort-cpu): "), messages
+    assert "--verbose" in messages[0] and "TensorRT" not in messages[0]
+    why = details[-1]
     for skipped in ("trt:fp16: ", "torch-cuda:fp16: no NVIDIA GPU driver found", "ort-cuda:fp32: "):
         assert skipped in why
 
@@ -105,13 +107,14 @@ def test_first_available_row_wins(tiny_bundle, monkeypatch, working, expected):
     messages: list[str] = []
     row, _ = choose("auto", "auto", Context(read_manifest(tiny_bundle)), log=messages.append)
     assert row.key == expected
-    assert messages[-1].startswith(f"backend auto chose {expected}: ")
+    assert messages[-1].startswith(f"backend auto chose {expected} ({expected}): ")
 
 
 def test_a_row_that_fails_to_build_falls_back_with_its_reason(tiny_bundle, monkeypatch):
     _fake_rows(monkeypatch, {r.key for r in table.ROWS}, broken={"trt:fp16"})
     messages: list[str] = []
-    row, (vision, _) = choose("auto", "auto", Context(read_manifest(tiny_bundle)), log=messages.append)
+    row, (vision, _) = choose("auto", "auto", Context(read_manifest(tiny_bundle)), log=messages.append,
+                              detail=messages.append)
     assert row.key == "torch-cuda:fp16" and vision.name == "torch-cuda:fp16"
     assert any("TensorRT 10.3.0" in m and "falling back" in m for m in messages)
 

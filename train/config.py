@@ -57,6 +57,7 @@ class TrainConfig:
     seed: int = 1024  # ViFi-CLIP SEED
     workers: int = 2  # DataLoader worker processes
     log_every: int = 10  # optimizer updates between JSON log lines
+    max_skipped: float = 0.25  # stop when more than this share of the training videos failed to decode
     preset: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from apclip.bundle import Manifest
+from apclip.extras import install_hint
 from apclip.extras import importable as _importable  # module-level name: tests monkeypatch it
 
 # Where the device files below are looked for: "/" except in tests, which point it at a fake tree.
@@ -49,7 +50,7 @@ def torch_cuda_reason(precision: str | None = None) -> str | None:
     if not nvidia_gpu_may_be_present():
         return NO_GPU
     if not _importable("torch"):
-        return "PyTorch is not installed (pip install \"apclip[torch]\", a CUDA build)"
+        return f"PyTorch is not installed ({install_hint('torch')}, a CUDA build)"
     import torch
 
     if not torch.cuda.is_available():
@@ -61,7 +62,7 @@ def torch_cuda_reason(precision: str | None = None) -> str | None:
 
 def ort_reason(manifest: Manifest | None, precision: str = "fp32") -> str | None:
     if not _importable("onnxruntime"):
-        return "onnxruntime is not installed (pip install \"apclip[cpu]\")"
+        return f"onnxruntime is not installed ({install_hint('cpu')})"
     if precision == "int8" and manifest is not None:
         from apclip.engine.runners.precision import int8_missing
 
@@ -82,11 +83,11 @@ def openvino_reason(manifest: Manifest | None, precision: str = "fp32") -> str |
 
 def ort_cuda_reason(manifest: Manifest | None) -> str | None:
     if not _importable("onnxruntime"):
-        return "onnxruntime is not installed (pip install \"apclip[gpu]\")"
+        return f"onnxruntime is not installed ({install_hint('gpu')})"
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return "this onnxruntime has no CUDA provider (pip install \"apclip[gpu]\")"
+        return f"this onnxruntime has no CUDA provider ({install_hint('gpu')})"
     return None
 
 
@@ -96,7 +97,7 @@ def checkpoint_reason(checkpoint: Any) -> str | None:
 
 def torch_reason(checkpoint: Any) -> str | None:
     if not _importable("torch"):
-        return "PyTorch is not installed (pip install \"apclip[torch]\")"
+        return f"PyTorch is not installed ({install_hint('torch')})"
     return checkpoint_reason(checkpoint)
 
 
@@ -104,7 +105,7 @@ def trt_reason(manifest: Manifest | None, precision: str) -> str | None:
     """TensorRT installed, a driver present, and the bundle lists a vision engine of `precision` (the
     runner then checks its GPU, TensorRT version and hash)."""
     if not _importable("tensorrt"):
-        return "TensorRT is not installed (pip install \"apclip[trt]\" on the GPU machine)"
+        return f"TensorRT is not installed ({install_hint('trt')} on the GPU machine)"
     from apclip.engine.runners.engine_cache import listed_precisions
 
     if manifest is not None and precision not in listed_precisions(manifest, "vision"):
