@@ -73,7 +73,7 @@ def ort_reason(manifest: Manifest | None, precision: str = "fp32") -> str | None
 def openvino_reason(manifest: Manifest | None, precision: str = "fp32") -> str | None:
     """OpenVINO (engine/runners/openvino.py) runs the bundle's ONNX files on the CPU: fp32, or its int8 graph."""
     if not _importable("openvino"):
-        return "OpenVINO is not installed (pip install \"apclip[openvino]\")"
+        return f"OpenVINO is not installed ({install_hint('openvino')})"
     if precision == "int8" and manifest is not None:
         from apclip.engine.runners.precision import int8_missing
 
