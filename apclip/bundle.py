@@ -251,6 +251,12 @@ def read_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
     root = Path(bundle)
     path = root / MANIFEST
     if not root.is_dir():
+        if root.name == MANIFEST and root.is_file():
+            raise BundleError(f"--bundle {root} is the bundle's manifest file: give the folder that holds it, "
+                              f"--bundle {root.parent}")
+        if root.exists():
+            raise BundleError(f"--bundle {root} is a file, not a bundle folder (a bundle is the folder apclip-export "
+                              f"writes: manifest.json, vision.onnx, ...)")
         raise BundleError(f"bundle {root} does not exist (create one with apclip-export --ckpt ...)")
     if not os.path.lexists(path):
         raise BundleError(f"bundle {root} has no {MANIFEST}; it is not a complete apclip bundle "

@@ -99,7 +99,7 @@ def normalization(name: str) -> Normalization:
         raise ValueError(f"unknown normalisation {name!r}; choose one of {sorted(NORMALIZATIONS)}") from None
 
 
-# The paper's inference defaults (DESIGN.md): 8 frames, 2 temporal clips x 2 spatial crops.
+# The paper's inference defaults (docs/architecture.md): 8 frames, 2 temporal clips x 2 spatial crops.
 DEFAULT_FRAMES = 8
 DEFAULT_CLIPS = 2
 DEFAULT_CROPS = 2

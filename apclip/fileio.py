@@ -4,11 +4,16 @@ Artifacts are written under a temporary name in the target's folder, fsync'd and
 place, so a crash leaves the old file or the new one, never half of one. `tempfile` creates those
 private (0600 files, 0700 directories); before the rename they get the mode the user's umask
 gives ordinary files, so a bundle exported by CI or root stays readable by the service that runs it.
+
+What a path names decides how it is written (`AtomicFile`): a symlink is followed and its target
+written (the link stays a link); a character device or FIFO (`/dev/stdout`, `/dev/null`, a named
+pipe a reader waits on) is written in place, never replaced by a regular file.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -164,6 +169,27 @@ def read_user_text(path: str | os.PathLike, what: str, error: type[Exception],
         raise error(f"{what} is unreadable: {exc}") from None
 
 
+def resolve_output(path: str | os.PathLike) -> Path:
+    """Where a write to `path` lands: symlinks followed (a dangling link's target too), made absolute."""
+    return Path(os.path.realpath(path))
+
+
+_FD_PATHS = ("/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/self/fd/")
+
+
+def is_stream_target(path: str | os.PathLike) -> bool:
+    """A character device, a FIFO or one of this process's descriptors (/dev/stdout, whatever it is
+    redirected to): written in place, since renaming a file over it would destroy it or cut the stream."""
+    text = os.fspath(path)
+    if text in _FD_PATHS[:2] or text.startswith(_FD_PATHS[2:]):
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
 def _fsync_path(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
@@ -180,24 +206,38 @@ class AtomicFile:
     def __init__(self, path: str | os.PathLike, mode: str | None = None, *, encoding: str | None = "utf-8",
                  suffix: str = ".tmp", fsync: bool = True) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # The name keeps the target's suffix when asked (video writers pick the container from it).
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=suffix, dir=self.path.parent)
-        self.tmp = Path(tmp)
-        self._fsync = fsync
+        # A device or FIFO is asked through the path as given: /dev/stdout resolves to /proc/self/fd/1, whose
+        # link text (pipe:[123]) is no path. A symlink's target is what gets replaced; the link itself stays
+        # (users link latest.json -> run/x.json).
+        self.in_place = is_stream_target(self.path)
+        self.target = self.path if self.in_place else resolve_output(self.path)
+        self._fsync = fsync and not self.in_place
         self.file: IO[Any] | None = None
+        text = {"encoding": encoding, "newline": ""}
+        if self.in_place and mode is not None:
+            # A device or FIFO: opened as it is (a FIFO's open waits for its reader, as `cmd > fifo` does).
+            self.tmp = self.target
+            # Appending: `cmd >> log` redirected stdout must not be truncated by our own open.
+            self.file = open(self.target, mode.replace("w", "a"), **({} if "b" in mode else text))
+            return
+        # mode None on a device: the writer fills a private temporary file, copied into the device on commit.
+        folder = None if self.in_place else self.target.parent
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        # The name keeps the target's suffix when asked (video writers pick the container from it).
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=suffix, dir=folder)
+        self.tmp = Path(tmp)
         try:
             if mode is None:
                 os.close(fd)
             else:
-                binary = "b" in mode
-                self.file = os.fdopen(fd, mode, **({} if binary else {"encoding": encoding, "newline": ""}))
+                self.file = os.fdopen(fd, mode, **({} if "b" in mode else text))
         except BaseException:
             self.tmp.unlink(missing_ok=True)
             raise
 
     def commit(self) -> Path:
-        """fsync, chmod to umask defaults and rename over the target."""
+        """fsync, chmod to umask defaults and rename over the target (devices and FIFOs: flush or copy in)."""
         try:
             if self.file is not None:
                 self.file.flush()
@@ -206,7 +246,13 @@ class AtomicFile:
                 self.file.close()
             elif self._fsync:
                 _fsync_path(self.tmp)
-            publish(self.tmp, self.path)
+            if self.in_place:
+                if self.tmp != self.target:
+                    with open(self.tmp, "rb") as src, open(self.target, "ab") as dst:
+                        shutil.copyfileobj(src, dst)
+                    self.tmp.unlink(missing_ok=True)
+            else:
+                publish(self.tmp, self.target)
         except BaseException:
             self.discard()
             raise
@@ -219,7 +265,8 @@ class AtomicFile:
         except OSError:
             pass  # the file is being thrown away; what matters is that it goes
         finally:
-            self.tmp.unlink(missing_ok=True)
+            if self.tmp != self.target:  # never unlink the device or FIFO written in place
+                self.tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+from pathlib import Path
 
 from apclip.errors import ApclipError
 
@@ -41,6 +42,9 @@ def _class_ind(rows: list[str]) -> list[str] | None:
 def parse_labels(text: str, source: str = "<labels>", split_camel: bool = False) -> list[str]:
     """Labels in file order (index order for CSV / classInd). Blank lines and `#` comments are ignored;
     duplicates are an error. split_camel: "ApplyEyeMakeup" -> "Apply Eye Makeup"."""
+    if text.lstrip().startswith("{"):
+        raise LabelsError(f"labels file {source} is JSON and looks like a prompt bank: pass it as --prompts, and "
+                          f"the class names (one per line) as --labels")
     lines = [line.strip() for line in text.splitlines()]
     lines = [line for line in lines if line and not line.startswith("#")]
     if not lines:
@@ -75,9 +79,26 @@ def _parse_csv(rows: list[str], source: str) -> list[str]:
     return [indexed[i] for i in sorted(indexed)]
 
 
+# Class lists shipped with the package (apclip/data/labels/SOURCES.md), usable by name: `--labels k400`.
+LABEL_SETS = ("k400", "k600", "ucf101", "hmdb51", "ssv2")
+
+
+def label_set_path(name: str) -> Path:
+    return Path(__file__).resolve().parent / "data" / "labels" / f"{name}.csv"
+
+
+def resolve_labels(path: str | os.PathLike) -> Path:
+    """A labels file, or a shipped set's file for one of LABEL_SETS (a real file of that name wins)."""
+    given = Path(path)
+    if str(path) in LABEL_SETS and not given.exists():
+        return label_set_path(str(path))
+    return given
+
+
 def read_labels(path: str | os.PathLike, split_camel: bool = False) -> list[str]:
     from apclip.fileio import read_user_text
 
+    path = resolve_labels(path)
     text = read_user_text(path, f"labels file {path}", LabelsError)
     return parse_labels(text, str(path), split_camel)
 

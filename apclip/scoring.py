@@ -102,6 +102,27 @@ def maka_score_views(video: Any, c: Any, counts: Any = None, views: str = "pool"
     raise ValueError(f"views must be 'pool' or 'mean', got {views!r}")
 
 
+DEFAULT_LOGIT_SCALE = 100.0  # CLIP's trained exp(logit_scale) (clamped there), for bundles that did not record theirs
+
+
+def class_probabilities(scores: np.ndarray, protocol: str, logit_scale: float | None) -> np.ndarray:
+    """[K] scores -> [K] probabilities over the label set: the model's own reading of its scores.
+
+    maka: softmax(logit_scale x score), as CLIP turns cosines into class probabilities; vificlip: the
+    score already sums one softmax per view, so it is divided by that sum (the mean over views).
+    MAKA scores are similarities, not probabilities: 0.27 vs 0.25 can mean 60% vs 10%.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if protocol == "vificlip":
+        total = s.sum()
+        return s / total if total > 0 else np.full_like(s, 1.0 / max(len(s), 1))
+    logits = float(logit_scale or DEFAULT_LOGIT_SCALE) * s
+    if logits.size:
+        logits -= logits.max()  # softmax is shift-invariant; this keeps exp() finite
+    e = np.exp(logits)
+    return e / e.sum()
+
+
 def vificlip_score(frames: Any, text: Any, frames_per_view: int, logit_scale: float) -> Any:
     """ViFi-CLIP's test score (main.py validate + ViFi_CLIP.forward), [B, V*T, E] x [K, E] -> [B, K].
 

@@ -1,6 +1,6 @@
 """apclip-bench: accuracy parity against the PyTorch reference, per-stage latency, comparisons, kernel.
 
-    apclip-bench backends BUNDLE [--ckpt best.pt]                    what can run here, and why not the rest
+    apclip-bench backends [BUNDLE] [--ckpt best.pt]                  what can run here, and why not the rest
     apclip-bench parity BUNDLE --ckpt best.pt [--backends LIST] [--videos DIR|LIST] [--json F]
     apclip-bench latency BUNDLE [--backends LIST] [--video V] [--batch N] [--runs N] [--warmup N] [--json F] [--plot F.png]
     apclip-bench compare A.json B.json [...] [--plot F.png]
@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from apclip.cli_common import report_error
+from apclip.cli_common import UsageError, run_command
 from apclip.errors import ApclipError
 
 
@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
     q = sub.add_parser("backends", help="the backend x precision table: what can run here, and why not the rest")
-    q.add_argument("bundle", help="bundle directory (some rows depend on its files)")
+    q.add_argument("bundle", nargs="?", help="bundle directory (some rows depend on its files; without one, "
+                                             "only this machine's packages and devices are checked)")
     q.add_argument("--ckpt", help="checkpoint (the torch rows need one)")
     q.add_argument("--base", help="base OpenAI CLIP file for a ViFi-CLIP --ckpt")
     q.add_argument("--json", dest="json_out")
@@ -109,19 +110,40 @@ def _check_out(path: str | None, flag: str) -> None:
         raise ApclipError(f"{flag} {path}: the folder {Path(path).parent} does not exist")
 
 
+def check_output_paths(args: argparse.Namespace) -> None:
+    """No output of any subcommand may be an input (apclip.output_guard), checked before measuring."""
+    from apclip.output_guard import Input, Output, check_outputs
+
+    outputs = [Output("--json", getattr(args, "json_out", None)), Output("--plot", getattr(args, "plot", None))]
+    if getattr(args, "workdir", None) and not getattr(args, "videos", None) and not getattr(args, "video", None):
+        outputs.append(Output("--workdir", args.workdir, "into"))  # generated videos are written there
+    inputs = [Input("BUNDLE", getattr(args, "bundle", None), "tree"), Input("--ckpt", getattr(args, "ckpt", None)),
+              Input("--base", getattr(args, "base", None)), Input("--video", getattr(args, "video", None))]
+    videos = getattr(args, "videos", None)
+    if videos:
+        inputs.append(Input("--videos", videos, "folder" if Path(videos).is_dir() else "file"))
+    inputs += [Input("FILES", f) for f in getattr(args, "files", None) or ()]
+    check_outputs(outputs, inputs)
+
+
 def cmd_backends(args: argparse.Namespace) -> int:
-    """The backend table (engine/runners/table.py) as it stands on this machine for this bundle, then the scorers."""
+    """The backend table (engine/runners/table.py) as it stands on this machine for this bundle, then the scorers.
+
+    Without a bundle every row is still printed, "available" meaning this machine has the packages and
+    devices; the rows' files (int8 graphs, TensorRT engines, the scorer graph) are checked only with one."""
     from apclip.bundle import read_manifest
     from apclip.benchmarks.contenders import probe, scorers
     from apclip.engine.runners.table import Context, describe
 
-    ctx = Context(read_manifest(args.bundle), args.ckpt, args.base)
+    ctx = Context(read_manifest(args.bundle) if args.bundle else None, args.ckpt, args.base)
     rows = describe(ctx)
-    print(f"{'backend':<11} {'precision':<9} {'device':<6} {'extra':<6} {'file':<44} status")
+    print(f"{'backend':<11} {'precision':<9} {'device':<6} {'extra':<8} {'file':<44} status")
     for row in rows:
         status = "available" if row["available"] else f"unavailable: {row['reason']}"
+        if row["available"] and not row["files_checked"]:
+            status += " (machine only)"
         tags = "".join(f" [{tag}]" for tag in ("auto", "reference") if row[tag])
-        print(f"{row['backend']:<11} {row['precision']:<9} {row['device']:<6} {row['extra']:<6} "
+        print(f"{row['backend']:<11} {row['precision']:<9} {row['device']:<6} {row['extra']:<8} "
               f"{row['file'] or '(the --ckpt checkpoint)':<44} {status}{tags}")
     scorer_rows = []
     for c in scorers():
@@ -130,6 +152,9 @@ def cmd_backends(args: argparse.Namespace) -> int:
                             "available": reason is None, "reason": reason})
         print(f"scorer {c.backend:<10} {c.precision:<9} {c.device:<6} "
               f"{'available' if reason is None else 'unavailable: ' + reason}")
+    if ctx.manifest is None:
+        print("no bundle given: availability is this machine's packages and devices only; the rows' files "
+              "(int8 graphs, TensorRT engines, scorer.onnx) are checked with a bundle: apclip-bench backends BUNDLE")
     if args.json_out:
         _write_json(args.json_out, {"benchmark": "backends", "rows": rows, "scorers": scorer_rows})
     return 0
@@ -140,7 +165,7 @@ def cmd_parity(args: argparse.Namespace, log) -> int:
     from apclip.benchmarks.parity import format_table, run_parity, thresholds_with
 
     if not args.ckpt:
-        raise ApclipError("parity needs --ckpt, the checkpoint the bundle was exported from (the reference)")
+        raise UsageError("parity needs --ckpt, the checkpoint the bundle was exported from (the reference)")
     _check_out(args.json_out, "--json")
     thresholds = thresholds_with(args.min_cosine, args.max_score_diff, args.min_top1)
     if args.videos:
@@ -177,7 +202,7 @@ def cmd_latency(args: argparse.Namespace, log) -> int:
 
         require("matplotlib", "bench", "--plot")
     if args.runs < 1 or args.warmup < 0 or (args.batch is not None and args.batch < 1):
-        raise ApclipError("--runs and --batch must be >= 1 and --warmup >= 0")
+        raise UsageError("--runs and --batch must be >= 1 and --warmup >= 0")
     video = Path(args.video) if args.video else latency_video(args.workdir)
     if not video.is_file():
         raise ApclipError(f"--video {video} does not exist")
@@ -224,7 +249,7 @@ def cmd_stream(args: argparse.Namespace, log) -> int:
 
     _check_out(args.json_out, "--json")
     if args.sources < 1 or args.max_batch < 1 or args.seconds <= 0:
-        raise ApclipError("--sources and --max-batch must be >= 1 and --seconds positive")
+        raise UsageError("--sources and --max-batch must be >= 1 and --seconds positive")
     report = run_stream_bench(args, log)
     s = report["settings"]
     print(f"stream mode: {s['sources']} source(s) of {s['seconds']:g} s {s['size'][0]}x{s['size'][1]} at "
@@ -243,29 +268,26 @@ def cmd_stream(args: argparse.Namespace, log) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    args = build_parser().parse_args(argv)
+    return run_command("apclip-bench", build_parser(), run, argv)
+
+
+def run(args: argparse.Namespace) -> int:
     quiet = getattr(args, "quiet", False)
     log = (lambda message: None) if quiet else (lambda message: print(message, file=sys.stderr, flush=True))
-    try:
-        if args.command == "backends":
-            return cmd_backends(args)
-        if args.command == "parity":
-            return cmd_parity(args, log)
-        if args.command == "latency":
-            return cmd_latency(args, log)
-        if args.command == "compare":
-            return cmd_compare(args)
-        if args.command == "stream":
-            return cmd_stream(args, log)
-        from apclip.benchmarks.kernel import run
+    check_output_paths(args)
+    if args.command == "backends":
+        return cmd_backends(args)
+    if args.command == "parity":
+        return cmd_parity(args, log)
+    if args.command == "latency":
+        return cmd_latency(args, log)
+    if args.command == "compare":
+        return cmd_compare(args)
+    if args.command == "stream":
+        return cmd_stream(args, log)
+    from apclip.benchmarks.kernel import run as run_kernel
 
-        return run(args)
-    except KeyboardInterrupt as exc:
-        return report_error("apclip-bench", exc)
-    except ApclipError as exc:  # a missing extra or an unknown contender exits 2, a failure 1
-        if args.debug:
-            raise
-        return report_error("apclip-bench", exc)
+    return run_kernel(args)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from apclip.errors import ApclipError, MissingExtraError
 from apclip.engine.runners import table
 from apclip.engine.runners.encoders import BackendUnavailable, EncoderRunner
 from apclip.engine.runners.table import Context as BuildContext  # noqa: F401  (the name the benchmarks use)
-from apclip.extras import importable
+from apclip.extras import importable, install_hint
 
 Probe = Callable[[BuildContext], "str | None"]
 # Spellings of earlier apclip-bench versions, still accepted by --backends.
@@ -176,7 +176,9 @@ def cuda_reason() -> str | None:
 
 def _scorer_file_reason(ctx: BuildContext) -> str | None:
     if not importable("onnxruntime"):
-        return "onnxruntime is not installed: pip install \"apclip[cpu]\""
+        return f"onnxruntime is not installed: {install_hint('cpu')}"
+    if ctx.manifest is None:  # no bundle: the machine can run it; the file is checked with a bundle
+        return None
     return None if ctx.manifest.has(SCORER_FILE) else f"the bundle has no {SCORER_FILE} (re-export with --scorer)"
 
 
@@ -186,7 +188,7 @@ def _triton_reason(ctx: BuildContext) -> str | None:
         return "the Triton kernel needs a CUDA GPU (no NVIDIA driver here)"
     for module, extra in (("torch", "torch"), ("triton", "triton")):
         if not importable(module):
-            return f"{module} is not installed: pip install \"apclip[{extra}]\""
+            return f"{module} is not installed: {install_hint(extra)}"
     from apclip.engine.scoring.scorers import TritonScorer
 
     try:

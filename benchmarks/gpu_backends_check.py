@@ -3,11 +3,11 @@
     python -m apclip.benchmarks.gpu_backends_check [--json gpu_backends.json] [--no-compile] [--batch 32]
 
 On ViT-B/16 (random init: speed and parity do not depend on trained weights), one clip of 32 frames:
-  1. peak bf16 matmul TFLOP/s measured here -> the matmul floor (35.1 GFLOP per image, DESIGN.md);
+  1. peak bf16 matmul TFLOP/s measured here -> the matmul floor (35.1 GFLOP per image, docs/architecture.md);
   2. eager fp32 vs torch-cuda fp16 and bf16 (CUDA graphs), fp16 without graphs, and fp16 through
      torch.compile(mode="reduce-overhead"): ms per batch (median of CUDA-event timings after warm-up),
      speed-up over eager fp32 (goal >= 3x for fp16), ratio to the floor (goal <= 2x), peak memory;
-  3. parity of each against eager fp32 on the same inputs (embedding cosine >= 0.999, DESIGN.md);
+  3. parity of each against eager fp32 on the same inputs (embedding cosine >= 0.999, docs/architecture.md);
   4. host -> embeddings with float32 upload vs uint8 upload + GPU normalisation (pinned, non-blocking);
   5. the MAKA plugin: its AOT PTX (what TensorRT embeds) loaded with the CUDA driver and launched with
      exactly TensorRT's argument list, against the float64 reference at serving sizes.
@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-GFLOP_PER_IMAGE = 35.1  # ViT-B/16 at 224 px (DESIGN.md)
+GFLOP_PER_IMAGE = 35.1  # ViT-B/16 at 224 px (docs/architecture.md, "The paper in numbers")
 COSINE_MIN = 0.999
 
 

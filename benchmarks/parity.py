@@ -4,7 +4,7 @@ reference from the checkpoint the bundle came from, on a set of videos.
 Encoders are compared on the frames the engine really feeds them (its own decode and preprocessing of
 each video); their scores are computed in float64 MAKA from their embeddings, so the row measures the
 encoder alone. Scorers get the reference embeddings and are compared with float64 MAKA of those.
-Thresholds are DESIGN.md's, chosen by the contender's precision, and can be overridden.
+Thresholds (docs/architecture.md) are chosen by the contender's precision, and can be overridden.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class Thresholds:
         return dataclasses.asdict(self)
 
 
-# DESIGN.md "Parity thresholds": fp32 backends, and fp16 / bf16 / int8 backends.
+# docs/architecture.md "Parity thresholds": fp32 backends, and fp16 / bf16 / int8 backends.
 DEFAULT_THRESHOLDS = {
     "fp32": Thresholds(min_cosine=0.99999, max_score_diff=1e-4, min_top1=1.0),
     "fp16": Thresholds(min_cosine=0.999, max_score_diff=None, min_top1=0.995),

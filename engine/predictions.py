@@ -10,7 +10,8 @@ import numpy as np
 @dataclass(frozen=True)
 class LabelScore:
     label: str
-    score: float
+    score: float  # by the bundle's protocol (MAKA: a similarity, not a probability)
+    probability: float | None = None  # the model's own probability over the label set (apclip.scoring)
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,9 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "source": self.source,
-            "top": [{"label": t.label, "score": round(t.score, 6)} for t in self.top],
+            "top": [{"label": t.label, "score": round(t.score, 6),
+                     **({"probability": round(t.probability, 6)} if t.probability is not None else {})}
+                    for t in self.top],
             "backend": self.backend, "scorer": self.scorer, "protocol": self.protocol, "frames": self.frames,
             "approximate": self.approximate, "distinct_frames": self.distinct_frames,
             "timings_ms": {k: round(v * 1000, 3) for k, v in self.timings.items()},

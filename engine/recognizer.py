@@ -25,6 +25,7 @@ import numpy as np
 from apclip.bundle import Manifest, PROMPTS_FILE, read_manifest
 from apclip.class_matrix import ClassMatrix, load_prompt_texts
 from apclip.errors import ApclipError
+from apclip.scoring import class_probabilities
 
 from apclip.engine.video.clips import Clip, load_clip
 from apclip.engine.predictions import Explanation, FrameMatch, LabelScore, Prediction, ViewMatch, WindowPrediction
@@ -61,7 +62,7 @@ class Recognizer:
                     prompts: str | os.PathLike | None = None, scorer: str = "auto", threads: int | None = None,
                     batch_size: int = 32, ckpt: str | os.PathLike | None = None, base: str | None = None,
                     topk: int = 5, use_cache: bool = True, template: str | None = None, precision: str = "auto",
-                    log: Log = _quiet) -> "Recognizer":
+                    log: Log = _quiet, verbose: bool = False) -> "Recognizer":
         """Load a bundle (every file checked against its sha256) and pick the runners and the scorer.
 
         backend, precision: a row of the backend table (engine/runners/table.py; torch and torch-cuda need
@@ -72,7 +73,8 @@ class Recognizer:
         labels: the classes to rank (default: the bundle's); labels not in the bundle are encoded with
         text.onnx from `prompts` (a prompt bank) or the template, and cached on disk unless use_cache
         is False. scorer: auto | numpy | onnx | triton. template: text of new labels without bank
-        entries (default: the bundle's). log: receives one-line progress messages.
+        entries (default: the bundle's). log: receives one-line progress messages; verbose: also why
+        backend auto passed over the faster backends.
         """
         from apclip.errors import ApclipError
         from apclip.scoring_protocol import check_template
@@ -86,7 +88,7 @@ class Recognizer:
         from apclip.engine.runners.table import Context, choose
 
         context = Context(manifest, ckpt, base, threads, batch_size)
-        row, (vision, text) = choose(backend, precision, context, log=log)
+        row, (vision, text) = choose(backend, precision, context, log=log, detail=log if verbose else None)
         if backend != "auto":
             log(f"backend {row.key} -> {vision.name}")
         bank = None
@@ -150,7 +152,8 @@ class Recognizer:
         scores = self.score(emb)
         timings["score"] = time.perf_counter() - t
         order = np.argsort(-scores, kind="stable")[:topk]
-        pred.top = [LabelScore(self.labels[k], float(scores[k])) for k in order]
+        probs = class_probabilities(scores, self.scoring.protocol, self.scoring.logit_scale)
+        pred.top = [LabelScore(self.labels[k], float(scores[k]), float(probs[k])) for k in order]
         pred.scores = scores
         pred.backend, pred.scorer, pred.protocol = self.backend, self.scorer.name, self.scoring.protocol
         pred.frames, pred.approximate, pred.timings = len(emb), bool(clip.approximate), timings

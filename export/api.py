@@ -23,7 +23,7 @@ from apclip.fileio import partial_dir, replace_dir
 from apclip.preprocessing import PROFILES, Preprocessing
 from apclip.scoring_protocol import PROTOCOLS, Scoring, check_template
 
-from apclip.export.errors import ExportError
+from apclip.export.errors import ExportError, ExportUsageError
 from apclip.export.verify import VerificationReport
 
 Log = Callable[[str], None]
@@ -63,7 +63,7 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
     from apclip.checkpoint import load_checkpoint
     from apclip.labels import labels_sha256, read_labels
 
-    from apclip.export.onnx_export import MIN_OPSET
+    from apclip.export.defaults import MIN_OPSET
 
     from apclip.export.output_target import check_bundle_target
 
@@ -71,23 +71,23 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
     # Everything that can be checked without the (slow) checkpoint load is checked first.
     out = check_bundle_target(out, force, inputs=(ckpt, labels, prompts, base))
     if opset < MIN_OPSET:
-        raise ExportError(f"--opset {opset} is too old: use >= {MIN_OPSET} so LayerNorm stays one node")
+        raise ExportUsageError(f"--opset {opset} is too old: use >= {MIN_OPSET} so LayerNorm stays one node")
     if batch_max < 1:
-        raise ExportError(f"--batch-max {batch_max}: the largest vision batch must be >= 1")
+        raise ExportUsageError(f"--batch-max {batch_max}: the largest vision batch must be >= 1")
     for flag, value in (("--frames", frames), ("--clips", clips)):
         if value is not None and value < 1:
-            raise ExportError(f"{flag} {value}: must be >= 1")
+            raise ExportUsageError(f"{flag} {value}: must be >= 1")
     if crops is not None and crops not in CROP_COUNTS:
-        raise ExportError(f"--crops {crops}: must be one of {', '.join(map(str, CROP_COUNTS))}")
+        raise ExportUsageError(f"--crops {crops}: must be one of {', '.join(map(str, CROP_COUNTS))}")
     precisions = _check_precisions(precisions)
     if normalize is not None and normalize not in NORMALIZATIONS:
-        raise ExportError(f"--normalize {normalize}: choose one of {', '.join(NORMALIZATIONS)}")
+        raise ExportUsageError(f"--normalize {normalize}: choose one of {', '.join(NORMALIZATIONS)}")
     if profile is not None and profile not in PROFILES:
-        raise ExportError(f"--profile {profile}: choose one of {', '.join(PROFILES)}")
+        raise ExportUsageError(f"--profile {profile}: choose one of {', '.join(PROFILES)}")
     if scoring is not None and scoring not in PROTOCOLS:
-        raise ExportError(f"--scoring {scoring}: choose one of {', '.join(PROTOCOLS)}")
+        raise ExportUsageError(f"--scoring {scoring}: choose one of {', '.join(PROTOCOLS)}")
     if scoring == "vificlip" and prompts:
-        raise ExportError("--scoring vificlip scores one prompt per class (ViFi-CLIP's): drop --prompts, or use "
+        raise ExportUsageError("--scoring vificlip scores one prompt per class (ViFi-CLIP's): drop --prompts, or use "
                           "--scoring maka for a prompt bank")
     if patch_ratio is not None and not (0.0 <= patch_ratio <= 1.0):
         raise ExportError(f"--patch-ratio {patch_ratio}: must lie in [0, 1] (1 = the original CLIP)")
@@ -97,7 +97,7 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
         try:
             check_template(template)
         except ValueError as exc:
-            raise ExportError(f"--template: {exc}") from None
+            raise ExportUsageError(f"--template: {exc}") from None
     label_list = read_labels(labels) if labels else None
     out.parent.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after the slow steps
     bank = None

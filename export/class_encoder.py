@@ -1,7 +1,7 @@
 """The text encoder the export compiles the class matrix with.
 
 Today's path was the torch reference on each 256-prompt batch cut after its last EOT. Measured
-(README "CPU precisions"), ONNX Runtime on the just-exported and already verified text.onnx, with
+(docs/cpu-precisions.md), ONNX Runtime on the just-exported and already verified text.onnx, with
 each batch sorted into 64-row length buckets and each bucket cut after its own last EOT, is faster
 and equal to it within fp32 rounding (the export's verification compares both on real prompts).
 Without onnxruntime the torch reference is used, with the same buckets.

@@ -7,11 +7,10 @@ import time
 
 from pathlib import Path
 
-from apclip.cli_common import EXIT_INTERRUPTED, EXIT_OK, add_version, exit_code
+from apclip.cli_common import EXIT_OK, add_version, progress_wanted, run_command
 from apclip.config import CROP_COUNTS, NORMALIZATIONS
 from apclip.preprocessing import PROFILES
 from apclip.scoring_protocol import PROTOCOLS
-from apclip.errors import ApclipError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                    help="check ONNX Runtime against PyTorch before keeping the bundle (default: on)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars (default: when stderr is a terminal)")
     p.add_argument("--bpe-vocab", help="CLIP's bpe_simple_vocab_16e6.txt.gz (default: $APCLIP_BPE_VOCAB, "
                                        "else the installed open_clip_torch's)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -63,7 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_paths(args: argparse.Namespace) -> None:
-    """Inputs and --out, checked in milliseconds, before torch is imported (seconds) or anything is read."""
+    """Numbers, inputs and --out, checked in milliseconds, before torch is imported (seconds) or anything is read."""
+    from apclip.cli_common import UsageError
+    from apclip.export.defaults import MIN_OPSET
+
+    if args.opset < MIN_OPSET:
+        raise UsageError(f"--opset {args.opset} is too old: use >= {MIN_OPSET} so LayerNorm stays one node")
+    for flag, value in (("--frames", args.frames), ("--clips", args.clips), ("--batch-max", args.batch_max)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} {value}: must be >= 1")
     from apclip.export.errors import ExportError
     from apclip.export.output_target import check_bundle_target
 
@@ -73,10 +81,18 @@ def check_paths(args: argparse.Namespace) -> None:
     for flag, name, value in (("--ckpt", "checkpoint", ckpt), ("--labels", "labels file", args.labels),
                               ("--prompts", "prompt bank", args.prompts), ("--base", "base CLIP file", args.base),
                               ("--bpe-vocab", "BPE vocabulary", args.bpe_vocab)):
+        if flag == "--labels" and value is not None:
+            from apclip.labels import resolve_labels
+
+            value = str(resolve_labels(value))  # `--labels k400`: a shipped set
         if value is not None and not Path(value).is_file():
             what = "is a folder, not a file" if Path(value).is_dir() else "does not exist"
             raise ExportError(f"{name} {value} {what} ({flag})")
-    check_bundle_target(args.out, args.force, inputs=(args.ckpt, args.labels, args.prompts, args.base))
+    from apclip.output_guard import Input
+
+    check_bundle_target(args.out, args.force, inputs=[Input(flag, value) for flag, value in (
+        ("--ckpt", args.ckpt), ("--labels", args.labels), ("--prompts", args.prompts), ("--base", args.base),
+        ("--bpe-vocab", args.bpe_vocab))])
 
 
 def _precision_list(value: str) -> tuple[str, ...]:
@@ -89,59 +105,44 @@ def _precision_list(value: str) -> tuple[str, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_command("apclip-export", build_parser(), run, argv, interrupted="; no bundle was written")
+
+
+def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    try:
-        check_paths(args)
-        from apclip.extras import require
+    check_paths(args)
+    from apclip.extras import require
 
-        require("torch", "torch", "apclip-export")
-        require("onnx", "torch", "apclip-export")
-        if args.verify:
-            require("onnxruntime", "cpu", "export verification (or pass --no-verify)")
-        from apclip.export.api import export_bundle
-        from apclip.export.xclip import is_xclip_folder
+    require("torch", "torch", "apclip-export")
+    require("onnx", "torch", "apclip-export")
+    if args.verify:
+        require("onnxruntime", "cpu", "export verification (or pass --no-verify)")
+    from apclip.export.api import export_bundle
+    from apclip.export.xclip import is_xclip_folder
 
-        if args.bpe_vocab:
-            from apclip.tokenizer import use_vocab
+    if args.bpe_vocab:
+        from apclip.tokenizer import use_vocab
 
-            use_vocab(args.bpe_vocab)
-        if is_xclip_folder(args.ckpt):
-            require("transformers", "test", "X-CLIP export")
-            from apclip.export.xclip_bundle import export_xclip_bundle
+        use_vocab(args.bpe_vocab)
+    if is_xclip_folder(args.ckpt):
+        require("transformers", "test", "X-CLIP export")
+        from apclip.export.xclip_bundle import export_xclip_bundle
 
-            out = export_xclip_bundle(args.ckpt, out=args.out, labels=args.labels, frames=args.frames,
-                                      clips=args.clips, opset=args.opset, force=args.force, verify=args.verify,
-                                      log=_log)
-            print(f"wrote X-CLIP bundle {out} (scoring protocol xclip) in {time.perf_counter() - start:.1f}s")
-            return EXIT_OK
+        from apclip.labels import resolve_labels
 
-        result = export_bundle(
-            args.ckpt, out=args.out, labels=args.labels, prompts=args.prompts, base=args.base,
-            opset=args.opset, frames=args.frames, clips=args.clips, crops=args.crops,
-            normalize=args.normalize, batch_max=args.batch_max, verify=args.verify, force=args.force,
-            scorer=args.scorer, progress=args.progress, log=_log, profile=args.profile, scoring=args.scoring,
-            template=args.template, precisions=args.precision, patch_ratio=args.patch_ratio,
-        )
-    except ApclipError as exc:
-        if args.debug:
-            raise
-        print(f"apclip-export: error: {exc}", file=sys.stderr)
-        return exit_code(exc)
-    except OSError as exc:  # unwritable --out, full disk: the OS says which path
-        if args.debug:
-            raise
-        print(f"apclip-export: error: {exc.strerror or exc}: {exc.filename or args.out}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("apclip-export: interrupted; no bundle was written", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as exc:  # a bug, not a user error: still one line unless --debug
-        if args.debug:
-            raise
-        print(f"apclip-export: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-              file=sys.stderr)
-        return exit_code(exc)
+        labels = str(resolve_labels(args.labels)) if args.labels else None  # `--labels k400`: a shipped set
+        out = export_xclip_bundle(args.ckpt, out=args.out, labels=labels, frames=args.frames,
+                                  clips=args.clips, opset=args.opset, force=args.force, verify=args.verify,
+                                  log=_log)
+        print(f"wrote X-CLIP bundle {out} (scoring protocol xclip) in {time.perf_counter() - start:.1f}s")
+        return EXIT_OK
+    result = export_bundle(
+        args.ckpt, out=args.out, labels=args.labels, prompts=args.prompts, base=args.base,
+        opset=args.opset, frames=args.frames, clips=args.clips, crops=args.crops,
+        normalize=args.normalize, batch_max=args.batch_max, verify=args.verify, force=args.force,
+        scorer=args.scorer, progress=progress_wanted(args.progress), log=_log, profile=args.profile,
+        scoring=args.scoring, template=args.template, precisions=args.precision, patch_ratio=args.patch_ratio,
+    )
     print(summary(result, time.perf_counter() - start))
     return EXIT_OK
 

@@ -28,6 +28,8 @@ from apclip.scoring_protocol import DEFAULT_TEMPLATE, Scoring
 
 from apclip.export.errors import ExportError
 
+MIN_OPSET = 17  # LayerNormalization is one ONNX node from opset 17 on
+
 
 @dataclass
 class ExportChoices:

@@ -4,7 +4,7 @@ With model type `clip` the optimizer fuses QuickGELU (x * sigmoid(1.702 x)) into
 and residual Add + LayerNormalization into SkipLayerNormalization. It finds no Attention pattern
 in the graphs torch's dynamo exporter writes (scaled_dot_product_attention lowers to plain
 MatMul/Softmax), so attention is not fused. Whether the export applies these fusions is decided by
-measurement (README "CPU precisions": no gain measured, so none are applied); the manifest
+measurement (docs/cpu-precisions.md "Graph fusions": no gain measured, so none are applied); the manifest
 records that (`graph_fusions`).
 """
 from __future__ import annotations
@@ -39,4 +39,4 @@ def fusion_record() -> dict:
     return {"applied": {}, "model_type": FUSION_MODEL_TYPE,
             "note": "onnxruntime.transformers fusions (QuickGelu, SkipLayerNormalization; no Attention "
                     "pattern in the dynamo graph) measured no speed-up on CPU, fp32 or int8: not applied "
-                    "(README, CPU precisions)"}
+                    "(docs/cpu-precisions.md)"}

@@ -21,7 +21,7 @@ from apclip.scoring import maka_torch
 
 from apclip.export.errors import ExportError
 
-MIN_OPSET = 17
+from apclip.export.defaults import MIN_OPSET  # noqa: E402  (kept importable from here)
 
 
 class MakaScorer(nn.Module):

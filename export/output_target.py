@@ -22,11 +22,11 @@ def is_apclip_bundle(path: Path) -> bool:
 
 
 def check_bundle_target(out: str | os.PathLike, force: bool,
-                        inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+                        inputs: Iterable[object] = ()) -> Path:
     """The absolute bundle path for `out`, or ExportError naming what is wrong.
 
     Refused: the current directory or one above it; a target that holds an input (the checkpoint,
-    labels or prompts would be deleted with it); with --force anything that is not an apclip bundle
+    labels or prompts would be deleted with it: apclip.output_guard); with --force anything that is not an apclip bundle
     (a plain file, a folder of other files, an unreadable manifest); without --force anything at all.
     """
     given = str(out)
@@ -36,12 +36,10 @@ def check_bundle_target(out: str | os.PathLike, force: bool,
     if resolved == here or resolved in here.parents:
         raise ExportError(f"--out {given} is the current directory or one above it; give a new folder name, "
                           f"e.g. --out bundle")
-    for item in inputs:
-        if item is None:
-            continue
-        path = Path(item).resolve()
-        if path == resolved or resolved in path.parents:
-            raise ExportError(f"--out {given} holds the input {item}; write the bundle somewhere else")
+    from apclip.output_guard import Input, Output, check_outputs
+
+    check_outputs([Output("--out", out, "dir")],
+                  [item if isinstance(item, Input) else Input(str(item), item) for item in inputs if item is not None])
     if target.exists() or target.is_symlink():
         if not force:
             raise ExportError(f"output {given} already exists; pass --force to replace it")

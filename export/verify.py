@@ -1,4 +1,4 @@
-"""Parity of the exported ONNX files against the PyTorch reference (DESIGN.md thresholds, fp32).
+"""Parity of the exported ONNX files against the PyTorch reference (docs/architecture.md "Parity thresholds", fp32).
 
 Run by the exporter before a bundle is kept: ONNX Runtime CPU vs torch on random pixels, on frames
 of a video, and on real prompts; the bundle's scores (MAKA, or the vificlip protocol) over the class

@@ -10,6 +10,7 @@ import warnings
 from typing import Any
 
 from apclip.errors import ApclipError
+from apclip.extras import install_hint
 
 __all__ = ["maka_score", "KernelInputError", "KernelUnavailableError", "VIEWS", "BACKENDS"]
 
@@ -76,7 +77,7 @@ def kernel_unavailable_reason(video: Any, classes: Any) -> str | None:
     from apclip.extras import available
 
     if not available("triton"):
-        return ("triton is not installed (pip install \"apclip[triton]\"); "
+        return (f"triton is not installed ({install_hint('triton')}); "
                 "scoring with the torch reference")
     return None
 

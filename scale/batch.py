@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from apclip.cli_common import UsageError, run_command
 from apclip.errors import ApclipError
 
 from apclip.engine.runners.table import backend_choices
@@ -25,7 +26,7 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".m
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
 
 
-class Terminated(Exception):
+class Terminated(KeyboardInterrupt):
     """SIGTERM: stop like Ctrl-C (committed parts stay, the rerun resumes)."""
 
 
@@ -85,18 +86,22 @@ def check_arguments(args: argparse.Namespace) -> None:
     for name in ("encode_workers", "decode_workers", "num_cpus", "threads", "topk", "object_store_mb"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            raise ApclipError(f"--{name.replace('_', '-')} {value}: use 1 or more")
+            raise UsageError(f"--{name.replace('_', '-')} {value}: use 1 or more")
     from apclip.limits import max_threads
 
     if args.threads is not None and args.threads > max_threads():
-        raise ApclipError(f"--threads {args.threads}: this machine has {os.cpu_count()} CPUs "
-                          f"(use at most {max_threads()})")
+        raise UsageError(f"--threads {args.threads}: this machine has {os.cpu_count()} CPUs "
+                         f"(use at most {max_threads()})")
     if not (0 <= args.gpus_per_worker <= 64 and 0 <= args.cpus_per_worker <= 1024):  # also refuses nan
-        raise ApclipError("--gpus-per-worker / --cpus-per-worker must be in 0..64 / 0..1024")
-    if args.gpus_per_worker < 0 or args.cpus_per_worker < 0:
-        raise ApclipError("--gpus-per-worker / --cpus-per-worker must not be negative")
+        raise UsageError("--gpus-per-worker / --cpus-per-worker must be in 0..64 / 0..1024")
     if not Path(args.bundle).is_dir():
         raise ApclipError(f"bundle not found: {args.bundle}")
+    from apclip.output_guard import Input, Output, check_outputs
+
+    check_outputs([Output("--output", args.output), Output("--output", args.output + ".parts", "dir")],
+                  [Input("BUNDLE", args.bundle, "tree"),
+                   Input("--input", args.input, "folder" if Path(args.input).is_dir() else "file"),
+                   Input("--labels", args.labels), Input("--prompts", args.prompts)])
 
 
 LOCAL_RAY_ENV = {
@@ -186,22 +191,17 @@ def _count_errors(store) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    return run_command("apclip-batch", build_parser(), _run_stoppable, argv,
+                       interrupted=": committed rows are kept; rerun the same command to finish")
 
+
+def _run_stoppable(args: argparse.Namespace) -> int:
+    """SIGTERM (a cluster scheduler's stop) ends the run like Ctrl-C: committed parts kept, exit 130."""
+    log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         check_arguments(args)
         return run(args, log)
-    except (KeyboardInterrupt, Terminated):
-        print("apclip-batch: interrupted: committed rows are kept; rerun the same command to finish",
-              file=sys.stderr)
-        return 130
-    except (ApclipError, OSError) as exc:
-        if args.debug:
-            raise
-        print(f"apclip-batch: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2 if isinstance(exc, ImportError) else 1
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -27,6 +27,7 @@ import threading
 from pathlib import Path
 
 from apclip.bundle import read_manifest
+from apclip.cli_common import EXIT_INTERRUPTED, UsageError, run_command
 from apclip.errors import ApclipError
 
 from apclip.engine.runners.table import backend_choices
@@ -110,23 +111,30 @@ def build_parser() -> argparse.ArgumentParser:
 def check_arguments(args: argparse.Namespace) -> None:
     for name in ("max_batch", "instances", "topk", "max_labels"):
         if getattr(args, name) < 1:
-            raise ApclipError(f"--{name.replace('_', '-')} {getattr(args, name)}: use 1 or more")
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: use 1 or more")
     if args.threads is not None and args.threads < 1:
-        raise ApclipError(f"--threads {args.threads}: use 1 or more")
+        raise UsageError(f"--threads {args.threads}: use 1 or more")
     if not 0 < args.max_request_mb <= 4096:  # also refuses nan
-        raise ApclipError(f"--max-request-mb {args.max_request_mb}: use a size in (0, 4096]")
+        raise UsageError(f"--max-request-mb {args.max_request_mb}: use a size in (0, 4096]")
     from apclip.limits import max_threads
 
     if args.threads is not None and args.threads > max_threads():
-        raise ApclipError(f"--threads {args.threads}: this machine has {os.cpu_count()} CPUs "
-                          f"(use at most {max_threads()})")
+        raise UsageError(f"--threads {args.threads}: this machine has {os.cpu_count()} CPUs "
+                         f"(use at most {max_threads()})")
     if args.max_queue_delay_us < 0:
-        raise ApclipError("--max-queue-delay-us must not be negative")
+        raise UsageError("--max-queue-delay-us must not be negative")
     for name in ("http_port", "grpc_port", "metrics_port"):
         if not 0 <= getattr(args, name) <= 65535:
-            raise ApclipError(f"--{name.replace('_', '-')} {getattr(args, name)}: not a port")
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: not a port")
     if not Path(args.bundle).is_dir():
         raise ApclipError(f"bundle not found: {args.bundle}")
+    from apclip.output_guard import Input, Output, check_outputs
+
+    if args.work_dir:  # the repository, label sets and server log are written there
+        check_outputs([Output("--work-dir", args.work_dir, "into"),
+                       Output("--work-dir", Path(args.work_dir) / "repository", "dir")],
+                      [Input("BUNDLE", args.bundle, "tree"), Input("--prompts", args.prompts),
+                       Input("--bpe-vocab", args.bpe_vocab)])
 
 
 def serve(args: argparse.Namespace, work: Path, stop: threading.Event, log) -> int:
@@ -180,10 +188,21 @@ def serve(args: argparse.Namespace, work: Path, stop: threading.Event, log) -> i
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_command("apclip-serve", build_parser(), run, argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until Ctrl-C or SIGTERM; the server is stopped either way. SIGTERM is a service manager's
+    normal stop (exit 0); Ctrl-C exits 130, as it does for every apclip command."""
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signals: list[int] = []
+
+    def on_signal(signum, frame) -> None:
+        signals.append(signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     temporary = None
     try:
         check_arguments(args)
@@ -193,10 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             temporary = tempfile.TemporaryDirectory(prefix="apclip-serve-")
             work = Path(temporary.name)
-        return serve(args, work, stop, log)
-    except (ApclipError, OSError) as exc:
-        print(f"apclip-serve: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2 if isinstance(exc, ImportError) else 1
+        code = serve(args, work, stop, log)
+        return EXIT_INTERRUPTED if signal.SIGINT in signals else code
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -254,20 +254,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        out = write_triton_repo(args.bundle, args.out, vision=args.vision, max_batch=args.max_batch,
-                                instances=args.instances, gpu=args.gpu, max_queue_delay_us=args.max_queue_delay_us,
-                                topk=args.topk, overwrite=args.overwrite, engine=args.engine,
-                                precision=args.precision)
-    except (ApclipError, OSError) as exc:
-        print(f"apclip-triton-repo: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
+    from apclip.output_guard import Input, Output, check_outputs
+
+    check_outputs([Output("--out", args.out, "dir")], [Input("BUNDLE", args.bundle, "tree")])
+    out = write_triton_repo(args.bundle, args.out, vision=args.vision, max_batch=args.max_batch,
+                            instances=args.instances, gpu=args.gpu, max_queue_delay_us=args.max_queue_delay_us,
+                            topk=args.topk, overwrite=args.overwrite, engine=args.engine,
+                            precision=args.precision)
     print(f"wrote the Triton model repository {out} (models {VISION}, {MAKA}, ensemble {ENSEMBLE})")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
+    from apclip.cli_common import run_command
+
+    return run_command("apclip-triton-repo", build_parser(), run, argv)
 
 
 def _bundle_command():

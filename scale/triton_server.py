@@ -5,7 +5,7 @@ Python backend, built with CUDA but running on CPU. Its backend stub embeds CPyt
 tensors through pybind11 built for numpy 1.x: under numpy 2 every tensor a model returns has the wrong
 size ("output tensor shape does not match size of output") and DLPack capsules are refused. So the
 models run in a *server environment*: a virtual environment with nvidia-pytriton, numpy<2 and apclip
-(`pip install "apclip[cpu,triton-server]"`), found through --server-env or $APCLIP_TRITON_ENV, or
+(`pip install -c constraints.txt -e ".[cpu,triton-server]"`), found through --server-env or $APCLIP_TRITON_ENV, or
 the current interpreter when it has pytriton and numpy<2. The client side (apclip-serve itself,
 tritonclient) stays in the project's environment.
 
@@ -30,7 +30,7 @@ from pathlib import Path
 from apclip.errors import ApclipError, MissingExtraError
 
 INSTALL_HINT = ('create one with: python -m venv ~/.apclip-triton && ~/.apclip-triton/bin/pip install '
-                '"apclip[cpu,triton-server]", then pass --server-env ~/.apclip-triton (or set APCLIP_TRITON_ENV)')
+                '-c constraints.txt -e ".[cpu,triton-server]" (in the apclip clone), then pass --server-env ~/.apclip-triton (or set APCLIP_TRITON_ENV)')
 
 _PROBE = r"""
 import json, site, sys, sysconfig

@@ -16,7 +16,8 @@ apclip-export --ckpt "$OUT/run/best.pt" --prompts "$OUT/data/bank.json" --out "$
 set +x
 # Every held-out test video through one apclip-infer run (the deployed path: ONNX Runtime, no torch).
 mapfile -t VIDEOS < <(sed -E "s|^(.*) [0-9]+$|$OUT/data/\1|" "$OUT/data/test.txt")
-apclip-infer "${VIDEOS[@]}" --bundle "$OUT/bundle" --topk 1 --quiet --json "$OUT/predictions.jsonl" > /dev/null
+# What a user sees: one row per video, then the summary line (the table, not hidden).
+apclip-infer "${VIDEOS[@]}" --bundle "$OUT/bundle" --topk 1 --json "$OUT/predictions.jsonl"
 python - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path

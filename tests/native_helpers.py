@@ -42,7 +42,7 @@ def missing_dependency() -> str | None:
         if not Path(header).is_file():
             return f"{what} development files are missing ({header}; apt-get install {package}, as scripts/setup.sh does)"
     if openvino_cmake_dir() is None:
-        return "the openvino wheel is not installed (pip install \"apclip[openvino]\")"
+        return "the openvino wheel is not installed (pip install -c constraints.txt -e \".[openvino]\" in the clone)"
     return None
 
 

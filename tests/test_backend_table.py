@@ -73,12 +73,14 @@ def test_impossible_pairs_are_one_usage_error(backend, precision, match):
 def test_on_this_cpu_machine_auto_runs_ort_and_says_why_not_the_others(tiny_bundle, monkeypatch):
     monkeypatch.setattr(probes, "nvidia_gpu_may_be_present", lambda root=None: False)
     messages: list[str] = []
+    details: list[str] = []
     row, (vision, _) = choose("auto", "auto", Context(read_manifest(tiny_bundle), batch_size=8, threads=1),
-                              log=messages.append)
+                              log=messages.append, detail=details.append)
     assert row.key == "ort:fp32" and vision.name == "ort-cpu"
-    assert messages[0] == "backend auto -> ort-cpu"
-    why = messages[1]
-    assert why.startswith("backend auto chose ort:fp32: ")
+    # One line names the backend; why the others were passed over goes to `detail` only (--verbose).
+    assert len(messages) == 1 and messages[0].startswith("backend auto chose ort:fp32 (ort-cpu): "), messages
+    assert "--verbose" in messages[0] and "TensorRT" not in messages[0]
+    why = details[-1]
     for skipped in ("trt:fp16: ", "torch-cuda:fp16: no NVIDIA GPU driver found", "ort-cuda:fp32: "):
         assert skipped in why
 
@@ -105,13 +107,14 @@ def test_first_available_row_wins(tiny_bundle, monkeypatch, working, expected):
     messages: list[str] = []
     row, _ = choose("auto", "auto", Context(read_manifest(tiny_bundle)), log=messages.append)
     assert row.key == expected
-    assert messages[-1].startswith(f"backend auto chose {expected}: ")
+    assert messages[-1].startswith(f"backend auto chose {expected} ({expected}): ")
 
 
 def test_a_row_that_fails_to_build_falls_back_with_its_reason(tiny_bundle, monkeypatch):
     _fake_rows(monkeypatch, {r.key for r in table.ROWS}, broken={"trt:fp16"})
     messages: list[str] = []
-    row, (vision, _) = choose("auto", "auto", Context(read_manifest(tiny_bundle)), log=messages.append)
+    row, (vision, _) = choose("auto", "auto", Context(read_manifest(tiny_bundle)), log=messages.append,
+                              detail=messages.append)
     assert row.key == "torch-cuda:fp16" and vision.name == "torch-cuda:fp16"
     assert any("TensorRT 10.3.0" in m and "falling back" in m for m in messages)
 
@@ -159,3 +162,26 @@ def test_bench_backends_prints_the_table(tiny_bundle, tmp_path, capsys):
     assert "vision.onnx" in ort and "available" in ort and "[auto]" in ort
     data = json.loads((tmp_path / "b.json").read_text())
     assert len(data["rows"]) == len(table.rows()) and {s["scorer"] for s in data["scorers"]} >= {"numpy", "onnx"}
+
+
+def test_bench_backends_without_a_bundle_prints_every_row_for_the_machine(tmp_path, capsys, monkeypatch):
+    """issue 20: `apclip-bench backends` prints the table; without a bundle only the machine is checked."""
+    import json
+
+    from apclip.benchmarks import cli
+
+    monkeypatch.setattr(probes, "nvidia_gpu_may_be_present", lambda root=None: False)
+    assert cli.main(["backends", "--json", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:5] == ["backend", "precision", "device", "extra", "file"]
+    for row in table.rows():
+        assert any(line.split()[:4] == [row.name, row.precision, row.device, row.extra] for line in out), row.key
+    # ort int8 needs int8 files: unknown without a bundle, so the machine's answer (onnxruntime installed) stands
+    ort_int8 = next(line for line in out if line.split()[:2] == ["ort", "int8"])
+    assert "available (machine only)" in ort_int8 and "vision.int8.onnx" in ort_int8
+    trt = next(line for line in out if line.split()[:2] == ["trt", "fp16"])
+    assert "unavailable" in trt
+    assert out[-1].startswith("no bundle given") and "checked with a bundle" in out[-1]
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert len(data["rows"]) == len(table.rows()) and not any(r["files_checked"] for r in data["rows"])
+    assert not next(r for r in data["rows"] if r["backend"] == "torch-cuda")["available"]

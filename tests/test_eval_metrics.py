@@ -124,10 +124,8 @@ def test_list_files_and_class_splits(tmp_path):
 def test_cli_needs_a_model(capsys):
     from apclip.train.eval_cli import main
 
-    with pytest.raises(SystemExit) as exc:
-        main(["--list", "x.txt", "--labels", "l.txt"])
-    assert exc.value.code == 2
-    assert "--bundle DIR or --ckpt" in capsys.readouterr().err
+    assert main(["--list", "x.txt", "--labels", "l.txt"]) == 2
+    assert capsys.readouterr().err.strip() == "apclip-eval: error: pass --bundle DIR or --ckpt CHECKPOINT"
 
 
 def test_cli_missing_list_is_one_line(tmp_path, capsys):
@@ -136,4 +134,4 @@ def test_cli_missing_list_is_one_line(tmp_path, capsys):
     labels = tmp_path / "labels.txt"
     labels.write_text("a\nb\n")
     assert main(["--ckpt", "x.pt", "--list", str(tmp_path / "none.txt"), "--labels", str(labels)]) == 1
-    assert capsys.readouterr().err.strip() == f"apclip-eval: list file {tmp_path / 'none.txt'} does not exist"
+    assert capsys.readouterr().err.strip() == f"apclip-eval: error: list file {tmp_path / 'none.txt'} does not exist"

@@ -38,7 +38,7 @@ def four_seconds(tmp_path_factory) -> Path:
 
 def check_top(top: list, k: int, labels: list[str]) -> None:
     assert len(top) == k
-    assert all(set(t) == {"label", "score"} and t["label"] in labels and isinstance(t["score"], float) for t in top)
+    assert all(set(t) == {"label", "score", "probability"} and t["label"] in labels and isinstance(t["score"], float) for t in top)
     assert [t["score"] for t in top] == sorted((t["score"] for t in top), reverse=True)
     assert len({t["label"] for t in top}) == k
 
@@ -71,8 +71,10 @@ def test_clip_mode_table_and_json(capsys, tiny_bundle, demo_assets, tmp_path):
     check_top(record["top"], 3, bundle_labels(tiny_bundle))
     assert all(isinstance(v, float) for v in record["timings_ms"].values())
     ranks = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
-    assert [r[2:] for r in ranks] == [t["label"].split() for t in record["top"]]
-    assert [float(r[1]) for r in ranks] == pytest.approx([t["score"] for t in record["top"]], abs=1e-4)
+    assert [r[3:] for r in ranks] == [t["label"].split() for t in record["top"]]  # rank, prob, score, label
+    assert [float(r[2]) for r in ranks] == pytest.approx([t["score"] for t in record["top"]], abs=1e-4)
+    assert [float(r[1].rstrip("%")) for r in ranks] == pytest.approx([100 * t["probability"] for t in record["top"]],
+                                                                       abs=0.051)
 
 
 def test_stream_mode_one_line_per_window(capsys, tiny_bundle, four_seconds, tmp_path):
@@ -192,7 +194,7 @@ ERRORS = {
     "video missing": (None, lambda t: t / "absent.mp4", [], ["absent.mp4", "not found"]),
     "video empty": (None, file_with(b"", "empty.mp4"), [], ["empty.mp4", "empty"]),
     "video unreadable": (None, file_with(b"\x00\x01garbage" * 500, "garbage.mp4"), [], ["garbage.mp4"]),
-    "ort-cuda unavailable": (None, None, ["--backend", "ort-cuda"], ["ort-cuda", 'apclip[gpu]']),
+    "ort-cuda unavailable": (None, None, ["--backend", "ort-cuda"], ["ort-cuda", '-e ".[gpu]"']),
     "tensorrt unavailable": (None, None, ["--backend", "trt"], ["TensorRT", "--backend ort"]),
     "torch without ckpt": (None, None, ["--backend", "torch"], ["--ckpt"]),
     "camera not present": (None, lambda t: "97", [], ["camera 97"]),
@@ -297,7 +299,7 @@ def test_console_script_runs_and_fails_cleanly(tiny_bundle, demo_assets, tmp_pat
     ok = subprocess.run([console_script(), str(demo_assets["video"]), "--bundle", str(tiny_bundle), "--topk", "2"],
                         capture_output=True, text=True, timeout=120, env=env)
     assert ok.returncode == 0, ok.stderr
-    assert "rank" in ok.stdout and "backend auto -> ort-cpu" in ok.stderr
+    assert "rank" in ok.stdout and "backend auto chose ort:fp32 (ort-cpu)" in ok.stderr
 
     bad = subprocess.run([console_script(), str(demo_assets["video"]), "--bundle", str(tampered(tiny_bundle, tmp_path))],
                          capture_output=True, text=True, timeout=120, env=env)

@@ -1,5 +1,5 @@
 """The OpenVINO backend (engine/runners/openvino.py): the same embeddings as ONNX Runtime (cosine >= 0.99999
-for fp32, DESIGN.md's threshold), the bundle's quantized graph for int8, and a reason where it cannot run."""
+for fp32, docs/architecture.md), the bundle's quantized graph for int8, and a reason where it cannot run."""
 from __future__ import annotations
 
 import json
@@ -81,7 +81,7 @@ def test_openvino_int8_runs_the_quantized_graph(tiny_bundle, video_views, tmp_pa
     assert int8.name == "openvino-cpu-int8"
     a, b = encode_in_batches(int8, video_views), encode_in_batches(fp32, video_views)
     cosine = _cosine(a, b)
-    assert cosine.min() >= 0.999  # DESIGN.md's int8 threshold
+    assert cosine.min() >= 0.999  # docs/architecture.md "Parity thresholds": int8
     assert cosine.max() < 1 - 1e-7  # it really ran the quantized graph, not vision.onnx
 
 

@@ -47,7 +47,7 @@ else:
     raise SystemExit("apclip.load_model resolved without torch")
 """
     message = run_python(code).stdout
-    assert 'pip install "apclip[torch]"' in message
+    assert 'pip install -c constraints.txt -e ".[torch]"' in message
 
 
 def test_python_m_apclip_lists_console_scripts():

@@ -191,8 +191,9 @@ def test_bad_input_is_a_one_line_error(server, labels, tmp_path, capsys, monkeyp
         (tmp_path / "graph.json").write_text(json.dumps(graph), encoding="utf-8")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     out = tmp_path / "bank.json"
+    usage = message.startswith("--concurrency")  # a value out of range: a usage error (docs/cli.md)
     assert main(["generate", "--labels", str(labels), "--out", str(out), "--base-url", server.base_url,
-                 *FAST, *args]) == 1
+                 *FAST, *args]) == (2 if usage else 1)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("apclip-prompts: error:") and message in err[0]
     assert server.requests == [] and not out.exists()

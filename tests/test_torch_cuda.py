@@ -14,7 +14,7 @@ from apclip.engine.runners.encoders import BackendUnavailable  # noqa: E402
 from apclip.engine.runners.torch_cuda import (DeviceScorer, GpuNormalize, TorchCudaRunner, bucket_for,  # noqa: E402
                                       cast_for_inference, plan_batches, torch_cuda_runners)
 
-COSINE_MIN = 0.999  # DESIGN.md: fp16 / bf16 backends against the fp32 reference
+COSINE_MIN = 0.999  # docs/architecture.md "Parity thresholds": fp16 / bf16 backends against the fp32 reference
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 
 

@@ -143,14 +143,15 @@ def test_resume_after_ctrl_c_reaches_the_same_weights(dataset, tmp_path):
     assert moved == 0.0  # without --val, best.pt is the last epoch's weights
 
 
-def test_corrupt_and_missing_videos_are_skipped_and_counted(dataset, tmp_path):
+def test_corrupt_videos_are_skipped_and_counted(dataset, tmp_path):
     from apclip.train.loop import train
 
-    (tmp_path / "corrupt.avi").write_bytes(b"RIFF\x00\x00\x00\x00AVI garbage" * 50)
+    for name in ("corrupt.avi", "corrupt2.avi"):
+        (tmp_path / name).write_bytes(b"RIFF\x00\x00\x00\x00AVI garbage" * 50)
     lines = dataset.lists["train"].read_text().splitlines()
     base = [line for line in lines if line.endswith((" 0", " 1", " 2"))][:6]
     listing = tmp_path / "train.txt"
-    listing.write_text("\n".join(base + [f"{tmp_path / 'corrupt.avi'} 1", f"{tmp_path / 'missing.avi'} 2"]) + "\n")
+    listing.write_text("\n".join(base + [f"{tmp_path / 'corrupt.avi'} 1", f"{tmp_path / 'corrupt2.avi'} 2"]) + "\n")
     classes = tmp_path / "base.txt"
     classes.write_text("rolling red ball\nsliding green box\n2\n")  # names or ids
     # Decoded inline: a DataLoader worker forked from this test process (which earlier tests filled with
@@ -160,7 +161,7 @@ def test_corrupt_and_missing_videos_are_skipped_and_counted(dataset, tmp_path):
     assert result.skipped_videos == 2 and result.updates == 2
     epoch = _records(tmp_path / "run", "epoch")[0]
     assert epoch["skipped_videos"] == 2
-    assert sorted(Path(p).name for p in epoch["skipped_paths"]) == ["corrupt.avi", "missing.avi"]
+    assert sorted(Path(p).name for p in epoch["skipped_paths"]) == ["corrupt.avi", "corrupt2.avi"]
     derived = json.loads((tmp_path / "run" / "config.json").read_text())["derived"]
     assert derived["labels"] == ["rolling red ball", "sliding green box", "gliding blue kite"]
 
@@ -171,11 +172,11 @@ def test_cli_train_errors_and_resume_rules(dataset, tmp_path, capsys):
     common = ["--labels", str(dataset.labels), "--root", str(dataset.root), "--preset", "tiny", "--no-progress"]
     assert main(["--output", str(tmp_path / "a"), "--train", str(tmp_path / "nope.txt")] + common) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"apclip-train: list file {tmp_path / 'nope.txt'} does not exist"]
+    assert err == [f"apclip-train: error: list file {tmp_path / 'nope.txt'} does not exist"]
     assert main(["--output", str(tmp_path / "b"), "--resume"]) == 1
     assert "is not a training run" in capsys.readouterr().err
-    assert main(["--output", str(tmp_path / "b"), "--resume", "--lr", "1"]) == 2
-    assert "drop --lr" in capsys.readouterr().err
+    assert main(["--output", str(tmp_path / "b"), "--resume", "--lr", "1"]) == 1  # still no run to resume
+    assert "is not a training run" in capsys.readouterr().err
     bad_list = tmp_path / "bad.txt"
     bad_list.write_text("videos/a.avi 7\n")
     assert main(["--output", str(tmp_path / "c"), "--train", str(bad_list)] + common) == 1

@@ -166,6 +166,9 @@ def fake_trt(monkeypatch):
     module = fake_tensorrt.module("10.9.0.34")
     monkeypatch.setitem(sys.modules, "tensorrt", module)
     monkeypatch.setattr(trt_runner, "current_gpu", lambda: H200)
+    from apclip.engine.runners import probes
+
+    monkeypatch.setattr(probes, "nvidia_gpu_may_be_present", lambda root=None: True)  # the fake GPU has a driver too
     monkeypatch.setattr(trt_build, "_modelopt_available", lambda: False)
     fake_tensorrt.Builder.builds.clear()
     return module
@@ -225,7 +228,7 @@ def test_builder_without_tensorrt_says_how_to_install(bundle, capsys):
     from apclip.export.tensorrt.build import main
 
     assert main([str(bundle)]) == 2
-    assert "apclip[trt]" in capsys.readouterr().err
+    assert '-e ".[trt]"' in capsys.readouterr().err
 
 
 def test_calibration_frames(tiny_bundle, tmp_path):
@@ -303,8 +306,11 @@ def test_trt_runners_refuse_what_they_cannot_use(bundle, fake_trt):
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed")
-def test_trt_backend_without_tensorrt_names_the_fix(tiny_bundle):
+def test_trt_backend_without_tensorrt_names_the_fix(tiny_bundle, monkeypatch):
+    from apclip.engine.runners import probes
     from apclip.engine.runners.tensorrt import trt_runners
+
+    monkeypatch.setattr(probes, "nvidia_gpu_may_be_present", lambda root=None: True)  # a GPU machine without TensorRT
 
     with pytest.raises(BackendUnavailable, match="TensorRT is not installed"):
         trt_runners(read_manifest(tiny_bundle))

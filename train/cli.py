@@ -5,8 +5,9 @@ import argparse
 import dataclasses
 import sys
 
-from apclip.cli_common import report_error
-from apclip.errors import ApclipError
+from pathlib import Path
+
+from apclip.cli_common import EXIT_INTERRUPTED, UsageError, progress_wanted, run_command
 
 from apclip.train.config import PRESETS, TrainConfig, preset_values
 
@@ -44,6 +45,8 @@ _FIELDS = {
     "seed": ("seed", int, "seed of the data order, augmentation, prompt subsets and init"),
     "workers": ("workers", int, "DataLoader worker processes that decode videos"),
     "log_every": ("log_every", int, "optimizer updates between JSON log lines"),
+    "max_skipped": ("max_skipped", float, "stop when more than this share of the training videos fail to decode "
+                                          "(default 0.25)"),
 }
 
 
@@ -60,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{flag.replace('_', '-')}", dest=name, type=kind, default=None, help=help_text)
     p.add_argument("--grad-checkpointing", dest="grad_checkpointing", action=argparse.BooleanOptionalAction,
                    default=None, help="recompute transformer blocks in backward (less memory)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                   help="progress bar with ETA on stderr (default on)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar with ETA on stderr (default: when stderr is a terminal)")
     p.add_argument("--device", help="torch device (default: this process's GPU under torchrun, else cuda, else cpu)")
     p.add_argument("--bpe-vocab", help="CLIP's bpe_simple_vocab_16e6.txt.gz (default: $APCLIP_BPE_VOCAB, "
                                        "else the installed open_clip_torch's)")
@@ -85,35 +88,66 @@ def _explicit_options(args: argparse.Namespace) -> list[str]:
     return [f"--{flag.replace('_', '-')}" for flag, (name, _, _) in _FIELDS.items() if getattr(args, name) is not None]
 
 
+def _same(given, saved) -> bool:
+    if given == saved:
+        return True
+    if isinstance(given, str) and isinstance(saved, str):  # paths spelled differently: ./a.txt and a.txt
+        import os
+
+        return os.path.realpath(given) == os.path.realpath(saved)
+    if isinstance(given, (int, float)) and isinstance(saved, (int, float)):
+        return float(given) == float(saved)
+    return False
+
+
+def resume_conflicts(args: argparse.Namespace, saved: dict) -> list[str]:
+    """The options of this command line that differ from the run's saved config, as `--flag X (saved Y)`.
+
+    Re-running the first command with --resume added is accepted (mmaction2's and Lightning's habit):
+    only values that would change the run are refused."""
+    wanted = resolve_config(args).to_dict()
+    names = {name: f"--{flag.replace('_', '-')}" for flag, (name, _, _) in _FIELDS.items()
+             if getattr(args, name) is not None}
+    if args.preset:
+        names.update({name: f"--preset {args.preset} ({name.replace('_', '-')})"
+                      for name in preset_values(args.preset) if name not in names})
+        names["preset"] = "--preset"
+    if args.grad_checkpointing is not None:
+        names["grad_checkpointing"] = "--grad-checkpointing"
+    return [f"{flag} {wanted[name]} (the run has {saved.get(name)})" for name, flag in names.items()
+            if not _same(wanted[name], saved.get(name))]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.bpe_vocab:
-            from apclip.tokenizer import use_vocab
+    return run_command("apclip-train", build_parser(), run, argv)
 
-            use_vocab(args.bpe_vocab)
-        from apclip.extras import require
 
-        require("torch", "train", "training")
-        from apclip.train.loop import train
+def run(args: argparse.Namespace) -> int:
+    if args.bpe_vocab:
+        from apclip.tokenizer import use_vocab
 
-        if args.resume:
-            extra = _explicit_options(args) + (["--preset"] if args.preset else [])
-            if extra:
-                print(f"apclip-train: --resume continues {args.run} with its saved config.json; drop "
-                      f"{', '.join(extra)}", file=sys.stderr)
-                return 2
-            result = train(TrainConfig(), args.run, resume=True, progress=args.progress, device=args.device)
-        else:
-            result = train(resolve_config(args), args.run, progress=args.progress, device=args.device)
-    except (ApclipError, OSError, ValueError) as exc:
-        if args.debug:
-            raise
-        return report_error("apclip-train", exc)
-    except KeyboardInterrupt as exc:
-        return report_error("apclip-train", exc)
+        use_vocab(args.bpe_vocab)
+    from apclip.extras import require
+
+    require("torch", "train", "training")
+    from apclip.output_guard import Input
+    from apclip.train.loop import train
+
+    extra_inputs = [Input("--bpe-vocab", args.bpe_vocab)]
+    if args.resume:
+        from apclip.train.state import read_config
+
+        conflicts = resume_conflicts(args, read_config(Path(args.run))["config"])
+        if conflicts:
+            raise UsageError(f"--resume continues {args.run} with its saved config.json; these options differ "
+                             f"from it: {'; '.join(conflicts)}. Drop them, or start a new --output")
+        result = train(TrainConfig(), args.run, resume=True, progress=progress_wanted(args.progress),
+                       device=args.device, extra_inputs=extra_inputs)
+    else:
+        result = train(resolve_config(args), args.run, progress=progress_wanted(args.progress),
+                       device=args.device, extra_inputs=extra_inputs)
     if result.interrupted:
-        return 130
+        return EXIT_INTERRUPTED
     if not result.main_process:
         return 0
     best = f"{result.best_top1:.2f}%" if result.best_top1 is not None else "n/a (no --val)"

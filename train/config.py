@@ -1,7 +1,7 @@
 """Training settings: one dataclass, the paper's three settings as presets, and a tiny CPU preset.
 
 The presets follow ViFi-CLIP's configs (utils/config.py defaults, configs/*/*.yaml) with AP-CLIP's
-learning rates (DESIGN.md): zero-shot (Kinetics-400 training) 8e-6, base-to-novel 2e-6, few-shot
+learning rates (docs/architecture.md): zero-shot (Kinetics-400 training) 8e-6, base-to-novel 2e-6, few-shot
 2e-4; effective batch 256 / 64 / 64 by accumulation; 10 / 11 / 50 epochs; 5 warm-up epochs.
 """
 from __future__ import annotations
@@ -57,6 +57,7 @@ class TrainConfig:
     seed: int = 1024  # ViFi-CLIP SEED
     workers: int = 2  # DataLoader worker processes
     log_every: int = 10  # optimizer updates between JSON log lines
+    max_skipped: float = 0.25  # stop when more than this share of the training videos failed to decode
     preset: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

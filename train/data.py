@@ -60,6 +60,34 @@ def read_video_list(path: str | os.PathLike, root: str | os.PathLike, num_classe
     return parse_video_list(text, root, num_classes, str(path))
 
 
+PREFLIGHT_DECODES = 3  # videos decoded before any work: enough to catch a wrong --root or codec, in a second
+
+
+def check_videos(items: Sequence[VideoItem], list_file: str | os.PathLike, root: str | os.PathLike,
+                 decode: int = PREFLIGHT_DECODES) -> None:
+    """Before any work: every listed path exists under `root`, and at least one of the first `decode`
+    videos decodes a frame. A wrong --root otherwise "trains" on nothing (DataError naming the first)."""
+    missing = [item for item in items if not item.path.exists()]
+    if missing:
+        first = missing[0]
+        raise DataError(f"{len(missing)} of {len(items)} videos of {list_file} do not exist under --root {root} "
+                        f"(first: line {first.line}, {first.path}); check --root, the folder the list's paths are "
+                        f"relative to")
+    from apclip.engine.video.sources import open_source
+
+    errors = []
+    for item in items[:decode]:
+        try:
+            with open_source(str(item.path)) as src:
+                if next(iter(src.frames(limit=1)), None) is not None:
+                    return
+            errors.append(f"{item.path}: no frames")
+        except _bad_video_errors() as exc:
+            errors.append(" ".join(str(exc).split()) or f"{item.path}: {type(exc).__name__}")
+    raise DataError(f"none of the first {len(errors)} videos of {list_file} decodes ({errors[0]}); check the "
+                    f"files and --root {root}")
+
+
 def read_class_split(path: str | os.PathLike, labels: Sequence[str]) -> list[int]:
     """Class ids of a base or novel split file: one label name or id per line, in the labels' order."""
     from apclip.labels import read_labels

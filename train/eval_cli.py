@@ -6,8 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from apclip.cli_common import report_error
-from apclip.errors import ApclipError
+from apclip.cli_common import UsageError, progress_wanted, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,10 +31,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confusion", help="write the confusion matrix as a PNG (matplotlib)")
     p.add_argument("--workers", type=int, default=2, help="--ckpt: DataLoader workers that decode (default 2)")
     p.add_argument("--threads", type=int, help="--bundle: ONNX Runtime threads")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar on stderr")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
     p.add_argument("--bpe-vocab", help="CLIP's bpe_simple_vocab_16e6.txt.gz")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
+
+
+def check_output_paths(args: argparse.Namespace) -> None:
+    """--json and --confusion may not be any input (apclip.output_guard); checked before any work."""
+    from apclip.output_guard import Input, Output, check_outputs
+
+    check_outputs([Output("--json", args.json_out), Output("--confusion", args.confusion)],
+                  [Input("--bundle", args.bundle, "tree"), Input("--ckpt", args.ckpt), Input("--list", args.list_file),
+                   Input("--root", args.root, "folder"), Input("--labels", args.labels),
+                   Input("--prompts", args.prompts), Input("--base", args.base),
+                   Input("--base-classes", args.base_classes), Input("--novel-classes", args.novel_classes),
+                   Input("--bpe-vocab", args.bpe_vocab)])
 
 
 def evaluate(args: argparse.Namespace, log) -> "EvalReport":  # noqa: F821
@@ -51,7 +63,7 @@ def evaluate(args: argparse.Namespace, log) -> "EvalReport":  # noqa: F821
     novel = read_class_split(args.novel_classes, labels) if args.novel_classes else None
     if (base is None) != (novel is None):
         raise DataError("pass both --base-classes and --novel-classes (or neither)")
-    bar = tqdm(total=len(items), desc="evaluating", unit="video", file=sys.stderr, disable=not args.progress,
+    bar = tqdm(total=len(items), desc="evaluating", unit="video", file=sys.stderr, disable=not progress_wanted(args.progress),
                dynamic_ncols=True)
     try:
         if args.bundle:
@@ -107,31 +119,32 @@ def _score_checkpoint(args, labels, items, bar, log):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.bundle and not args.ckpt:
-        parser.error("pass --bundle DIR or --ckpt CHECKPOINT")
+
+    def body(args: argparse.Namespace) -> int:
+        if not args.bundle and not args.ckpt:
+            raise UsageError("pass --bundle DIR or --ckpt CHECKPOINT")
+        return run(args)
+
+    return run_command("apclip-eval", parser, body, argv)
+
+
+def run(args: argparse.Namespace) -> int:
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731
-    try:
-        if args.bpe_vocab:
-            from apclip.tokenizer import use_vocab
+    check_output_paths(args)
+    if args.bpe_vocab:
+        from apclip.tokenizer import use_vocab
 
-            use_vocab(args.bpe_vocab)
-        report = evaluate(args, log)
-        if args.json_out:
-            from apclip.fileio import atomic_write
+        use_vocab(args.bpe_vocab)
+    report = evaluate(args, log)
+    if args.json_out:
+        from apclip.fileio import atomic_write
 
-            with atomic_write(args.json_out) as f:
-                f.write(json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n")
-        if args.confusion:
-            from apclip.train.eval import write_confusion_png
+        with atomic_write(args.json_out) as f:
+            f.write(json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n")
+    if args.confusion:
+        from apclip.train.eval import write_confusion_png
 
-            write_confusion_png(args.confusion, report.confusion, report.labels)
-    except (ApclipError, OSError, ValueError) as exc:
-        if args.debug:
-            raise
-        return report_error("apclip-eval", exc)
-    except KeyboardInterrupt as exc:
-        return report_error("apclip-eval", exc)
+        write_confusion_png(args.confusion, report.confusion, report.labels)
     print(report.summary())
     for path in report.skipped[:10]:
         print(f"skipped (could not be decoded): {path}", file=sys.stderr)

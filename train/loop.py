@@ -31,7 +31,7 @@ import torch
 from apclip.preprocessing import Preprocessing
 from apclip.train import state as run_state
 from apclip.train.config import TrainConfig
-from apclip.train.data import (DataError, EpochSampler, TrainClips, collate_clips, few_shot_subset,
+from apclip.train.data import (DataError, EpochSampler, TrainClips, check_videos, collate_clips, few_shot_subset,
                                read_class_split, read_video_list, restrict_classes, single_threaded_worker)
 
 Log = Callable[[str], None]
@@ -104,7 +104,6 @@ class _Setup:
     def __init__(self, cfg: TrainConfig, dist: _Distributed, log: Log) -> None:
         from apclip.labels import read_labels
 
-        self.cfg = cfg
         if not cfg.train_list or not cfg.labels:
             raise DataError("training needs --train LIST and --labels FILE")
         self.all_labels = read_labels(cfg.labels)
@@ -115,6 +114,11 @@ class _Setup:
             self.bank = load_prompt_bank(cfg.prompts)
         items = read_video_list(cfg.train_list, cfg.root, len(self.all_labels))
         val = read_video_list(cfg.val_list, cfg.root, len(self.all_labels)) if cfg.val_list else []
+        if not 0.0 <= cfg.max_skipped <= 1.0:
+            raise DataError(f"--max-skipped {cfg.max_skipped:g}: give a share between 0 and 1")
+        check_videos(items, cfg.train_list, cfg.root)  # a wrong --root fails here, not after an epoch
+        if val:
+            check_videos(val, cfg.val_list, cfg.root)
         self.class_ids = (read_class_split(cfg.base_classes, self.all_labels) if cfg.base_classes
                           else list(range(len(self.all_labels))))
         if cfg.base_classes:  # train and validate on the base classes only, labels renumbered
@@ -123,11 +127,10 @@ class _Setup:
             items = few_shot_subset(items, cfg.shots, cfg.seed)
         self.labels = [self.all_labels[i] for i in self.class_ids]
         self.items, self.val_items = items, val
-        micro = (len(items) // dist.world) // cfg.batch_size
-        self.updates_per_epoch = micro // cfg.accumulation
-        if self.updates_per_epoch == 0:
-            raise DataError(f"{len(items)} training videos are fewer than one optimizer update needs "
-                            f"(batch {cfg.batch_size} x accumulation {cfg.accumulation} x {dist.world} process(es))")
+        self.notes: list[str] = []
+        self.cfg = self._fit_small_dataset(cfg, len(items), dist.world)
+        cfg = self.cfg
+        self.updates_per_epoch = (len(items) // dist.world) // cfg.batch_size // cfg.accumulation
         self.total_updates = cfg.epochs * self.updates_per_epoch
         self.warmup_updates = int(cfg.warmup_epochs * self.updates_per_epoch)
         self.model, self.profile, self.normalize, self.init_format = self._model(log)
@@ -138,6 +141,25 @@ class _Setup:
                                                resolution=r, normalization=self.normalize, profile=self.profile)
         except ValueError as exc:
             raise DataError(f"{exc} (set --profile, --normalize or --test-crops)") from None
+
+    def _fit_small_dataset(self, cfg: TrainConfig, videos: int, world: int) -> TrainConfig:
+        """A dataset smaller than one optimizer update (few-shot: 2 shots x 10 classes = 20 videos against
+        batch 8 x accumulation 8) runs with the accumulation (and, below one batch, the batch) lowered to
+        fit, said in one note that config.json records."""
+        import dataclasses
+
+        per_process = videos // world
+        batch = min(cfg.batch_size, per_process)
+        if batch < 1:
+            raise DataError(f"{videos} training videos cannot give each of {world} process(es) one video")
+        accumulation = max(1, min(cfg.accumulation, per_process // batch))
+        if (batch, accumulation) == (cfg.batch_size, cfg.accumulation):
+            return cfg
+        note = (f"{videos} training videos are fewer than one optimizer update of batch {cfg.batch_size} x "
+                f"accumulation {cfg.accumulation} x {world} process(es): using batch {batch} x accumulation "
+                f"{accumulation} (effective batch {batch * accumulation * world})")
+        self.notes.append(note)
+        return dataclasses.replace(cfg, batch_size=batch, accumulation=accumulation)
 
     def _model(self, log: Log):
         from apclip.config import NORMALIZATIONS
@@ -172,14 +194,28 @@ class _Setup:
                 "train_videos": len(self.items), "val_videos": len(self.val_items),
                 "updates_per_epoch": self.updates_per_epoch, "total_updates": self.total_updates,
                 "warmup_updates": self.warmup_updates, "world_size": dist.world, "init_format": self.init_format,
-                "effective_batch": self.cfg.batch_size * self.cfg.accumulation * dist.world,
+                "batch_size": self.cfg.batch_size, "accumulation": self.cfg.accumulation,
+                "effective_batch": self.cfg.batch_size * self.cfg.accumulation * dist.world, "notes": self.notes,
                 "preprocessing": self.preprocessing.to_dict(),
                 "prompt_bank_sha256": self.bank.sha256 if self.bank is not None else None}
 
 
+def check_run_outputs(cfg: TrainConfig, run: Path, extra_inputs: Any = ()) -> None:
+    """The run folder's files may not be any input of the run (apclip.output_guard): `--init run/best.pt`
+    with `--output run` would be overwritten by the first epoch."""
+    from apclip.output_guard import Input, Output, check_outputs
+
+    outputs = [Output("--output", run, "into")] + [Output("--output", run / name) for name in (
+        run_state.CONFIG_FILE, run_state.LOG_FILE, run_state.STATE_FILE, run_state.BEST_FILE)]
+    check_outputs(outputs, [Input("--train", cfg.train_list), Input("--val", cfg.val_list),
+                            Input("--root", cfg.root, "folder"), Input("--labels", cfg.labels),
+                            Input("--prompts", cfg.prompts), Input("--base-classes", cfg.base_classes),
+                            Input("--init", cfg.init), Input("--base", cfg.base), *extra_inputs])
+
+
 def train(cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, progress: bool = True,
           device: str | None = None, log: Log = lambda m: print(m, file=sys.stderr),
-          on_update: Callable[[int], None] | None = None) -> TrainResult:
+          on_update: Callable[[int], None] | None = None, extra_inputs: Any = ()) -> TrainResult:
     """Train into the run folder `run` (created), or continue it with resume=True (its config.json wins).
 
     on_update(update): called after every optimizer update (tests raise KeyboardInterrupt from it).
@@ -195,8 +231,10 @@ def train(cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, pro
     if resume:
         saved = run_state.read_config(run)
         cfg = TrainConfig.from_dict(saved["config"])
+        check_run_outputs(cfg, run, extra_inputs)
         snapshot = run_state.load_state(run)
     else:
+        check_run_outputs(cfg, run, extra_inputs)  # first: `--init run/best.pt` is named as the input it is
         if (run / run_state.STATE_FILE).exists() or (run / run_state.CONFIG_FILE).exists():
             raise run_state.RunError(f"run folder {run} already holds a run: pass --resume to continue it, "
                                      "or choose another --output")
@@ -213,11 +251,14 @@ def train(cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, pro
         # Leave the decoding workers their cores: oversubscribed intra-op threads spin and slow every step.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - cfg.workers))
     setup = _Setup(cfg, dist, log if dist.main else (lambda m: None))
+    for note in setup.notes:
+        log(f"note: {note}")
     if dist.main:
         run.mkdir(parents=True, exist_ok=True)
-        if not resume:
+        if not resume:  # the configuration as given; the lowered batch/accumulation are in "derived"
             run_state.write_config(run, {"config": cfg.to_dict(), "derived": setup.derived(dist),
                                          "tools": {"torch": torch.__version__, "numpy": np.__version__}})
+    cfg = setup.cfg
 
     clip = setup.model.to(dev)
     for transformer in (clip.transformer, clip.visual.transformer):
@@ -290,10 +331,17 @@ def train(cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, pro
             t_epoch, clips, losses, correct, seen = time.perf_counter(), 0, [], 0, 0
             window_t, window_clips = time.perf_counter(), 0
             group_has_data = False
+            tried = 0  # micro-batches this process ran in this epoch (0 when resumed at its very end)
             for batch in loader:
                 if batches_done >= micro_per_epoch:
                     break  # leftover micro-batches that cannot fill an update (ViFi-CLIP drops them too)
+                tried += 1
                 bad.update(batch["bad"])
+                if len(bad) > cfg.max_skipped * len(setup.items):
+                    raise DataError(f"{len(bad)} of {len(setup.items)} training videos failed to decode, more than "
+                                    f"--max-skipped {cfg.max_skipped:g} of them (first: "
+                                    f"{setup.items[min(bad)].path}); check the files and --root; best.pt was not "
+                                    f"written by this epoch")
                 last_micro = (batches_done + 1) % accum == 0
                 if batch["video"] is not None:
                     videos = batch["video"].to(dev, non_blocking=True)  # [B, T, 3, R, R]
@@ -345,6 +393,10 @@ def train(cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, pro
             epoch, batches_done = epoch + 1, 0
             mark_boundary()
             val_top1 = None
+            if tried and (not losses or not np.all(np.isfinite(losses))):
+                # Nothing learned (every clip failed, or the loss diverged): a best.pt now would be a lie.
+                raise DataError(f"epoch {epoch} {'trained on no video' if not losses else 'reached a non-finite loss'}"
+                                f" ({len(bad)} of {len(setup.items)} videos failed to decode); best.pt not written")
             if dist.main:
                 val_top1 = _validate(classifier, setup, dev, cfg.workers) if setup.val_items else None
                 improved = val_top1 is not None and (best is None or val_top1 > best)

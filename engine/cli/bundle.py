@@ -16,8 +16,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from apclip.cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, add_version, exit_code, silence_broken_pipe
+from apclip.cli_common import EXIT_FAILURE, EXIT_OK, add_version, run_command
 from apclip.errors import ApclipError
+from apclip.extras import install_hint
 
 PROG = "apclip-bundle"
 
@@ -212,7 +213,7 @@ def _load(manifest, name: str) -> Finding:
             try:
                 import onnxruntime as ort
             except ImportError:
-                return Finding(name, "loads", None, 'skipped: onnxruntime not installed (pip install "apclip[cpu]")')
+                return Finding(name, "loads", None, f'skipped: onnxruntime not installed ({install_hint("cpu")})')
             options = ort.SessionOptions()
             options.log_severity_level = 3
             session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
@@ -261,9 +262,21 @@ def _configure_verify(p: argparse.ArgumentParser) -> None:
 def _run_verify(args: argparse.Namespace) -> int:
     findings = verify_bundle(args.bundle)
     print(format_findings(findings))
+    print(verdict(args.bundle, findings))
+    return EXIT_FAILURE if any(f.ok is False for f in findings) else EXIT_OK
+
+
+def verdict(bundle: str, findings: Sequence[Finding]) -> str:
+    """The last line: "ok" covers only the checks that ran; skipped ones are named, never counted as passed."""
     failed = [f for f in findings if f.ok is False]
-    print(f"{args.bundle}: {'FAILED: ' + str(len(failed)) + ' problem(s)' if failed else 'ok'}")
-    return EXIT_FAILURE if failed else EXIT_OK
+    skipped = [f for f in findings if f.ok is None]
+    passed = len(findings) - len(failed) - len(skipped)
+    line = (f"{bundle}: FAILED: {len(failed)} problem(s)" if failed
+            else f"{bundle}: ok ({passed} check(s) passed)")
+    if skipped:
+        line += (f"; NOT checked: {', '.join(f'{f.item} {f.check}' for f in skipped)} "
+                 f"({skipped[0].detail.removeprefix('skipped: ')})")
+    return line
 
 
 register(Command("info", "labels, preprocessing, frames/views, backends, engines, sizes, versions", _configure_info,
@@ -303,21 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command].run(args)
-    except BrokenPipeError:
-        return silence_broken_pipe()
-    except (ApclipError, OSError) as exc:
-        if args.debug:
-            raise
-        message = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename and not \
-            isinstance(exc, ApclipError) else " ".join(str(exc).split())
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return exit_code(exc)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return run_command(PROG, build_parser(), lambda args: COMMANDS[args.command].run(args), argv)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,7 @@ import sys
 import warnings
 from typing import Iterator
 
-from apclip.cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, add_version, exit_code, silence_broken_pipe
-from apclip.errors import ApclipError
+from apclip.cli_common import add_version, run_command
 
 from apclip.engine.cli.infer_run import DEFAULT_STRIDE, DEFAULT_WINDOW, InferRun, format_prediction, format_window  # noqa: F401
 from apclip.engine.runners.table import backend_choices, precision_choices
@@ -50,10 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MAKA scorer (default auto: Triton kernel on CUDA, else numpy)")
     p.add_argument("--precision", default="auto", choices=precision_choices(),
                    help="encoder precision (default auto: the backend's own, fp16 on trt and torch-cuda, else "
-                        "fp32); int8 runs on ort (a bundle from apclip-export --precision fp32,int8) or trt")
+                        "fp32); int8 runs on ort and openvino (a bundle from "
+                        "apclip-export --precision fp32,int8) or trt")
     p.add_argument("--ckpt", help="checkpoint the bundle was exported from (for --backend torch and torch-cuda)")
     p.add_argument("--base", help="base OpenAI CLIP file for a ViFi-CLIP --ckpt")
     p.add_argument("--topk", type=int, default=5, help="classes to show (default 5)")
+    p.add_argument("--min-score", type=float, help="show only classes whose probability (the model's softmax over "
+                                                  "the label set, 0-1) is at least this, e.g. 0.2")
     p.add_argument("--mode", choices=("clip", "stream"),
                    help="clip: one multi-view prediction per source (default for files and folders); "
                         "stream: a prediction per sliding window (default for cameras and URLs; one source)")
@@ -74,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
                    help="cache encoded run-time labels on disk (default on; $APCLIP_CACHE_DIR)")
     p.add_argument("--quiet", action="store_true", help="print only predictions")
+    p.add_argument("--verbose", action="store_true", help="also say why --backend auto passed over faster backends")
     p.add_argument("--bpe-vocab", help="CLIP's bpe_simple_vocab_16e6.txt.gz for bundles without their own copy "
                                        "(default: $APCLIP_BPE_VOCAB, else the installed open_clip_torch's)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -81,48 +84,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Intermixed: `apclip-infer a.mp4 --bundle b c.mp4` gives both videos as SOURCE.
+    runs: list = []
     parser = build_parser()
-    args = parser.parse_intermixed_args(argv)
-    if not args.sources and not args.stream:
-        parser.error("give a SOURCE, or --stream SRC [SRC ...]")
-    log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
-    run = InferRun(args, log)
-    if args.stream:
-        from apclip.engine.cli.stream_run import StreamRun
 
-        run = StreamRun(args, log)
-    try:
+    def body(args: argparse.Namespace) -> int:
+        if not args.sources and not args.stream:
+            parser.error("give a SOURCE, or --stream SRC [SRC ...]")
+        log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
+        if args.stream:
+            from apclip.engine.cli.stream_run import StreamRun
+
+            runs.append(StreamRun(args, log))
+        else:
+            runs.append(InferRun(args, log))
         with _one_line_diagnostics(args.debug):
-            run.prepare()
-            return run.execute()
-    except BrokenPipeError:
-        run.discard()
-        return silence_broken_pipe()
-    except (ApclipError, OSError) as exc:
-        run.discard()
-        if args.debug:
-            raise
-        print(f"apclip-infer: error: {_one_line(exc)}", file=sys.stderr)
-        return exit_code(exc)
-    except KeyboardInterrupt:
-        run.discard()
-        print("apclip-infer: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as exc:  # a bug, not a user error: still one line unless --debug
-        run.discard()
-        if args.debug:
-            raise
-        print(f"apclip-infer: internal error: {type(exc).__name__}: {_one_line(exc)} "
-              f"(run with --debug for the traceback)", file=sys.stderr)
-        return EXIT_FAILURE
+            runs[0].prepare()
+            return runs[0].execute()
 
-
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and not isinstance(exc, ApclipError) and exc.filename:
-        # os.replace(tmp, target) names the target second: the user knows the target, not the tmp file
-        return f"{exc.filename2 or exc.filename}: {exc.strerror or exc}"
-    return " ".join(str(exc).split())
+    # Intermixed: `apclip-infer a.mp4 --bundle b c.mp4` gives both videos as SOURCE.
+    return run_command("apclip-infer", parser, body, argv, intermixed=True,
+                       cleanup=lambda: [run.discard() for run in runs] and None)
 
 
 @contextlib.contextmanager

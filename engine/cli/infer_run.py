@@ -53,6 +53,8 @@ class InferRun:
         args = self.args
         if args.topk < 1:
             raise UsageError(f"--topk {args.topk}: show at least 1 class")
+        if args.min_score is not None and not 0.0 <= args.min_score <= 1.0:
+            raise UsageError(f"--min-score {args.min_score:g}: a probability between 0 and 1, e.g. 0.2")
         from apclip.limits import MAX_FPS, MAX_SECONDS, MIN_SECONDS, check_range, max_threads
 
         for flag, value in (("--window", args.window), ("--stride", args.stride), ("--fps", args.fps)):
@@ -103,14 +105,16 @@ class InferRun:
                 raise UsageError(f"{flag} is written in clip mode; drop --mode stream")
         if args.report and not args.report.lower().endswith((".html", ".htm")):
             raise UsageError(f"--report {args.report}: give an .html file name")
-        from apclip.engine.cli.outputs import refuse_inputs_as_outputs
+        from apclip.output_guard import Input, Output, check_outputs, source_inputs
 
-        refuse_inputs_as_outputs({"--out-video": args.out_video, "--json": args.json_out, "--csv": args.csv_out,
-                                  "--report": args.report},
-                                 [item.path for item in self.items] + [a for a in (args.bundle, args.labels,
-                                                                                   args.prompts, args.ckpt) if a])
+        check_outputs([Output(flag, value) for flag, value in (("--out-video", args.out_video), ("--json", args.json_out),
+                                                                ("--csv", args.csv_out), ("--report", args.report))],
+                      source_inputs(args.sources, [item.path for item in self.items])
+                      + [Input("--bundle", args.bundle, "tree"), Input("--labels", args.labels),
+                         Input("--prompts", args.prompts), Input("--ckpt", args.ckpt), Input("--base", args.base),
+                         Input("--bpe-vocab", args.bpe_vocab)])
         self._advise()
-        if args.json_out == "-":
+        if args.json_out in ("-", "/dev/stdout"):  # stdout carries the JSON lines: the table moves to stderr
             self.table = sys.stderr
 
     def _advise(self) -> None:
@@ -143,7 +147,10 @@ class InferRun:
                                           scorer=args.scorer, threads=args.threads, ckpt=args.ckpt, base=args.base,
                                           topk=args.topk, use_cache=args.cache, template=args.template,
                                           precision=getattr(args, "precision", "auto"),
-                                          log=self.log)
+                                          log=self.log, verbose=getattr(args, "verbose", False))
+        if args.ckpt and not self.rec.backend.startswith("torch"):
+            self.warn.once("ckpt", f"--ckpt {args.ckpt} is not used: backend {self.rec.backend} runs the bundle's "
+                                   f"ONNX files (--backend torch runs the checkpoint)")
         if args.prompts and (args.report or args.explain):
             from apclip.prompt_bank import load_prompt_bank
 
@@ -181,6 +188,7 @@ class InferRun:
         def on_prediction(pred: Prediction, item: SourceItem) -> None:
             nonlocal seen
             seen += 1
+            keep_above(pred, args.min_score)
             results.append((pred, item))
             record = prediction_record(pred, item)
             if multi:
@@ -246,6 +254,7 @@ class InferRun:
                     self.warn.once("short-window", f"a {window:g}s window holds {pred.distinct_frames} distinct "
                                                    f"frame(s), fewer than the {pred.sampled_frames} it samples: "
                                                    f"frames repeat (use a longer --window)")
+                keep_above(pred, args.min_score)
                 predictions = predictions + [pred] if args.out_video else [pred]
                 count += 1
                 print(format_window(pred), file=self.table, flush=True)
@@ -330,22 +339,35 @@ def format_prediction(pred: Prediction, explain: bool = False, header: bool = Tr
     lines = []
     if header:
         lines = [f"{pred.source}: {pred.frames} frames{distinct_note(pred)}, {pred.backend} + {pred.scorer} "
-                 f"({pred.protocol}){approx} [{timings}]", f"  {'rank':>4s}  {'score':>8s}  label"]
-        lines += [f"  {i + 1:4d}  {t.score:8.4f}  {t.label}" for i, t in enumerate(pred.top)]
+                 f"({pred.protocol}){approx} [{timings}]", f"  {'rank':>4s}  {'prob':>6s}  {'score':>8s}  label"]
+        lines += [f"  {i + 1:4d}  {_percent(t.probability):>6s}  {t.score:8.4f}  {t.label}" for i, t in enumerate(pred.top)]
+        if not pred.top:
+            lines.append("  (no class reaches --min-score)")
     if explain and pred.explanations:
         lines += format_explain_summary(pred.explanations, attributes=attributes)
     return "\n".join(terminal_safe(line) for line in lines)  # labels and prompts may carry escape sequences
 
 
+def _percent(probability: float | None) -> str:
+    return f"{100 * probability:.1f}%" if probability is not None else "-"
+
+
+def keep_above(pred: Prediction, min_score: float | None) -> Prediction:
+    """--min-score: drop the shown classes whose probability is below it (the scores stay whole)."""
+    if min_score is not None:
+        pred.top = [t for t in pred.top if t.probability is None or t.probability >= min_score]
+    return pred
+
+
 def format_row(pred: Prediction, item: SourceItem, index: int, total: int) -> str:
     """One line per source when a run has many."""
-    top = " | ".join(f"{t.label} {t.score:.4f}" for t in pred.top)
+    top = " | ".join(f"{t.label} {_percent(t.probability)} ({t.score:.4f})" for t in pred.top) or "-"
     width = len(str(total))
     return f"[{index:{width}d}/{total}] {item.path}: {top}{distinct_note(pred)}"
 
 
 def format_window(pred: WindowPrediction) -> str:
-    top = " | ".join(f"{t.label} {t.score:.3f}" for t in pred.top)
+    top = " | ".join(f"{t.label} {_percent(t.probability)} ({t.score:.3f})" for t in pred.top) or "-"
     return terminal_safe(f"[{pred.start:8.2f}s - {pred.end:8.2f}s]  {top}")
 
 

@@ -1,5 +1,5 @@
-"""apclip-infer's output files: JSON lines (file or stdout), CSV, and the checks that keep every
-output away from the inputs (an --out-video equal to the input video would overwrite it)."""
+"""apclip-infer's output files: JSON lines (file or stdout) and CSV. apclip.output_guard keeps every
+output away from the inputs before the run starts."""
 from __future__ import annotations
 
 import csv
@@ -8,35 +8,12 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO
 
 from apclip.cli_common import UsageError
 from apclip.fileio import AtomicFile
 
 STDOUT = "-"
-
-
-def refuse_inputs_as_outputs(outputs: dict[str, str | None], inputs: Iterable[str]) -> None:
-    """UsageError when an output (flag -> path) is one of the inputs or another output, by resolved path."""
-    resolved_inputs: dict[Path, str] = {}
-    for source in inputs:
-        if os.path.exists(source):
-            resolved_inputs[Path(source).resolve()] = source
-    seen: dict[Path, str] = {}
-    for flag, path in outputs.items():
-        if not path or path == STDOUT:
-            continue
-        target = Path(path).resolve()
-        if target in resolved_inputs:
-            raise UsageError(f"{flag} {path} is the input {resolved_inputs[target]}: it would be overwritten; "
-                             f"choose another output name")
-        for folder, source in resolved_inputs.items():
-            if folder.is_dir() and folder in target.parents and Path(source).is_dir() and target.suffix.lower() in (
-                    ".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"):
-                raise UsageError(f"{flag} {path} would add a frame to the image-folder input {source}")
-        if target in seen:
-            raise UsageError(f"{flag} {path} is also the {seen[target]} output: give each output its own file")
-        seen[target] = flag
 
 
 def output_target(flag: str, path: str, example: str) -> Path:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from apclip.cli_common import UsageError
 from apclip.fileio import AtomicFile
 
 from apclip.engine.video.errors import SourceError
@@ -30,9 +32,74 @@ class OverlayResult:
     note: str | None = None  # why the preferred codec was not used, if it was not
 
 
+# TrueType fonts from Debian packages scripts/setup.sh installs, tried per character in this order: DejaVu
+# Sans (fonts-dejavu-core: Latin, accents, Greek, Cyrillic), then Droid Sans Fallback (fonts-droid-fallback,
+# 1.8 MB: Chinese, Japanese, Korean). $APCLIP_FONT, when set, is tried first.
+FONT_FILES = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+              "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf")
+_NOT_A_CHARACTER = "\U0010fffd"  # private use: every font draws its "missing glyph" box for it
+
+
+class FallbackFont:
+    """Several FreeType fonts drawn as one: each character in the first font that has a glyph for it."""
+
+    def __init__(self, fonts: list) -> None:
+        self.fonts = fonts
+        self._missing = [bytes(f.getmask(_NOT_A_CHARACTER)) for f in fonts]
+        self._choice: dict[str, object] = {}
+
+    def font_for(self, ch: str):
+        if ch not in self._choice:
+            self._choice[ch] = next((f for f, missing in zip(self.fonts, self._missing)
+                                     if ch.isspace() or bytes(f.getmask(ch)) != missing), self.fonts[0])
+        return self._choice[ch]
+
+    def runs(self, text: str) -> list[tuple[str, object]]:
+        """`text` cut into (substring, font) runs."""
+        out: list[tuple[str, object]] = []
+        for ch in text:
+            font = self.font_for(ch)
+            if out and out[-1][1] is font:
+                out[-1] = (out[-1][0] + ch, font)
+            else:
+                out.append((ch, font))
+        return out
+
+    def getlength(self, text: str) -> float:
+        return sum(font.getlength(run) for run, font in self.runs(text))
+
+    def getmetrics(self) -> tuple[int, int]:
+        return max(f.getmetrics()[0] for f in self.fonts), max(f.getmetrics()[1] for f in self.fonts)
+
+
+@functools.lru_cache(maxsize=8)
+def overlay_font(size: int) -> FallbackFont | None:
+    """The overlay's fonts at `size` pixels, or None where no font file is installed (then OpenCV's
+    Hershey font draws, which knows ASCII only)."""
+    from PIL import ImageFont
+
+    fonts = []
+    for path in (os.environ.get("APCLIP_FONT"), *FONT_FILES):
+        if path and os.path.isfile(path):
+            try:
+                fonts.append(ImageFont.truetype(path, size))
+            except OSError:
+                continue
+    return FallbackFont(fonts) if fonts else None
+
+
+def _label_line(t) -> str:
+    shown = f"{100 * t.probability:.1f}%" if t.probability is not None else f"{t.score:.3f}"
+    return f"{t.label}: {shown}"
+
+
 def draw_top(image: np.ndarray, pred: Prediction | None, topk: int) -> np.ndarray:
-    """Top-k labels and scores in a shaded box at the top-left corner (in place)."""
-    lines = [f"{t.label}: {t.score:.3f}" for t in pred.top[:topk]] if pred is not None else ["(first window pending)"]
+    """Top-k labels and probabilities in a shaded box at the top-left corner (in place); labels in any
+    script are drawn by FreeType through Pillow."""
+    lines = [_label_line(t) for t in pred.top[:topk]] if pred is not None else ["(first window pending)"]
+    font = overlay_font(max(12, int(min(image.shape[:2]) / 600 * 22)))
+    if font is not None:
+        return _draw_with_font(image, lines, font)
     scale = max(0.4, min(image.shape[:2]) / 600)
     thickness = max(1, int(round(scale * 2)))
     height = int(28 * scale) + 4
@@ -45,11 +112,30 @@ def draw_top(image: np.ndarray, pred: Prediction | None, topk: int) -> np.ndarra
     return image
 
 
+def _draw_with_font(image: np.ndarray, lines: list[str], font) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    ascent, descent = font.getmetrics()
+    height = ascent + descent + 4
+    width = int(max(font.getlength(line) for line in lines)) + 12
+    box = image[: height * len(lines) + 8, : width]
+    box[:] = (box * 0.4).astype(image.dtype)
+    canvas = Image.fromarray(np.ascontiguousarray(box[..., ::-1]))  # [H, W, 3] BGR -> RGB
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        x = 6.0
+        for run, face in font.runs(line):
+            draw.text((x, 4 + height * i), run, font=face, fill=(255, 255, 255))
+            x += face.getlength(run)
+    box[:] = np.asarray(canvas)[..., ::-1]
+    return image
+
+
 def overlay_fourcc(out: str | os.PathLike) -> str:
     """The codec for an --out-video name; checked before a run so a bad name does not waste it."""
     fourcc = _FOURCC.get(Path(out).suffix.lower())
     if fourcc is None:
-        raise SourceError(f"--out-video {out}: use a .mp4, .m4v, .mov, .avi or .mkv file name")
+        raise UsageError(f"--out-video {out}: use a .mp4, .m4v, .mov, .avi or .mkv file name")
     return fourcc
 
 

@@ -73,9 +73,10 @@ th.cls{text-align:right;min-width:120px;background:#f2f5fa}
 .prompt{margin-top:2px}
 .bars{margin:10px 0;max-width:640px}
 .class-bar{display:flex;align-items:center;gap:8px;margin:3px 0}
-.class-bar .name{width:180px;text-align:right;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-.class-bar .bar{height:14px;background:#3b7dd8;border-radius:2px}
-.class-bar .val{font-variant-numeric:tabular-nums;color:#444}
+.class-bar .name{flex:0 0 180px;text-align:right;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.class-bar .track{flex:1 1 auto;height:14px;background:#eef1f5;border-radius:2px}
+.class-bar .bar{display:block;height:100%;background:#3b7dd8;border-radius:2px}
+.class-bar .val{flex:0 0 9.5em;font-variant-numeric:tabular-nums;color:#444}
 table.why{border-collapse:collapse;margin:6px 0 14px;font-size:12px}
 table.why td,table.why th{border:1px solid #e2e2e2;padding:4px 6px;vertical-align:top;min-width:110px;max-width:170px}
 table.why th{background:#fff}
@@ -108,13 +109,12 @@ def _video_section(video: ReportVideo, attributes: dict[tuple[str, str], str]) -
     parts = [f'<section class="video"><h2>{_e(video.source)}</h2>',
              f'<div class="meta">{pred.frames} frame embeddings, {pred.distinct_frames} distinct frame(s) of '
              f'{pred.sampled_frames} sampled, {_e(pred.backend)} + {_e(pred.scorer)}</div>', '<div class="bars">']
-    scores = [t.score for t in pred.top]
-    low, high = min(scores + [0.0]), max(scores + [1e-9])
+    # Every bar starts where its track starts; its length is the class's probability (100% = the whole track).
     for t in pred.top:
-        width = 100.0 * (t.score - low) / (high - low) if high > low else 100.0
+        probability = t.probability if t.probability is not None else 0.0
         parts.append(f'<div class="class-bar"><span class="name" title="{_e(t.label)}">{_e(t.label)}</span>'
-                     f'<span class="bar" style="width:{max(width, 1.0):.1f}%"></span>'
-                     f'<span class="val">{t.score:.4f}</span></div>')
+                     f'<span class="track"><span class="bar" style="width:{100.0 * probability:.2f}%"></span></span>'
+                     f'<span class="val">{100.0 * probability:5.1f}% ({t.score:.4f})</span></div>')
     parts.append('</div><div class="grid"><table class="why"><tr><th class="corner">class \\ frame</th>')
     for m in columns:
         uri = video.thumbnails.get(m.frame, "")

@@ -40,11 +40,14 @@ class StreamRun(InferRun):
         for flag, value in (("--out-video", args.out_video), ("--report", args.report), ("--csv", args.csv_out)):
             if value:
                 raise UsageError(f"{flag} is not written with --stream (use --json)")
-        from apclip.engine.cli.outputs import refuse_inputs_as_outputs
+        from apclip.output_guard import Input, Output, check_outputs
 
-        refuse_inputs_as_outputs({"--json": args.json_out},
-                                 self.sources + [a for a in (args.bundle, args.labels, args.prompts, args.ckpt) if a])
-        if args.json_out == "-":
+        check_outputs([Output("--json", args.json_out)],
+                      [Input("--stream", source) for source in self.sources]
+                      + [Input("--bundle", args.bundle, "tree"), Input("--labels", args.labels),
+                         Input("--prompts", args.prompts), Input("--ckpt", args.ckpt), Input("--base", args.base),
+                         Input("--bpe-vocab", args.bpe_vocab)])
+        if args.json_out in ("-", "/dev/stdout"):  # stdout carries the JSON lines: the table moves to stderr
             self.table = sys.stderr
 
     def execute(self) -> int:

@@ -16,13 +16,17 @@ from typing import Protocol
 import numpy as np
 
 from apclip.bundle import EMBEDDINGS_OUTPUT, TEXT_BATCH, VISION_INPUT, BundleError, Manifest, sha256_file
-from apclip.errors import ApclipError
+from apclip.errors import ApclipError, MissingExtraError
 from apclip.extras import require
 
 
 
 class BackendUnavailable(ApclipError):
     pass
+
+
+class BackendPackageMissing(BackendUnavailable, MissingExtraError):
+    """The backend's package is not installed: a missing extra (exit 2), not a failure."""
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,10 @@ class OrtRunner:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if cuda:
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise BackendUnavailable("backend ort-cuda needs onnxruntime-gpu with CUDA: run pip install "
-                                         "\"apclip[gpu]\" (and uninstall onnxruntime), or use --backend ort")
+                from apclip.extras import install_hint
+
+                raise BackendPackageMissing(f"backend ort-cuda needs onnxruntime-gpu with CUDA: pip uninstall onnxruntime, "
+                                         f"then {install_hint('gpu')}; or use --backend ort")
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]

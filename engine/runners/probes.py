@@ -1,8 +1,10 @@
 """Cheap answers to "can this backend run here, and if not why": one function per backend.
 
-Each probe returns None (it can run) or a one-line reason. Nothing heavy is imported before a device
-file says an NVIDIA GPU may be present, so a CPU machine pays nothing for asking about GPUs. The
-backend table (engine/runners/table.py) pairs each of its rows with one of these probes.
+Each probe returns None (it can run) or a one-line reason. A probe given no manifest (None:
+`apclip-bench backends` without a bundle) answers for the machine only and skips the bundle's files.
+Nothing heavy is imported before a device file says an NVIDIA GPU may be present, so a CPU machine
+pays nothing for asking about GPUs. The backend table (engine/runners/table.py) pairs each of its
+rows with one of these probes.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import os
 from typing import Any
 
 from apclip.bundle import Manifest
+from apclip.extras import install_hint
 from apclip.extras import importable as _importable  # module-level name: tests monkeypatch it
 
 # Where the device files below are looked for: "/" except in tests, which point it at a fake tree.
@@ -47,7 +50,7 @@ def torch_cuda_reason(precision: str | None = None) -> str | None:
     if not nvidia_gpu_may_be_present():
         return NO_GPU
     if not _importable("torch"):
-        return "PyTorch is not installed (pip install \"apclip[torch]\", a CUDA build)"
+        return f"PyTorch is not installed ({install_hint('torch')}, a CUDA build)"
     import torch
 
     if not torch.cuda.is_available():
@@ -57,34 +60,34 @@ def torch_cuda_reason(precision: str | None = None) -> str | None:
     return None
 
 
-def ort_reason(manifest: Manifest, precision: str = "fp32") -> str | None:
+def ort_reason(manifest: Manifest | None, precision: str = "fp32") -> str | None:
     if not _importable("onnxruntime"):
-        return "onnxruntime is not installed (pip install \"apclip[cpu]\")"
-    if precision == "int8":
+        return f"onnxruntime is not installed ({install_hint('cpu')})"
+    if precision == "int8" and manifest is not None:
         from apclip.engine.runners.precision import int8_missing
 
         return int8_missing(manifest)
     return None
 
 
-def openvino_reason(manifest: Manifest, precision: str = "fp32") -> str | None:
+def openvino_reason(manifest: Manifest | None, precision: str = "fp32") -> str | None:
     """OpenVINO (engine/runners/openvino.py) runs the bundle's ONNX files on the CPU: fp32, or its int8 graph."""
     if not _importable("openvino"):
-        return "OpenVINO is not installed (pip install \"apclip[openvino]\")"
-    if precision == "int8":
+        return f"OpenVINO is not installed ({install_hint('openvino')})"
+    if precision == "int8" and manifest is not None:
         from apclip.engine.runners.precision import int8_missing
 
         return int8_missing(manifest)
     return None
 
 
-def ort_cuda_reason(manifest: Manifest) -> str | None:
+def ort_cuda_reason(manifest: Manifest | None) -> str | None:
     if not _importable("onnxruntime"):
-        return "onnxruntime is not installed (pip install \"apclip[gpu]\")"
+        return f"onnxruntime is not installed ({install_hint('gpu')})"
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return "this onnxruntime has no CUDA provider (pip install \"apclip[gpu]\")"
+        return f"this onnxruntime has no CUDA provider ({install_hint('gpu')})"
     return None
 
 
@@ -94,18 +97,18 @@ def checkpoint_reason(checkpoint: Any) -> str | None:
 
 def torch_reason(checkpoint: Any) -> str | None:
     if not _importable("torch"):
-        return "PyTorch is not installed (pip install \"apclip[torch]\")"
+        return f"PyTorch is not installed ({install_hint('torch')})"
     return checkpoint_reason(checkpoint)
 
 
-def trt_reason(manifest: Manifest, precision: str) -> str | None:
+def trt_reason(manifest: Manifest | None, precision: str) -> str | None:
     """TensorRT installed, a driver present, and the bundle lists a vision engine of `precision` (the
     runner then checks its GPU, TensorRT version and hash)."""
     if not _importable("tensorrt"):
-        return "TensorRT is not installed (pip install \"apclip[trt]\" on the GPU machine)"
+        return f"TensorRT is not installed ({install_hint('trt')} on the GPU machine)"
     from apclip.engine.runners.engine_cache import listed_precisions
 
-    if precision not in listed_precisions(manifest, "vision"):
+    if manifest is not None and precision not in listed_precisions(manifest, "vision"):
         return (f"bundle {manifest.path} has no {precision} TensorRT vision engine (build it on this GPU with "
                 f"apclip-build-engine {manifest.path} --precision {precision})")
     if not nvidia_gpu_may_be_present():

@@ -43,7 +43,7 @@ class UnknownChoice(UsageError, PrecisionUnavailable):
 class Context:
     """What probes and builders may need besides the row."""
 
-    manifest: Manifest
+    manifest: Manifest | None  # None: no bundle (apclip-bench backends alone): probes check the machine only
     checkpoint: str | os.PathLike | None = None  # the checkpoint the bundle was exported from (torch rows)
     base: str | os.PathLike | None = None  # base OpenAI CLIP file for a ViFi-CLIP checkpoint
     threads: int | None = None  # CPU threads (ONNX Runtime intra-op)
@@ -55,7 +55,7 @@ class Row:
     name: str  # the --backend value: ort | ort-cuda | openvino | torch | torch-cuda | trt
     precision: str  # fp32 | fp16 | bf16 | int8: what the encoders compute in
     device: str  # where it computes: cpu | cuda
-    extra: str  # pip install "apclip[<extra>]" provides its runtime
+    extra: str  # the pyproject extra that provides its runtime (apclip.extras.install_hint)
     probe: Callable[[Context], "str | None"]  # None: can run here; else a one-line reason
     build: Callable[[Context], Runners]  # raises BackendUnavailable with the reason when it cannot
     file: str | None  # the vision file it runs (bundle-relative; a pattern for engines; None: --ckpt)
@@ -209,9 +209,11 @@ def build(row: Row, ctx: Context) -> Runners:
     return row.build(ctx)
 
 
-def vision_file(row: Row, manifest: Manifest) -> str | None:
+def vision_file(row: Row, manifest: Manifest | None) -> str | None:
     """The bundle file `row` would run for the vision encoder, when the bundle has it: an engine of its
-    precision (the newest listed) for trt rows, an ONNX file otherwise; None for checkpoint rows."""
+    precision (the newest listed) for trt rows, an ONNX file otherwise; None for checkpoint rows or no bundle."""
+    if manifest is None:
+        return None
     if row.name == "trt":
         from apclip.engine.runners.engine_cache import ENGINES_DIR, listed_engine_names
 
@@ -242,12 +244,15 @@ def candidates(backend: str, precision: str) -> list[Row]:
     return found
 
 
-def choose(backend: str, precision: str, ctx: Context, *, log: Log = lambda message: None) -> tuple[Row, Runners]:
+def choose(backend: str, precision: str, ctx: Context, *, log: Log = lambda message: None,
+           detail: Log | None = None) -> tuple[Row, Runners]:
     """The row `--backend/--precision` select and its runners.
 
     A named backend is built directly (its errors say how to fix it). `auto` takes the first candidate
-    whose probe passes and whose runners build, says what it chose and why each better one was passed
-    over; a candidate that fails to build falls back to the next (auto promised one that works)."""
+    whose probe passes and whose runners build and says in one line what it chose; `detail` (--verbose)
+    also hears why each better one was passed over. A candidate that fails to build falls back to the
+    next (auto promised one that works)."""
+    detail = detail or (lambda message: None)
     found = candidates(backend, precision)
     if backend != AUTO:
         return found[0], build(found[0], ctx)
@@ -260,13 +265,21 @@ def choose(backend: str, precision: str, ctx: Context, *, log: Log = lambda mess
         try:
             runners = build(row, ctx)
         except BackendUnavailable as exc:
-            log(f"{exc}; falling back to the next backend")
+            detail(f"{exc}; falling back to the next backend")
             passed_over.append(f"{row.key}: {exc}")
             continue
-        skipped = f"; passed over {'; '.join(passed_over)}" if passed_over else ""
-        log(f"backend auto -> {runners[0].name}")
-        log(f"backend auto chose {row.key}: {_found_words(row)}{skipped}")
+        more = f" ({len(passed_over)} faster backend(s) unavailable here; --verbose says why)" if passed_over else ""
+        log(f"backend auto chose {row.key} ({runners[0].name}): {_found_words(row)}{more}")
+        if passed_over:
+            detail(f"backend auto passed over {'; '.join(passed_over)}")
         return row, runners
+    from apclip.extras import importable, install_hint
+
+    if not importable("onnxruntime"):  # the backend that runs everywhere lacks its package: a missing extra
+        from apclip.engine.runners.encoders import BackendPackageMissing
+
+        raise BackendPackageMissing(f"onnxruntime is not installed, so no backend can run here: {install_hint('cpu')}"
+                                    f" (the gpu extra on a CUDA machine)")
     unavailable = BackendUnavailable if precision == AUTO else PrecisionUnavailable
     raise unavailable("no backend can run here: " + "; ".join(passed_over))
 
@@ -276,11 +289,13 @@ def _found_words(row: Row) -> str:
 
 
 def describe(ctx: Context) -> list[dict[str, Any]]:
-    """Every row as a plain dict (apclip-bench backends prints and writes it)."""
+    """Every row as a plain dict (apclip-bench backends prints and writes it). Without a bundle
+    (ctx.manifest None) `available` is the machine's answer (packages, devices): `files_checked` is False."""
     out = []
     for row in rows():
         reason = probe(row, ctx)
         out.append({"backend": row.name, "precision": row.precision, "device": row.device, "extra": row.extra,
                     "available": reason is None, "reason": reason, "file": vision_file(row, ctx.manifest) or row.file,
-                    "auto": row.auto, "reference": row.reference})
+                    "auto": row.auto, "reference": row.reference,
+                    "files_checked": ctx.manifest is not None})
     return out

@@ -17,9 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 from apclip.bundle import EMBEDDINGS_OUTPUT, TEXT_BATCH, TEXT_FILE, TEXT_INPUT, Manifest
-from apclip.extras import require
+from apclip.extras import install_hint, require
 
-from apclip.engine.runners.encoders import BackendUnavailable, EncoderIdentity, LazyRunner, OrtRunner, file_identity
+from apclip.engine.runners.encoders import (BackendPackageMissing, BackendUnavailable, EncoderIdentity, LazyRunner,
+                                            OrtRunner, file_identity)
 from apclip.engine.runners.engine_cache import CacheDecision, GpuIdentity, machine_engines
 
 NOT_INSTALLED = "TensorRT is not installed"
@@ -37,7 +38,7 @@ def current_gpu() -> GpuIdentity:
         from cuda.bindings import runtime as cudart
     except ImportError:
         raise BackendUnavailable("the TensorRT backend needs torch with CUDA or cuda-python to reach the GPU "
-                                 "(pip install \"apclip[trt]\")") from None
+                                 f"({install_hint('trt')})") from None
     err, props = cudart.cudaGetDeviceProperties(0)
     if int(err) != 0:
         raise BackendUnavailable(f"no CUDA GPU is visible (cudaGetDeviceProperties: error {int(err)})")
@@ -233,10 +234,15 @@ TEXT_ENGINE_PRECISION = "fp16"
 def trt_runners(manifest: Manifest, *, batch_size: int = 32, precision: str = "fp16"):
     """(vision, text) runners: the vision engine built at `precision` (never another one), and the fp16
     text engine when the bundle has one for this machine, else text.onnx on ONNX Runtime."""
+    from apclip.engine.runners import probes
+
+    if not probes.nvidia_gpu_may_be_present():  # no GPU at all: installing TensorRT or torch-cuda would not help
+        raise BackendUnavailable("--backend trt runs TensorRT engines on an NVIDIA GPU, and this machine has none "
+                                 "(no NVIDIA driver device): use --backend ort")
     try:
         trt = require("tensorrt", "trt", "the TensorRT backend")
     except ImportError:
-        raise BackendUnavailable(f"{NOT_INSTALLED} (pip install \"apclip[trt]\" on the GPU machine), so bundle "
+        raise BackendPackageMissing(f"{NOT_INSTALLED} ({install_hint('trt')} on the GPU machine), so bundle "
                                  f"{manifest.path} cannot use --backend trt: use --backend ort or torch-cuda") from None
     gpu = current_gpu()
     vision_path = choose_engine(manifest, "vision", trt.__version__, gpu, precision).path

@@ -1,6 +1,6 @@
 """The `torch-cuda` backend: the reference model in fp16 (default) or bf16 on any GPU PyTorch sees.
 
-Precision policy (DESIGN.md): weights and activations in fp16/bf16; LayerNorm computes in fp32 and
+Precision policy (docs/architecture.md): weights and activations in fp16/bf16; LayerNorm computes in fp32 and
 keeps fp32 parameters (apclip.model.LayerNorm upcasts; keeping its weights fp32 spares a rounding);
 the final L2 normalisation runs in fp32 (ImageEmbedder/TextEmbedder upcast before it). Attention is
 `scaled_dot_product_attention`, which dispatches to the flash / memory-efficient kernels on CUDA.

@@ -2,7 +2,7 @@
 
 All take frame embeddings [B, Nv, E] (the pooled views of each video) and the class matrix, and
 return [B, K] float32 scores. The bundle's scoring protocol decides what they compute: `maka` equals
-`apclip.scoring.maka_score` within DESIGN.md tolerances; `vificlip` equals `apclip.scoring.vificlip_score`
+`apclip.scoring.maka_score` within docs/architecture.md tolerances; `vificlip` equals `apclip.scoring.vificlip_score`
 (Nv = V * T view-major frame features, one prompt per class), which the Triton kernel does not compute.
 """
 from __future__ import annotations

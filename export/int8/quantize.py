@@ -3,7 +3,7 @@
 Dynamic quantization stores MatMul/Gemm weights as int8 (one scale per output channel) and
 quantizes each activation tensor to uint8 at run time (per tensor, from its own min/max), so no
 calibration set is needed and the kernels are MLAS's u8s8 GEMMs (VNNI where the CPU has it).
-Settings (README "CPU precisions" has the measurements):
+Settings (docs/cpu-precisions.md has the measurements):
 - per-channel weights: a larger cosine margin than per-tensor scales (0.99984 vs 0.99977 on ViT-B/16),
   at a speed within the noise of a loaded 2-core machine;
 - MatMulConstBOnly: only products with a constant weight are quantized; attention's Q.K^T and

@@ -1,4 +1,4 @@
-"""Parity of the int8 encoders against the PyTorch fp32 reference (DESIGN.md int8 thresholds).
+"""Parity of the int8 encoders against the PyTorch fp32 reference (docs/architecture.md "Parity thresholds", int8).
 
 The same inputs as the fp32 verification (random pixels, frames of the verification video, real
 prompts of the class matrix), with the int8 thresholds: embedding cosine >= 0.999 everywhere, and the

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from apclip.cli_common import add_version, exit_code
+from apclip.cli_common import EXIT_INTERRUPTED, UsageError, add_version, run_command
 from apclip.errors import ApclipError
 from apclip.prompt_bank import load_prompt_bank, save_prompt_bank, write_json_atomic
 from apclip.tokenizer import CONTEXT_LENGTH
@@ -26,7 +26,6 @@ from apclip.export.prompts.postprocess import MAX_DESCRIPTION_TOKENS
 from apclip.export.prompts.strategies import STRATEGIES
 
 PROG = "apclip-prompts"
-EXIT_INTERRUPTED = 130
 
 
 def _add_llm_options(p: argparse.ArgumentParser) -> None:
@@ -103,9 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _llm_settings(args: argparse.Namespace) -> LLMSettings:
     for name in ("timeout_s", "backoff_s"):
         if getattr(args, name) < 0:
-            raise ApclipError(f"--{name.replace('_', '-')} must not be negative")
+            raise UsageError(f"--{name.replace('_', '-')} must not be negative")
     if args.max_retries < 0 or args.repair_attempts < 0:
-        raise ApclipError("--max-retries and --repair-attempts must not be negative")
+        raise UsageError("--max-retries and --repair-attempts must not be negative")
     return LLMSettings(model=args.model, base_url=args.base_url, timeout_s=args.timeout_s,
                        max_retries=args.max_retries, backoff_s=args.backoff_s,
                        repair_attempts=args.repair_attempts, temperature=args.temperature, seed=args.seed)
@@ -132,10 +131,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from apclip.export.prompts.strategies import make_strategy
 
     if args.concurrency < 1:
-        raise ApclipError(f"--concurrency must be at least 1, got {args.concurrency}")
+        raise UsageError(f"--concurrency must be at least 1, got {args.concurrency}")
     if not 4 <= args.max_description_tokens <= CONTEXT_LENGTH:
         # 4 = SOT, one word, the final period, EOT.
-        raise ApclipError(f"--max-description-tokens must be between 4 and {CONTEXT_LENGTH}, "
+        raise UsageError(f"--max-description-tokens must be between 4 and {CONTEXT_LENGTH}, "
                           f"got {args.max_description_tokens}")
     if args.bpe_vocab:
         from apclip.tokenizer import use_vocab
@@ -237,24 +236,37 @@ def cmd_apply_review(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_output_paths(args: argparse.Namespace) -> None:
+    """No subcommand's output may be one of its inputs (apclip.output_guard). apply-review without --out
+    replaces BANK on purpose (atomically); an --out equal to the review table is refused."""
+    from apclip.output_guard import Input, Output, check_outputs
+
+    command = args.command
+    if command == "generate":
+        journal = args.journal or args.out.with_name(args.out.name + ".journal.jsonl")
+        outputs = [Output("--out", args.out), Output("--journal", journal)]
+        inputs = [Input("--labels", args.labels), Input("--graph", args.graph), Input("--bpe-vocab", args.bpe_vocab)]
+    elif command == "derive":
+        outputs = [Output("--out", args.out)]
+        inputs = [Input("--labels", args.labels), Input("--graph", args.graph)]
+    elif command == "review":
+        outputs, inputs = [Output("--csv", args.csv)], [Input("BANK", args.bank)]
+    else:
+        outputs, inputs = [Output("--out", args.out)], [Input("CSV", args.csv)]
+    check_outputs(outputs, inputs)
+
+
 COMMANDS = {"generate": cmd_generate, "derive": cmd_derive, "review": cmd_review, "apply-review": cmd_apply_review}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_command(PROG, build_parser(), run, argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_output_paths(args)
     try:
         return COMMANDS[args.command](args)
-    except ApclipError as exc:
-        _say(f"{PROG}: error: {exc}")
-        return exit_code(exc)
-    except BrokenPipeError:
-        # stdout was closed early (`... --dry-run | head`): not an error worth a traceback.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 1
-    except OSError as exc:
-        _say(f"{PROG}: error: {exc.filename or ''}: {exc.strerror or exc}")
-        return 1
     except KeyboardInterrupt:
         _say(f"{PROG}: interrupted; answers received so far are in the journal: rerun the same command to resume")
         sys.stdout.flush()

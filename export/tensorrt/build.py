@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from apclip.bundle import VISION_INPUT, Manifest, read_manifest
-from apclip.cli_common import report_error
+from apclip.cli_common import run_command
 from apclip.errors import ApclipError, MissingExtraError
 from apclip.fileio import atomic_write
 
@@ -284,16 +284,14 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        build_engine(BuildRequest(Path(args.bundle), args.graph, args.precision, args.workspace_gb, args.opt_batch,
-                                  args.max_batch, tuple(args.calibration), args.force),
-                     log=lambda m: print(m, file=sys.stderr))
-    except ApclipError as exc:
-        if args.debug and not isinstance(exc, MissingExtraError):
-            raise
-        return report_error("apclip-build-engine", exc)
-    except KeyboardInterrupt as exc:
-        return report_error("apclip-build-engine", exc)
+    from apclip.engine.runners.engine_cache import ENGINES_DIR
+    from apclip.output_guard import Input, Output, check_outputs
+
+    check_outputs([Output("BUNDLE/engines", Path(args.bundle) / ENGINES_DIR, "into")],
+                  [Input("--calibration", video) for video in args.calibration])
+    build_engine(BuildRequest(Path(args.bundle), args.graph, args.precision, args.workspace_gb, args.opt_batch,
+                              args.max_batch, tuple(args.calibration), args.force),
+                 log=lambda m: print(m, file=sys.stderr))
     return 0
 
 
@@ -306,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = add_arguments(argparse.ArgumentParser(
         prog="apclip-build-engine", description="Build a TensorRT engine for a bundle on this GPU (cached in "
                                                 "BUNDLE/engines/, listed in its manifest)."))
-    return run(parser.parse_args(argv))
+    return run_command("apclip-build-engine", parser, run, argv)
 
 
 if __name__ == "__main__":

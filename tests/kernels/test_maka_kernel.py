@@ -21,7 +21,7 @@ SEED = int(os.environ.get("APCLIP_TEST_SEED", DEFAULT_SEED))
 N_SAMPLED = 48
 FULL_GRID = os.environ.get("APCLIP_KERNEL_FULL_GRID") == "1"
 CASES = (grid_cases("float16") + grid_cases("float32")) if FULL_GRID else sample_cases(SEED, N_SAMPLED)
-# fp16 inputs: DESIGN.md's kernel threshold. fp32 inputs: the fp32-backend parity threshold.
+# fp16 inputs: docs/architecture.md kernel threshold. fp32 inputs: the fp32-backend parity threshold.
 MAX_REL_L2 = {"float16": 1e-3, "float32": 1e-5}
 MAX_ABS = {"float16": 1e-3, "float32": 1e-4}
 
