@@ -218,4 +218,5 @@ def test_xclip_predicts_a_video_with_new_labels(xclip_bundle, tmp_path):
     pred = rec.predict(video, explain=True)
     scores = {s.label: s.score for s in pred.top}
     assert set(scores) == {"dancing", "cooking pasta"} and sum(scores.values()) == pytest.approx(1.0, abs=1e-5)
+    assert all(s.probability == pytest.approx(s.score, abs=1e-6) for s in pred.top)  # not softmaxed twice
     assert [e.label for e in pred.explanations] and all(e.frames == [] for e in pred.explanations)
