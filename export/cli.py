@@ -45,7 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also export scorer.onnx (the scoring protocol, MAKA or vificlip, in ONNX)")
     p.add_argument("--precision", default="fp32", type=_precision_list,
                    help="encoder precisions to write, comma-separated: fp32 (always) and int8 "
-                        "(vision.int8.onnx, text.int8.onnx; ONNX Runtime dynamic quantization, verified)")
+                        "(vision.int8.onnx, text.int8.onnx; calibrated QDQ int8, gated with float fallback, verified)")
+    p.add_argument("--calibrate", nargs="+", metavar="SOURCE", default=(),
+                   help="int8: calibration videos, folders or @list files, as apclip-infer takes them (a few dozen "
+                        "clips; every 4th is held out for the gate); default: the generated verification video")
+    p.add_argument("--int8-method", choices=("auto", "static", "dynamic"), default="auto",
+                   help="int8: static (explicit QDQ, activation ranges calibrated), dynamic (ranges per batch), or "
+                        "auto (default: static, else dynamic for an encoder whose static graph misses the gate)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                    help="check ONNX Runtime against PyTorch before keeping the bundle (default: on)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
@@ -102,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             opset=args.opset, frames=args.frames, clips=args.clips, crops=args.crops,
             normalize=args.normalize, batch_max=args.batch_max, verify=args.verify, force=args.force,
             scorer=args.scorer, progress=args.progress, log=_log, profile=args.profile, scoring=args.scoring,
-            template=args.template, precisions=args.precision,
+            template=args.template, precisions=args.precision, calibrate=tuple(args.calibrate),
+            int8_method=args.int8_method,
         )
     except ApclipError as exc:
         if args.debug:
