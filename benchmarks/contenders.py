@@ -266,9 +266,11 @@ def _ort_cpu(ctx: BuildContext) -> EncoderRunner:
 
 def _ort_int8(ctx: BuildContext) -> EncoderRunner:
     from apclip.engine.runners.encoders import OrtRunner, _default_threads, graph_batch_max
+    from apclip.engine.runners.precision import session_config
 
     runner = OrtRunner(ctx.manifest.file(VISION_INT8_FILE), VISION_INPUT, threads=_default_threads(ctx.threads),
-                       batch_size=graph_batch_max(ctx.manifest, "vision", ctx.batch_size))
+                       batch_size=graph_batch_max(ctx.manifest, "vision", ctx.batch_size),
+                       session_config=session_config(ctx.manifest, "int8"))
     runner.name = "ort-cpu-int8"
     return runner
 

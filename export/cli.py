@@ -74,6 +74,9 @@ def check_paths(args: argparse.Namespace) -> None:
             what = "is a folder, not a file" if Path(value).is_dir() else "does not exist"
             raise ExportError(f"{name} {value} {what} ({flag})")
     check_bundle_target(args.out, args.force, inputs=(args.ckpt, args.labels, args.prompts, args.base))
+    for source in args.calibrate:  # globs and @lists are expanded (and checked) by the int8 step
+        if not any(c in source for c in "*?[@") and not Path(source).exists():
+            raise ExportError(f"calibration source {source} does not exist (--calibrate)")
 
 
 def _precision_list(value: str) -> tuple[str, ...]:

@@ -42,10 +42,12 @@ class OrtRunner:
     """An ONNX Runtime session on one file with one input and the `embeddings` output."""
 
     def __init__(self, path: Path, input_name: str, *, cuda: bool = False, threads: int | None = None,
-                 batch_size: int = 32):
+                 batch_size: int = 32, session_config: dict[str, str] | None = None):
         ort = require("onnxruntime", "cpu", "the ONNX Runtime backend")
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        for key, value in (session_config or {}).items():  # e.g. int8's exact sums without VNNI
+            options.add_session_config_entry(key, value)
         if threads:
             options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -124,16 +126,19 @@ def graph_batch_max(manifest: Manifest, graph: str, wanted: int) -> int:
 
 def ort_runners(manifest: Manifest, *, cuda: bool, threads: int | None, batch_size: int, precision: str = "fp32"):
     """(vision, text) runners; precision "int8" loads the bundle's int8 files (engine/runners/precision.py)."""
-    from apclip.engine.runners.precision import check_precision, encoder_files, text_runner
+    from apclip.engine.runners.precision import check_precision, encoder_files, session_config, text_runner
 
     check_precision(precision, "ort-cuda" if cuda else "ort", manifest)
     vision_file, text_file = encoder_files(manifest, precision)
     threads = _default_threads(threads)
     batch_size = graph_batch_max(manifest, "vision", batch_size)
-    vision = OrtRunner(manifest.file(vision_file), VISION_INPUT, cuda=cuda, threads=threads, batch_size=batch_size)
+    config = session_config(manifest, precision)
+    vision = OrtRunner(manifest.file(vision_file), VISION_INPUT, cuda=cuda, threads=threads, batch_size=batch_size,
+                       session_config=config)
     if precision != "fp32":
         vision.name = f"{vision.name}-{precision}"
-    text = LazyRunner(lambda: text_runner(manifest, text_file, cuda=cuda, threads=threads), vision.name, 256)
+    text = LazyRunner(lambda: text_runner(manifest, text_file, cuda=cuda, threads=threads, session_config=config),
+                      vision.name, 256)
     text.file = text_file  # the label cache is keyed by the encoder file that made the rows
     return vision, text
 
