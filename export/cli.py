@@ -168,6 +168,15 @@ def _int8_summary(record: dict | None) -> list[str]:
     report = int8_report(record)
     if report is not None:
         lines += ["int8 parity (ONNX Runtime int8 vs PyTorch fp32):", report.table()]
+    for name, method in (record.get("methods") or {}).items():
+        gate = (record.get("gate") or {}).get(f"{name} ({method})") or {}
+        figures = gate.get("figures") or {}
+        if name not in (record.get("files") or {}).values() or not figures:
+            continue
+        speed = gate["fp32_seconds_per_item"] / max(figures["seconds_per_item"], 1e-9)
+        kept = ", ".join(figures["float_layers"]) or "none"
+        lines.append(f"int8 gate: {name} ({method}): held-out min cosine {figures['min_cosine']:.5f}, top-1 "
+                     f"agreement {figures['top1_agreement']:.1%}; float layers: {kept}; {speed:.2f}x fp32 here")
     for name, reason in record.get("refused", {}).items():
         lines.append(f"int8: {name} NOT written: {reason}")
     return lines

@@ -211,6 +211,7 @@ def test_export_summary_prints_the_int8_rows(int8_bundle):
     record = json.loads((int8_bundle / MANIFEST).read_text())["precisions"]["int8"]
     lines = "\n".join(_int8_summary(record))
     assert "int8 parity" in lines and "int8 MAKA top-1, video frames" in lines and "FAILED" not in lines
+    assert f"int8 gate: {VISION_INT8}" in lines and "float layers:" in lines and "x fp32 here" in lines
 
 
 def test_int8_is_a_precision_of_the_ort_constructor(int8_bundle):

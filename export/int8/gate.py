@@ -58,10 +58,11 @@ class GateResult:
     sensitivity: list[tuple[str, float]]  # (node, local relative error), worst first
     steps: int
     reason: str = ""  # why int8 is refused (empty when ok)
+    smoothing: dict = field(default_factory=dict)  # SmoothQuant alpha chosen (static), for the record
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "figures": self.figures.to_dict(), "all_int8": self.first.to_dict(),
-                "fp32_seconds_per_item": self.fp32_seconds, "fallback_steps": self.steps,
+                "fp32_seconds_per_item": self.fp32_seconds, "fallback_steps": self.steps, "smoothing": self.smoothing,
                 "fallback_layers": self.figures.float_layers, "reason": self.reason,
                 "sensitivity_worst": [[n, round(e, 6)] for n, e in self.sensitivity[:8]]}
 
@@ -87,10 +88,10 @@ def compare(reference: Sequence[np.ndarray], got: Sequence[np.ndarray], top1: Ca
     return float(flat.min()), float(flat.mean()), float(agree)
 
 
-def layer_sensitivity(fp32_path: Path, nodes: Sequence[tuple[str, str, str]], feeds: Sequence[dict], *,
+def layer_sensitivity(fp32_path: Path, names: Sequence[str], feeds: Sequence[dict], *,
                       activations: str, reduce_range: bool, rows: int = 512, seed: int = 0
                       ) -> list[tuple[str, float]]:
-    """(node, local relative error) for each (node, activation, weight) of `nodes`, worst first.
+    """(node, local relative error) for each MatMul/Gemm node in `names`, worst first.
 
     feeds: a few calibration inputs; the activation ranges are their MinMax, as the calibrator's."""
     import onnx
@@ -99,6 +100,8 @@ def layer_sensitivity(fp32_path: Path, nodes: Sequence[tuple[str, str, str]], fe
     from apclip.export.verify import ort_session
 
     model = onnx.load(str(fp32_path))
+    by_name = {n.name: n for n in model.graph.node}
+    nodes = [(name, by_name[name].input[0], by_name[name].input[1]) for name in names]  # (node, X, W)
     weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     transposed = {n.name: any(a.name == "transB" and a.i for a in n.attribute)
                   for n in model.graph.node if n.op_type == "Gemm"}
