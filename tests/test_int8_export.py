@@ -143,7 +143,8 @@ def test_gate_refuses_int8_files_below_the_threshold(demo_assets, tmp_path, reus
 
 
 def _corrupt_int8_weights(path: Path) -> None:
-    """Flip the sign of every int8 weight matrix: a quantizer bug the gate must catch."""
+    """Shuffle every int8 weight matrix (a quantizer bug the gate must catch; a sign flip would not do:
+    flipped q/k/v and out_proj weights cancel each other)."""
     import onnx
     from onnx import numpy_helper
 
@@ -151,8 +152,8 @@ def _corrupt_int8_weights(path: Path) -> None:
     for init in model.graph.initializer:
         if init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 2:
             values = numpy_helper.to_array(init)
-            init.CopyFrom(numpy_helper.from_array((-values.astype(np.int16)).clip(-127, 127).astype(np.int8),
-                                                  init.name))
+            shuffled = np.random.default_rng(0).permutation(values.ravel()).reshape(values.shape)
+            init.CopyFrom(numpy_helper.from_array(shuffled, init.name))
     onnx.save(model, str(path))
 
 
@@ -162,7 +163,7 @@ def test_gate_catches_a_corrupt_vision_file_and_keeps_text(demo_assets, tmp_path
     def corrupting(real):
         def quantize(src, dst, *args):
             counts = real(src, dst, *args)
-            if src.name == VISION_FILE:
+            if dst.name == VISION_INT8:  # every vision graph built (plain or smoothed, any fallback)
                 _corrupt_int8_weights(dst)
             return counts
         return quantize
