@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,11 @@ class Manifest:
         return self.model.embed_dim
 
     def file(self, name: str) -> Path:
-        return self.path / name
+        """A file the runtime may load: only one the manifest lists (and so hashes), inside the bundle."""
+        if name not in self.files:
+            raise BundleError(f"bundle {self.path} does not list {name} in its manifest (with its sha256), so it "
+                              f"is not loaded; re-run apclip-export")
+        return bundle_member(self.path, name)
 
     def has(self, name: str) -> bool:
         return name in self.files
@@ -94,24 +99,92 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+# Limits on what a manifest may declare (docs/security.md). A bundle is a trust boundary: it may come from
+# anyone, so every name, number and size in manifest.json is checked before any file it names is opened.
+MAX_MANIFEST_BYTES = 64 << 20
+MAX_BUNDLE_FILES = 1000
+MAX_LABELS = 100_000
+MAX_LABEL_CHARS = 1000
+# The largest file a bundle may list ($APCLIP_MAX_BUNDLE_FILE_MB): ViT-L/14 fp32 ONNX is ~1.2 GB.
+MAX_BUNDLE_FILE_BYTES = int(os.environ.get("APCLIP_MAX_BUNDLE_FILE_MB", "16384")) << 20
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def bundle_member(root: Path, name: object) -> Path:
+    """`root / name` for a name the manifest lists, or BundleError: a plain relative path inside the bundle
+    (no `..`, no absolute path, no backslash or NUL) that, symlinks resolved, stays inside the bundle.
+    Checked before the file is opened, so an outside file is never read (or hashed: no hash oracle)."""
+    if not isinstance(name, str) or not name or len(name) > 255 or "\\" in name or "\0" in name:
+        raise BundleError(f"bundle manifest {root / MANIFEST} lists a bad file name {str(name)[:80]!r}")
+    parts = name.split("/")
+    if name.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise BundleError(f"bundle manifest {root / MANIFEST} lists {name[:80]!r}, which is not a plain name "
+                          f"inside the bundle; refused")
+    path = root / name
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
+        raise BundleError(f"bundle file {path} is a symlink that leaves the bundle; refused (copy the file in)")
+    return path
+
+
+def _check_fields(raw: object, path: Path) -> None:
+    """Types and ranges of the manifest fields every reader relies on, one line per problem."""
+    if not isinstance(raw, dict):
+        raise BundleError(f"{path} is not an apclip bundle manifest (a JSON object)")
+    if raw.get("format") != FORMAT:
+        raise BundleError(f"{path} is not an apclip bundle manifest")
+    version = raw.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise BundleError(f"bundle manifest {path}: format_version {str(version)[:40]!r} is not a version number; "
+                          f"re-run apclip-export")
+    if version > FORMAT_VERSION:
+        raise BundleError(f"bundle {path.parent} has format version {version}, newer than this "
+                          f"apclip understands ({FORMAT_VERSION}); upgrade apclip")
+    labels, files = raw.get("labels"), raw.get("files")
+    if (not isinstance(labels, list) or not 0 < len(labels) <= MAX_LABELS
+            or not all(isinstance(label, str) and 0 < len(label) <= MAX_LABEL_CHARS for label in labels)):
+        raise BundleError(f"bundle manifest {path}: labels must be 1 to {MAX_LABELS} non-empty strings of at most "
+                          f"{MAX_LABEL_CHARS} characters; re-run apclip-export")
+    if not isinstance(files, dict) or len(files) > MAX_BUNDLE_FILES:
+        raise BundleError(f"bundle manifest {path}: files must be an object of at most {MAX_BUNDLE_FILES} entries")
+    for name, info in files.items():
+        declared = info.get("bytes") if isinstance(info, dict) else None
+        if (not isinstance(info, dict) or not isinstance(info.get("sha256"), str) or not _SHA256.match(info["sha256"])
+                or not (declared is None or (isinstance(declared, int) and not isinstance(declared, bool)
+                                             and 0 <= declared <= MAX_BUNDLE_FILE_BYTES))):
+            raise BundleError(f"bundle manifest {path}: files[{name[:80]!r}] needs a sha256 (64 hex digits) and a "
+                              f"size in bytes up to {MAX_BUNDLE_FILE_BYTES} (APCLIP_MAX_BUNDLE_FILE_MB)")
+    for key in ("model", "preprocessing"):
+        if not isinstance(raw.get(key), dict):
+            raise BundleError(f"bundle manifest {path} is missing or has a bad field ({key} must be an object); "
+                              f"re-run apclip-export")
+
+
 def read_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
-    """Parse `bundle/manifest.json`; with verify, every listed file must match its sha256."""
+    """Parse `bundle/manifest.json`; with verify, every listed file must match its size and sha256.
+
+    The one loader every reader of a bundle goes through: the manifest is a regular file of bounded
+    size, its fields are type- and range-checked, and its file names stay inside the bundle."""
+    from apclip.fileio import read_user_bytes
+
     root = Path(bundle)
     path = root / MANIFEST
     if not root.is_dir():
         raise BundleError(f"bundle {root} does not exist (create one with apclip-export --ckpt ...)")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         raise BundleError(f"bundle {root} has no {MANIFEST}; it is not a complete apclip bundle "
-                          f"(re-run apclip-export)") from None
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"bundle manifest {path} is unreadable ({exc}); re-run apclip-export") from None
-    if raw.get("format") != FORMAT:
-        raise BundleError(f"{path} is not an apclip bundle manifest")
-    if int(raw.get("format_version", -1)) > FORMAT_VERSION:
-        raise BundleError(f"bundle {root} has format version {raw.get('format_version')}, newer than this "
-                          f"apclip understands ({FORMAT_VERSION}); upgrade apclip")
+                          f"(re-run apclip-export)")
+    if path.is_symlink():
+        raise BundleError(f"bundle manifest {path} is a symlink; refused (copy the file in)")
+    data = read_user_bytes(path, f"bundle manifest {path}", BundleError, MAX_MANIFEST_BYTES)
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        reason = "it nests too deeply" if isinstance(exc, RecursionError) else " ".join(str(exc).split())[:200]
+        raise BundleError(f"bundle manifest {path} is unreadable ({reason}); re-run apclip-export") from None
+    _check_fields(raw, path)
+    for name in raw["files"]:
+        bundle_member(root, name)
     try:
         manifest = Manifest(
             path=root, model=ModelConfig.from_dict(raw["model"]),
@@ -119,12 +192,34 @@ def read_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
             labels=list(raw["labels"]), files=dict(raw["files"]), raw=raw,
         )
         Scoring.from_dict(raw.get("scoring"))  # a bad scoring entry is a bad field too
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"bundle manifest {path} is missing or has a bad field ({exc}); re-run apclip-export") from None
-    _check_consistency(manifest, path)
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise BundleError(f"bundle manifest {path} is missing or has a bad field ({reason}); "
+                          f"re-run apclip-export") from None
+    _check_numbers(manifest, path)
     if verify:
         verify_files(manifest)
+    _check_consistency(manifest, path)
     return manifest
+
+
+def _check_numbers(manifest: Manifest, path: Path) -> None:
+    """Model and preprocessing sizes a reader allocates from: positive, bounded, and agreeing with each other."""
+    model, pre = manifest.model, manifest.preprocessing
+    sizes = {"embed_dim": model.embed_dim, "image_resolution": model.image_resolution,
+             "frames": pre.frames, "clips": pre.clips, "resolution": pre.resolution}
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 65536:
+            raise BundleError(f"bundle manifest {path}: {name}={str(value)[:40]} is not a size in 1..65536; "
+                              f"re-run apclip-export")
+    if pre.frames * pre.clips > 4096:
+        raise BundleError(f"bundle manifest {path}: {pre.frames} frames x {pre.clips} clips is over 4096 frames")
+    matrix = manifest.raw.get("class_matrix")
+    if isinstance(matrix, dict):
+        for key, want in (("num_classes", len(manifest.labels)), ("embed_dim", model.embed_dim)):
+            if key in matrix and matrix[key] != want:
+                raise BundleError(f"bundle manifest {path}: class_matrix {key} {str(matrix[key])[:40]} does not "
+                                  f"match {want}; re-run apclip-export")
 
 
 def bound_metadata(labels_sha256: str, preprocessing: Preprocessing, scoring: Scoring | None = None) -> dict[str, str]:
@@ -154,7 +249,9 @@ def _same_bound_value(key: str, stored: str, expected: str) -> bool:
 
 def _bound_to_class_matrix(manifest: Manifest) -> str | None:
     """A problem when the class matrix header disagrees with the manifest (None: consistent)."""
-    file = manifest.path / CLASSES_FILE
+    if CLASSES_FILE not in manifest.files:
+        return f"it does not list {CLASSES_FILE}"
+    file = manifest.file(CLASSES_FILE)
     if not file.is_file():
         return None  # reported as a missing file by verify_files
     try:
@@ -194,10 +291,17 @@ def _check_consistency(manifest: Manifest, path: Path) -> None:
 
 
 def verify_files(manifest: Manifest) -> None:
+    """Every listed file: a regular file inside the bundle, of its declared size (checked before hashing,
+    so a huge or sparse file costs a stat, not a read), with its sha256."""
     for name, info in manifest.files.items():
-        file = manifest.path / name
+        file = bundle_member(manifest.path, name)
         if not file.is_file():
-            raise BundleError(f"bundle file {file} is missing; re-run apclip-export")
+            raise BundleError(f"bundle file {file} is missing or not a regular file; re-run apclip-export")
+        size = file.stat().st_size
+        declared = info.get("bytes")
+        if size > MAX_BUNDLE_FILE_BYTES or (declared is not None and size != declared):
+            raise BundleError(f"bundle file {file} is {size} bytes, not the {declared} its manifest declares "
+                              f"(limit {MAX_BUNDLE_FILE_BYTES}, APCLIP_MAX_BUNDLE_FILE_MB); re-run apclip-export")
         if sha256_file(file) != info.get("sha256"):
             raise BundleError(f"bundle file {file} does not match its sha256 in the manifest "
                               f"(modified or corrupt); re-run apclip-export")

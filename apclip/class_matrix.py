@@ -122,6 +122,14 @@ def load_class_matrix(path: str | os.PathLike, labels: Sequence[str]) -> ClassMa
     if embeddings.ndim != 3 or counts.shape != (embeddings.shape[0],) or embeddings.shape[0] != len(labels):
         raise ApclipError(f"class matrix {path} has shape {embeddings.shape} / counts {counts.shape}, "
                           f"which does not fit {len(labels)} labels; re-run apclip-export")
+    if embeddings.dtype.kind != "f" or counts.dtype.kind not in "iu":
+        raise ApclipError(f"class matrix {path} has dtypes {embeddings.dtype} / {counts.dtype}, not float / int; "
+                          f"re-run apclip-export")
+    if not np.isfinite(embeddings).all():  # a NaN row would score NaN, and NaN sorts anywhere
+        raise ApclipError(f"class matrix {path} has NaN or infinite values; it is refused (re-run apclip-export)")
+    if counts.size and (counts.min() < 1 or counts.max() > embeddings.shape[1]):
+        raise ApclipError(f"class matrix {path} has prompt counts outside 1..{embeddings.shape[1]}; "
+                          f"re-run apclip-export")
     return ClassMatrix(embeddings.astype(np.float32, copy=False), counts.astype(np.int32), list(labels), [])
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -34,29 +35,132 @@ def publish(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     os.replace(tmp, final)
 
 
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2  # <linux/fs.h>: swap two paths in one step
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # not Linux, or glibc < 2.28
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    errno = ctypes.get_errno()
+    if errno in (22, 38, 95):  # EINVAL / ENOSYS / EOPNOTSUPP: this filesystem cannot exchange
+        return False
+    raise OSError(errno, os.strerror(errno), str(b))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def partial_dir(final: str | os.PathLike) -> Path:
+    """A new empty folder `.NAME.partial-PID-XXXX` beside `final` to build it in (same filesystem, so the
+    publishing rename is atomic). Leftovers of dead runs are cleaned first (see clean_stale)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(final)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=final.parent))
+
+
+def clean_stale(final: str | os.PathLike) -> None:
+    """After a kill -9: restore `final` from `.NAME.old-PID` if only that is left (the two-rename fallback
+    was cut between its renames), then remove `.NAME.partial-PID-*` and `.NAME.old-PID` of dead processes."""
+    import re
+    import shutil
+
+    final = Path(final)
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(partial|old)-(\d+)(?:-.*)?$")
+    try:
+        siblings = list(final.parent.iterdir())
+    except OSError:
+        return
+    for path in sorted(siblings):
+        match = pattern.match(path.name)
+        if not match or _pid_alive(int(match[2])) or path.is_symlink() or not path.is_dir():
+            continue
+        if match[1] == "old" and not os.path.lexists(final):
+            os.replace(path, final)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
-    """Publish the finished directory `tmp` as `final`; an existing `final` is moved aside first and
-    removed only once the new one is in place, so a crash never leaves neither."""
+    """Publish the finished directory `tmp` as `final`. An existing `final` is swapped with `tmp` in one
+    atomic step (renameat2 RENAME_EXCHANGE), so a kill at any moment leaves the old or the new folder at
+    `final`; the old one, now at `tmp`, is removed afterwards (or by the next run's clean_stale). Where the
+    filesystem cannot exchange, the old folder is renamed aside to `.NAME.old-PID` first, and clean_stale
+    puts it back if a kill came between the two renames."""
     import shutil
 
     tmp, final = Path(tmp), Path(final)
     if not final.exists():
         publish(tmp, final)
         return
+    publish(tmp, tmp)  # modes only: the rename is the exchange below
+    if _exchange(tmp, final):
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     old = final.with_name(f".{final.name}.old-{os.getpid()}")
     os.replace(final, old)
-    publish(tmp, final)
+    os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
 
 
-def read_user_text(path: str | os.PathLike, what: str, error: type[Exception]) -> str:
-    """The text of a file the user named (BOM dropped), or `error` in one line: "{what} does not
-    exist" / "{what} is unreadable: ..." (what: e.g. "labels file labels.txt")."""
+# The largest text file a user may hand us (labels, lists, prompt banks, manifests): far above any real
+# one (a 100k-label bank is ~50 MB), and small enough that reading it whole cannot exhaust memory.
+MAX_USER_FILE_BYTES = int(os.environ.get("APCLIP_MAX_USER_FILE_MB", "256")) << 20
+
+
+def read_user_bytes(path: str | os.PathLike, what: str, error: type[Exception],
+                    max_bytes: int = MAX_USER_FILE_BYTES) -> bytes:
+    """The bytes of a file the user named, or `error` in one line. Only regular files: a FIFO, socket or
+    device would block or never end, so it is refused before a byte is read (opened non-blocking, then
+    fstat'd: no race between the check and the read). At most `max_bytes` ($APCLIP_MAX_USER_FILE_MB)."""
     try:
-        return Path(path).read_text(encoding="utf-8-sig")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise error(f"{what} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise error(f"{what} is unreadable: {exc.strerror or exc}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
+        os.close(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise error(f"{what} is unreadable: it is a folder; give a file")
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{what} is unreadable: not a regular file (a FIFO, socket or device would never end); "
+                        f"give a file")
+        raise error(f"{what} is {info.st_size} bytes, over the limit of {max_bytes} (APCLIP_MAX_USER_FILE_MB)")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as exc:
+            raise error(f"{what} is unreadable: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise error(f"{what} grew past the limit of {max_bytes} bytes while being read")
+    return data
+
+
+def read_user_text(path: str | os.PathLike, what: str, error: type[Exception],
+                   max_bytes: int = MAX_USER_FILE_BYTES) -> str:
+    """The text of a file the user named (BOM dropped), or `error` in one line: "{what} does not
+    exist" / "{what} is unreadable: ..." / not a regular file / too large (what: e.g. "labels file x.txt")."""
+    try:
+        return read_user_bytes(path, what, error, max_bytes).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
         raise error(f"{what} is unreadable: {exc}") from None
 
 
@@ -109,9 +213,13 @@ class AtomicFile:
         return self.path
 
     def discard(self) -> None:
-        if self.file is not None and not self.file.closed:
-            self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        try:
+            if self.file is not None and not self.file.closed:
+                self.file.close()  # flushes what is buffered: on a full disk that raises ENOSPC again
+        except OSError:
+            pass  # the file is being thrown away; what matters is that it goes
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -245,18 +245,18 @@ def content_sha256(content: dict[str, Any]) -> str:
 
 
 def load_prompt_bank(path: str | os.PathLike) -> PromptBank:
+    from apclip.fileio import read_user_text
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PromptBankError(f"prompt bank {path} does not exist; write one with `apclip-prompts generate`") \
-            from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PromptBankError(f"prompt bank {path} cannot be read: {exc}") from None
+    if not os.path.lexists(path):
+        raise PromptBankError(f"prompt bank {path} does not exist; write one with `apclip-prompts generate`")
+    text = read_user_text(path, f"prompt bank {path}", PromptBankError)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PromptBankError(f"prompt bank {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except RecursionError:
+        raise PromptBankError(f"prompt bank {path} nests too deeply to be a prompt bank") from None
     return PromptBank.from_dict(data, source=f"prompt bank {path}")
 
 

@@ -89,11 +89,21 @@ def clean_text(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip().lower()
 
 
+MAX_VOCAB_BYTES = 16 << 20
+
+
 class Tokenizer:
     def __init__(self, vocab_path: str | os.PathLike | None = None):
         path = find_vocab(vocab_path)
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            lines = f.read().split("\n")[1:_MERGES + 1]
+        try:
+            with gzip.open(path, "rb") as f:
+                # CLIP's merges inflate to 1.4 MB: reading a bounded prefix makes a gzip bomb harmless.
+                text = f.read(MAX_VOCAB_BYTES + 1)
+        except (OSError, EOFError) as exc:
+            raise ValueError(f"{path} is not a readable gzip file ({exc})") from None
+        if len(text) > MAX_VOCAB_BYTES:
+            raise ValueError(f"{path} inflates to more than {MAX_VOCAB_BYTES >> 20} MB: not CLIP's BPE vocabulary")
+        lines = text.decode("utf-8", errors="replace").split("\n")[1:_MERGES + 1]
         merges = [tuple(line.split()) for line in lines]
         if len(merges) != _MERGES or any(len(m) != 2 for m in merges):
             raise ValueError(f"{path} is not CLIP's BPE vocabulary (expected {_MERGES} merge pairs)")

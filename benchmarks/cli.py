@@ -5,6 +5,7 @@
     apclip-bench latency BUNDLE [--backends LIST] [--video V] [--batch N] [--runs N] [--warmup N] [--json F] [--plot F.png]
     apclip-bench compare A.json B.json [...] [--plot F.png]
     apclip-bench kernel [--k 400 600] [--b 1 8 64 256] [--json F]
+    apclip-bench stream [--presets tiny,ViT-B-16] [--sources N] [--baseline] [--processes] [--realtime] [--json F]
 
 Exit codes: 0 ok; 1 a contender failed parity (or an error); 2 usage, missing optional package or
 missing GPU (kernel); 130 interrupted.
@@ -38,16 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("bundle", help="bundle directory (from apclip-export)")
         q.add_argument("--ckpt", help=ckpt_help)
         q.add_argument("--base", help="base OpenAI CLIP file for a ViFi-CLIP --ckpt")
-        q.add_argument("--backends", help="comma list of contenders, e.g. ort-cpu,torch-cuda:fp16,numpy "
+        q.add_argument("--backends", help="comma list of contenders, e.g. ort,torch-cuda:fp16,numpy "
                                           "(default: every one; see apclip-bench backends)")
         q.add_argument("--threads", type=int, help="CPU threads of ONNX Runtime (default: all cores)")
         q.add_argument("--json", dest="json_out", help="write everything measured to this JSON file")
         q.add_argument("--workdir", default=_workdir_default(), help="where generated videos are kept")
         q.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
-    q = sub.add_parser("backends", help="list every contender and whether it can run here")
+    q = sub.add_parser("backends", help="the backend x precision table: what can run here, and why not the rest")
     q.add_argument("bundle", help="bundle directory (some rows depend on its files)")
     q.add_argument("--ckpt", help="checkpoint (the torch rows need one)")
+    q.add_argument("--base", help="base OpenAI CLIP file for a ViFi-CLIP --ckpt")
     q.add_argument("--json", dest="json_out")
 
     q = sub.add_parser("parity", help="every contender against the torch fp32 reference")
@@ -84,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     from apclip.benchmarks.kernel import add_arguments
 
     add_arguments(q)
+
+    q = sub.add_parser("stream", help="stream mode: windows/s, frames encoded per window, lag, drops, RSS "
+                                      "(many sources, encode-once vs re-encoding)")
+    from apclip.benchmarks.stream_bench import add_arguments as add_stream_arguments
+
+    add_stream_arguments(q)
     return p
 
 
@@ -102,19 +110,28 @@ def _check_out(path: str | None, flag: str) -> None:
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
+    """The backend table (engine/runners/table.py) as it stands on this machine for this bundle, then the scorers."""
     from apclip.bundle import read_manifest
-    from apclip.benchmarks.contenders import BuildContext, contenders, probe
+    from apclip.benchmarks.contenders import probe, scorers
+    from apclip.engine.runners.table import Context, describe
 
-    ctx = BuildContext(read_manifest(args.bundle), args.ckpt)
-    rows = []
-    for c in contenders():
+    ctx = Context(read_manifest(args.bundle), args.ckpt, args.base)
+    rows = describe(ctx)
+    print(f"{'backend':<11} {'precision':<9} {'device':<6} {'extra':<6} {'file':<44} status")
+    for row in rows:
+        status = "available" if row["available"] else f"unavailable: {row['reason']}"
+        tags = "".join(f" [{tag}]" for tag in ("auto", "reference") if row[tag])
+        print(f"{row['backend']:<11} {row['precision']:<9} {row['device']:<6} {row['extra']:<6} "
+              f"{row['file'] or '(the --ckpt checkpoint)':<44} {status}{tags}")
+    scorer_rows = []
+    for c in scorers():
         reason = probe(c, ctx)
-        kind = "reference" if c.reference else c.kind
-        rows.append({"contender": c.name, "kind": kind, "device": c.device, "available": reason is None,
-                     "reason": reason})
-        print(f"{c.name:<17} {kind:<9} {c.device:<5} {'available' if reason is None else 'unavailable: ' + reason}")
+        scorer_rows.append({"scorer": c.backend, "precision": c.precision, "device": c.device,
+                            "available": reason is None, "reason": reason})
+        print(f"scorer {c.backend:<10} {c.precision:<9} {c.device:<6} "
+              f"{'available' if reason is None else 'unavailable: ' + reason}")
     if args.json_out:
-        _write_json(args.json_out, {"benchmark": "backends", "rows": rows})
+        _write_json(args.json_out, {"benchmark": "backends", "rows": rows, "scorers": scorer_rows})
     return 0
 
 
@@ -201,6 +218,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stream(args: argparse.Namespace, log) -> int:
+    from apclip.benchmarks.machine import describe
+    from apclip.benchmarks.stream_bench import format_table, run_stream_bench
+
+    _check_out(args.json_out, "--json")
+    if args.sources < 1 or args.max_batch < 1 or args.seconds <= 0:
+        raise ApclipError("--sources and --max-batch must be >= 1 and --seconds positive")
+    report = run_stream_bench(args, log)
+    s = report["settings"]
+    print(f"stream mode: {s['sources']} source(s) of {s['seconds']:g} s {s['size'][0]}x{s['size'][1]} at "
+          f"{s['fps']:g} fps{' paced in real time' if s['realtime'] else ''}, windows of {s['window']:g} s every "
+          f"{s['stride']:g} s; {describe(report['machine'])}")
+    print(format_table(report["rows"], s["realtime"]))
+    for name, drift in report["rss_drift"].items():
+        if drift:
+            print(f"{name}: RSS peak {drift['first_minute_peak_mib']:.0f} MiB in the first minute, "
+                  f"{drift['last_minute_peak_mib']:.0f} MiB in the last ({drift['growth_mib']:+.1f} MiB)")
+    if args.json_out:
+        _write_json(args.json_out, report)
+        log(f"wrote {args.json_out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     args = build_parser().parse_args(argv)
@@ -215,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_latency(args, log)
         if args.command == "compare":
             return cmd_compare(args)
+        if args.command == "stream":
+            return cmd_stream(args, log)
         from apclip.benchmarks.kernel import run
 
         return run(args)

@@ -3,7 +3,7 @@ vision encode of ONNX Runtime CPU vs PyTorch eager fp32 timed side by side in on
 
     python -m apclip.benchmarks.export_speed [--preset ViT-B-16] [--classes 400 --prompts 36] [--runs 5]
 
-The encode comparison is `apclip-bench latency BUNDLE --ckpt CKPT --backends ort-cpu,torch-cpu` (same
+The encode comparison is `apclip-bench latency BUNDLE --ckpt CKPT --backends ort,torch` (same
 clip, interleaved runs); the export steps come from export_bundle's own step timings. Writes JSON.
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         _, ms = timed(lambda: encode_class_matrix(labels, prompts, encode, progress=True))
         result["class_matrix"] = {"classes": args.classes, "prompts": args.prompts, "seconds": ms / 1e3}
     video = latency_video(workdir, seconds=2.0)
-    report = run_latency(bundle, video, backends="ort-cpu,torch-cpu", checkpoint=ckpt,
+    report = run_latency(bundle, video, backends="ort,torch", checkpoint=ckpt,
                          settings=LatencySettings(runs=args.runs, threads=args.threads, stream=False, large_classes=0))
     print(f"\n{args.preset} random weights; {describe(report.machine)}")
     print("export: " + ", ".join(f"{k} {v:.1f} s" for k, v in (export_seconds or {}).items()))

@@ -86,7 +86,10 @@ def encoder_rows(torch, batch: int, with_compile: bool) -> tuple[list[dict], dic
         torch.backends.cuda.matmul.allow_tf32 = True
         record("eager fp32 (tf32)", lambda: fp32(device_pixels), fp32(device_pixels).float())
         torch.backends.cuda.matmul.allow_tf32 = False
-    for precision, graphs in (("fp16", True), ("bf16", True), ("fp16", False)):
+    from apclip.engine.runners.table import precisions
+
+    # every torch-cuda row of the backend table (fp32 included: it must equal eager), and fp16 without graphs
+    for precision, graphs in [(p, True) for p in precisions("torch-cuda")] + [("fp16", False)]:
         model = ImageEmbedder(cast_for_inference(copy.deepcopy(base), precision))
         runner = TorchCudaRunner(model, tail=(3, r, r), input_dtype=torch.float32, batch_size=batch, graphs=graphs)
         out = runner.embed_on_device(pixels)

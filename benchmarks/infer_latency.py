@@ -1,7 +1,7 @@
 """Thin wrapper: apclip-infer latency per stage for a random-weight ViT-B/16 bundle on a generated 720p video.
 
     python -m apclip.benchmarks.infer_latency [--workdir DIR] [--preset ViT-B-16] [--seconds 10] [--runs 5]
-                                              [--backends ort-cpu,numpy] [--json bench_infer_latency.json]
+                                              [--backends ort,numpy] [--json bench_infer_latency.json]
 
 The bundle and video are made once in --workdir (apclip.benchmarks.workload), then this is
 `apclip-bench latency BUNDLE --video V --backends ...` (decode, preprocess, encode, score with the bundle's
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fps", type=float, default=30.0)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--threads", type=int)
-    p.add_argument("--backends", default="ort-cpu,numpy")
+    p.add_argument("--backends", default="ort,numpy")
     p.add_argument("--json", default="bench_infer_latency.json")
     args = p.parse_args(argv)
 

@@ -19,7 +19,7 @@ PACKAGES = {
     "apclip": ("apclip",), "numpy": ("numpy",), "opencv": ("opencv-python-headless", "opencv-python"),
     "onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "onnx": ("onnx",), "torch": ("torch",),
     "triton": ("triton",), "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13"),
-    "matplotlib": ("matplotlib",),
+    "matplotlib": ("matplotlib",), "openvino": ("openvino",),
 }
 
 

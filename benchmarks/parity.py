@@ -239,7 +239,9 @@ def run_parity(bundle: str | Path, checkpoint: str | Path, videos: Sequence[Path
             setattr(row, key, value)
         row.ms_per_clip = float(np.median(ms[name]))
         judge(row, thresholds[contender.precision])
-    reference_row = ParityRow(f"torch-{reference_device}:fp32", "reference", "fp32", "reference",
+    # named like the backend table's rows: torch:fp32 on the CPU, torch-cuda:fp32 on a GPU
+    reference_name = "torch:fp32" if reference_device == "cpu" else f"torch-{reference_device.split(':')[0]}:fp32"
+    reference_row = ParityRow(reference_name, "reference", "fp32", "reference",
                               f"the reference ({Path(checkpoint).name})",
                               file_bytes=Path(checkpoint).stat().st_size, ms_per_clip=float(np.median(ms["reference"])))
     return ParityReport(str(bundle), str(checkpoint), reference_row.contender, [str(v) for v in videos],

@@ -48,17 +48,9 @@ def ensure_inputs(workdir: Path, minutes: float, fps: float, bundle: str | None)
         write_test_video(video, frames=int(round(minutes * 60 * fps)), size=(320, 240), fps=fps, codec="MJPG")
     if bundle:
         return video, Path(bundle)
-    out = workdir / "bundle-tiny"
-    if not (out / "manifest.json").is_file():
-        # In a child process: export imports torch, which would sit in this process's RSS otherwise.
-        print(f"exporting the tiny demo bundle to {out}")
-        code = (f"from pathlib import Path; from apclip.export.api import export_bundle; "
-                f"from apclip.testing.assets import write_demo_assets; "
-                f"a = write_demo_assets(Path({str(workdir / 'assets')!r}), frames=8); "
-                f"export_bundle(a['checkpoint'], out={str(out)!r}, labels=a['labels'], prompts=a['bank'], "
-                f"verify=False, progress=False, log=lambda m: None)")
-        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
-    return video, out
+    from apclip.benchmarks.stream_bench import preset_bundle
+
+    return video, preset_bundle(workdir, "tiny", print)
 
 
 def minute_peaks(times: list[float], rss_kib: list[int], first_end: float, last_start: float) -> dict[str, float]:

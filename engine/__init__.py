@@ -14,7 +14,7 @@ _EXPORTS = {
     "Explanation": "predictions", "FrameMatch": "predictions", "LabelScore": "predictions",
     "Prediction": "predictions", "WindowPrediction": "predictions",
     "flatten_views": "video.preprocess", "unflatten_views": "video.preprocess",
-    "BACKENDS": "recognizer", "Recognizer": "recognizer",
+    "Recognizer": "recognizer",
     "BackendUnavailable": "runners.encoders",
     "Frame": "video.sources", "SourceInfo": "video.sources", "VideoSource": "video.sources", "open_source": "video.sources",
 }

@@ -87,12 +87,14 @@ class WindowPrediction(Prediction):
     index: int = 0  # window number, from 0
     start: float = 0.0  # seconds
     end: float = 0.0
+    stream: int | None = None  # number of the source among many (apclip-infer --stream); None for one
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
-        out = {"source": out.pop("source"), "window": self.index, "start": round(self.start, 3),
-               "end": round(self.end, 3), **out}
-        return out
+        head = {"source": out.pop("source")}
+        if self.stream is not None:
+            head["stream"] = self.stream
+        return {**head, "window": self.index, "start": round(self.start, 3), "end": round(self.end, 3), **out}
 
 
 def _explanation_dict(e: Explanation) -> dict[str, Any]:

@@ -8,8 +8,9 @@
 Clip mode samples T frames x N temporal clips x C crops (the bundle's numbers), encodes all V*T
 frames and scores them with the bundle's protocol (MAKA over all frames pooled, or ViFi-CLIP's
 per-view softmax summed over views). Stream mode samples each window with one temporal clip
-and the bundle's crops. Decoding and preprocessing run in a producer thread, a window ahead of the
-encoder, so neither waits while both are busy.
+and the bundle's crops, on a lattice shared by overlapping windows: every sampled frame is encoded
+once and windows are scored from a ring of embeddings (engine/stream/). Decoding and preprocessing
+run in producer threads, so the encoder does not wait for them.
 """
 from __future__ import annotations
 
@@ -24,13 +25,11 @@ import numpy as np
 from apclip.bundle import Manifest, PROMPTS_FILE, read_manifest
 from apclip.class_matrix import ClassMatrix, load_prompt_texts
 from apclip.errors import ApclipError
-from apclip.extras import require
 
 from apclip.engine.video.clips import Clip, load_clip
-from apclip.engine.video.windows import iter_window_clips
 from apclip.engine.predictions import Explanation, FrameMatch, LabelScore, Prediction, ViewMatch, WindowPrediction
 from apclip.engine.video.preprocess import flatten_views
-from apclip.engine.runners.encoders import BACKENDS, BackendUnavailable, EncoderRunner, encode_in_batches
+from apclip.engine.runners.encoders import EncoderRunner, encode_in_batches
 from apclip.engine.scoring.scorers import Scorer, make_scorer
 from apclip.engine.scoring.vocabulary import resolve_classes
 
@@ -39,21 +38,6 @@ Log = Callable[[str], None]
 
 def _quiet(message: str) -> None:
     pass
-
-
-def select_backend(backend: str, manifest: Manifest, *, tensorrt: bool = True, ckpt=None) -> str:
-    """`auto`: the first of trt > torch-cuda > ort-cuda > ort whose probe passes (engine/runners/gpu_backends.py)."""
-    if backend not in BACKENDS:
-        raise BackendUnavailable(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend != "auto":
-        return backend
-    from apclip.engine.runners.gpu_backends import AUTO_ORDER, PROBES
-
-    for name in AUTO_ORDER:
-        if (tensorrt or name != "trt") and PROBES[name](manifest, ckpt).ok:
-            return name
-    require("onnxruntime", "cpu", "inference (or \"apclip[gpu]\" on a CUDA machine)")
-    return "ort"
 
 
 class Recognizer:
@@ -76,17 +60,19 @@ class Recognizer:
     def from_bundle(cls, path: str | os.PathLike, backend: str = "auto", labels: Sequence[str] | None = None, *,
                     prompts: str | os.PathLike | None = None, scorer: str = "auto", threads: int | None = None,
                     batch_size: int = 32, ckpt: str | os.PathLike | None = None, base: str | None = None,
-                    topk: int = 5, use_cache: bool = True, template: str | None = None, precision: str = "fp32",
+                    topk: int = 5, use_cache: bool = True, template: str | None = None, precision: str = "auto",
                     log: Log = _quiet) -> "Recognizer":
         """Load a bundle (every file checked against its sha256) and pick the runners and the scorer.
 
-        backend: auto | ort | ort-cuda | trt | torch-cuda | torch (torch and torch-cuda need `ckpt`, the
-        exported checkpoint); auto tries trt > torch-cuda > ort-cuda > ort and logs what it chose and why.
+        backend, precision: a row of the backend table (engine/runners/table.py; torch and torch-cuda need
+        `ckpt`, the exported checkpoint). backend auto takes the first row that runs here (fastest first)
+        and logs what it chose and why; precision auto is the backend's default (fp16 on trt and
+        torch-cuda, fp32 elsewhere). The precision asked for is the one run; a pair the table does not
+        have is a one-line UsageError.
         labels: the classes to rank (default: the bundle's); labels not in the bundle are encoded with
         text.onnx from `prompts` (a prompt bank) or the template, and cached on disk unless use_cache
         is False. scorer: auto | numpy | onnx | triton. template: text of new labels without bank
-        entries (default: the bundle's). precision: fp32 | int8 (the bundle's int8 files, from
-        apclip-export --precision fp32,int8; backend ort). log: receives one-line progress messages.
+        entries (default: the bundle's). log: receives one-line progress messages.
         """
         from apclip.errors import ApclipError
         from apclip.scoring_protocol import check_template
@@ -97,23 +83,12 @@ class Recognizer:
             check_template(template)
         except ValueError as exc:
             raise ApclipError(f"--template: {exc}") from None
-        from apclip.engine.runners.gpu_backends import CONSTRUCTORS, auto_runners
+        from apclip.engine.runners.table import Context, choose
 
-        options = dict(batch_size=batch_size, threads=threads, ckpt=ckpt, base=base)
-        if precision != "fp32":
-            from apclip.engine.runners.precision import check_precision
-            from apclip.engine.runners.encoders import ort_runners
-
-            # int8 files run on ONNX Runtime's CPU kernels: auto means ort there.
-            chosen = "ort" if backend == "auto" else select_backend(backend, manifest)
-            check_precision(precision, chosen, manifest)
-            vision, text = ort_runners(manifest, cuda=False, threads=threads, batch_size=batch_size,
-                                       precision=precision)
-            log(f"precision {precision} -> {vision.name}")
-        elif backend == "auto":
-            vision, text, _ = auto_runners(manifest, log=log, **options)
-        else:
-            vision, text = CONSTRUCTORS[select_backend(backend, manifest)](manifest, **options)
+        context = Context(manifest, ckpt, base, threads, batch_size)
+        row, (vision, text) = choose(backend, precision, context, log=log)
+        if backend != "auto":
+            log(f"backend {row.key} -> {vision.name}")
         bank = None
         if prompts is not None and manifest.scoring.protocol == "vificlip":
             log(f"note: bundle {path} scores with the vificlip protocol (one prompt per class): {prompts} is not "
@@ -149,8 +124,13 @@ class Recognizer:
         return encode_in_batches(self.vision, flatten_views(clip.views))  # [V*T, 3, R, R] -> [V*T, E]
 
     def score(self, embeddings: np.ndarray) -> np.ndarray:
-        """[Nv, E] -> [K] scores of all classes by the bundle's protocol (maka: all frames pooled into one set)."""
-        return self.scorer(embeddings[None], self.classes)[0]
+        """[Nv, E] -> [K] scores of all classes by the bundle's protocol (maka: all frames pooled into one set).
+        NaN or infinite scores (a broken model or class matrix) are an error, never ranked: NaN sorts anywhere."""
+        scores = self.scorer(embeddings[None], self.classes)[0]
+        if not np.isfinite(scores).all():
+            raise ApclipError(f"the model of bundle {self.manifest.path} gave NaN or infinite scores; nothing was "
+                              f"scored (re-export the bundle)")
+        return scores
 
     def _fill(self, pred: Prediction, clip: Clip, timings: dict[str, float], topk: int, explain: bool,
               on_stage: Callable[[str], None] | None = None) -> None:
@@ -161,6 +141,11 @@ class Recognizer:
         timings["encode"] = time.perf_counter() - t
         if on_stage:
             on_stage("score")
+        self.rank(pred, emb, clip, timings, topk, explain)
+
+    def rank(self, pred: Prediction, emb: np.ndarray, clip: Clip, timings: dict[str, float], topk: int,
+             explain: bool) -> None:
+        """Fill `pred` from a clip's frame embeddings [V*T, E] (view-major): scores, top-k, explanations."""
         t = time.perf_counter()
         scores = self.score(emb)
         timings["score"] = time.perf_counter() - t
@@ -254,15 +239,25 @@ class Recognizer:
     # -- stream -----------------------------------------------------------------------------------
     def stream(self, source, *, window: float = 2.0, stride: float = 1.0, unit: str = "seconds",
                topk: int | None = None, explain: bool = False, fps: float | None = None) -> Iterator[WindowPrediction]:
-        """Stream mode: a prediction per sliding window, yielded as soon as the window completes."""
-        spec = self.manifest.preprocessing.with_clips(1)
-        windows = iter_window_clips(source, spec, span=window, stride=stride, unit=unit, workers=self.workers,
-                                    fps=fps)
-        for index, (clip, decode_s) in enumerate(_prefetch(lambda: iter(windows))):
-            pred = WindowPrediction(source=clip.source.name, top=[], scores=np.zeros(0), index=index,
-                                    start=float(clip.start), end=float(clip.end))
-            self._fill(pred, clip, {"decode+preprocess": decode_s}, topk or self.topk, explain)
+        """Stream mode: a prediction per sliding window, yielded as soon as the window completes.
+
+        Frames are sampled on the stream lattice (engine/video/lattice.py) and each is encoded once; a
+        window is scored from the embeddings of its frames. Errors of the source are raised here."""
+        from apclip.engine.stream.engine import MultiStream, StreamSettings
+        from apclip.engine.stream.feeds import FeedOptions
+
+        settings = StreamSettings(window, stride, unit, feed=FeedOptions(fps=fps))
+        for pred in MultiStream(self, [source], settings, topk=topk, explain=explain, raise_errors=True):
+            pred.stream = None  # one source: no stream number in its records
             yield pred
+
+    def stream_many(self, sources: Sequence, settings=None, *, topk: int | None = None, explain: bool = False,
+                    on_event=None):
+        """Many sources in one batched loop (engine/stream/engine.py's MultiStream; iterate it for windows,
+        read its .stats for windows, drops and lag per source)."""
+        from apclip.engine.stream.engine import MultiStream
+
+        return MultiStream(self, sources, settings, topk=topk, explain=explain, on_event=on_event)
 
 
 def _prompt_texts(manifest: Manifest, classes: ClassMatrix, bank, template: str) -> list[list[str]] | None:

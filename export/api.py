@@ -6,7 +6,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,7 +19,7 @@ from apclip.bundle import (bound_metadata, CLASSES_FILE, EMBEDDINGS_OUTPUT, FORM
                            SCORER_INPUTS, SCORER_OUTPUT, TEXT_FILE, TEXT_INPUT, VISION_FILE, VISION_INPUT, VOCAB_FILE,
                            sha256_file)
 from apclip.config import CROP_COUNTS, NORMALIZATIONS
-from apclip.fileio import replace_dir
+from apclip.fileio import partial_dir, replace_dir
 from apclip.preprocessing import PROFILES, Preprocessing
 from apclip.scoring_protocol import PROTOCOLS, Scoring, check_template
 
@@ -138,7 +137,7 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
         log(line)
 
     # Built next to `out` so the final rename stays on one filesystem; the name is never a bundle path.
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    work = partial_dir(out)  # also cleans what a killed run left beside `out`
     try:
         job = _Job(model, checkpoint, label_list, labels_sha256(label_list), bank, preprocessing,
                    ExportOptions(opset=opset, batch_max=batch_max, verify=verify, scorer=scorer, progress=progress,

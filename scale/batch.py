@@ -18,7 +18,7 @@ from pathlib import Path
 
 from apclip.errors import ApclipError
 
-from apclip.engine.runners.encoders import BACKENDS
+from apclip.engine.runners.table import backend_choices
 from apclip.engine.scoring.scorers import SCORERS
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--object-store-mb", type=int, default=512,
                    help="object store of the local Ray instance in MB (default 512)")
-    p.add_argument("--backend", default="auto", choices=BACKENDS, help="vision/text runner (default auto)")
+    p.add_argument("--backend", default="auto", choices=backend_choices(), help="vision/text runner (default auto)")
     p.add_argument("--scorer", default="auto", choices=SCORERS, help="MAKA scorer (default auto)")
     p.add_argument("--labels", help="labels file; labels not in the bundle are encoded once per actor")
     p.add_argument("--prompts", help="prompt bank JSON for labels not in the bundle")
@@ -62,14 +62,18 @@ def expand_inputs(spec: str) -> list[str]:
     if path.is_dir():
         found = [str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS]
     elif path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        from apclip.fileio import read_user_text
+
+        lines = [line.strip() for line in read_user_text(path, f"--input list {path}", ApclipError).splitlines()]
         # Relative entries are relative to the list file, so a list travels with its archive.
         found = [entry if os.path.isabs(entry) else str(path.parent / entry)
                  for entry in lines if entry and not entry.startswith("#")]
     elif path.is_file():
         found = [str(path)]
     elif glob.has_magic(spec):
-        found = [p for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
+        from apclip.walk import glob_paths
+
+        found = [p for p in glob_paths(spec) if os.path.isfile(p)]  # `**` never loops through symlinks
     else:
         raise ApclipError(f"--input {spec}: no such folder, list file or video")
     if not found:
@@ -82,21 +86,43 @@ def check_arguments(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ApclipError(f"--{name.replace('_', '-')} {value}: use 1 or more")
+    from apclip.limits import max_threads
+
+    if args.threads is not None and args.threads > max_threads():
+        raise ApclipError(f"--threads {args.threads}: this machine has {os.cpu_count()} CPUs "
+                          f"(use at most {max_threads()})")
+    if not (0 <= args.gpus_per_worker <= 64 and 0 <= args.cpus_per_worker <= 1024):  # also refuses nan
+        raise ApclipError("--gpus-per-worker / --cpus-per-worker must be in 0..64 / 0..1024")
     if args.gpus_per_worker < 0 or args.cpus_per_worker < 0:
         raise ApclipError("--gpus-per-worker / --cpus-per-worker must not be negative")
     if not Path(args.bundle).is_dir():
         raise ApclipError(f"bundle not found: {args.bundle}")
 
 
+LOCAL_RAY_ENV = {
+    # A local instance phones no one.
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # Ray (2.60) turns a node IP of 127.0.0.1 into the machine's address (services.resolve_ip_for_localhost)
+    # unless clusters are off: then node IP = 127.0.0.1 and gcs_server, raylet, workers, the driver and the
+    # runtime-env agent all listen on 127.0.0.1 only (measured with /proc/net/tcp; before: `*` and the
+    # machine's address). Read when ray is imported, so it is set before.
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+}
+
+
 def start_ray(args: argparse.Namespace, log) -> None:
     from apclip.extras import require
 
+    if not args.address:
+        os.environ.update(LOCAL_RAY_ENV)
     ray = require("ray", "scale", "apclip-batch")
-    if args.address:
+    if args.address:  # the user's explicit choice: that cluster's own addresses and settings
         ray.init(address=args.address, log_to_driver=False, configure_logging=False)
         log(f"joined the Ray cluster at {args.address}")
         return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a local instance phones no one
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # the same, where ray was imported before this call
     ray.init(num_cpus=args.num_cpus, object_store_memory=args.object_store_mb * 1024 * 1024,
              include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
     log(f"started a local Ray instance ({int(ray.cluster_resources().get('CPU', 0))} CPUs)")

@@ -86,6 +86,8 @@ class ResultStore:
 
     def merge(self) -> int:
         """Earlier output + committed parts -> the output file (one row per path, sorted); parts removed."""
+        from apclip.engine.cli.outputs import finite_json
+
         pa = require("pyarrow", "scale", "apclip-batch")
         pq = require("pyarrow.parquet", "scale", "apclip-batch")
         by_path: dict[str, dict[str, Any]] = {}
@@ -96,7 +98,7 @@ class ResultStore:
         if self.output.suffix.lower() == ".jsonl":
             with atomic_write(self.output, "w") as f:
                 for row in rows:
-                    f.write(json.dumps(_to_json(row), ensure_ascii=False) + "\n")
+                    f.write(json.dumps(finite_json(_to_json(row)), ensure_ascii=False, allow_nan=False) + "\n")
         else:
             with atomic_write(self.output, mode=None) as tmp:
                 pq.write_table(pa.Table.from_pylist(rows, schema=self.schema), str(tmp))

@@ -8,11 +8,18 @@ Models (Python backend, dynamic batching across requests):
   apclip_labels  labels [L] -> label_set [1] (id to pass to apclip_clip), classes [1], encoded [1]
 Endpoints: /v2/health/ready and /v2/health/live (HTTP), Triton's Prometheus metrics on --metrics-port.
 Port 0 picks a free port; the `ready:` line on stderr names them. Ctrl-C or SIGTERM stops the server.
+
+HTTP goes through apclip-serve's checking front (scale/http_guard.py: declared shapes and sizes are
+checked before tritonserver allocates anything); tritonserver's own HTTP endpoint listens on an internal
+127.0.0.1 port and serves inference only to the front. If tritonserver dies anyway, apclip-serve says
+so and exits with status 1 (no restart: a supervisor such as systemd decides); if apclip-serve dies,
+even by kill -9, the kernel kills tritonserver (PR_SET_PDEATHSIG), so a restart finds its ports free.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -22,7 +29,7 @@ from pathlib import Path
 from apclip.bundle import read_manifest
 from apclip.errors import ApclipError
 
-from apclip.engine.runners.encoders import BACKENDS
+from apclip.engine.runners.table import backend_choices
 from apclip.engine.scoring.scorers import SCORERS
 from apclip.scale.triton_config import ModelConfig, Tensor
 from apclip.scale.triton_repo import model_source
@@ -54,11 +61,12 @@ def labels_config(parameters: dict[str, str]) -> ModelConfig:
 
 def write_serving_repo(folder: Path, bundle: Path, *, max_batch: int, max_queue_delay_us: int, instances: int,
                        backend: str, scorer: str, threads: int | None, topk: int, prompts: Path | None,
-                       state_dir: Path) -> Path:
+                       state_dir: Path, max_labels: int = 4096) -> Path:
     """The run-time repository of apclip-serve (models import apclip from the server environment)."""
     manifest = read_manifest(bundle)  # a bad bundle fails here, before the server starts
     parameters = {"bundle": str(bundle), "backend": backend, "scorer": scorer, "threads": str(threads or 0),
-                  "topk": str(topk), "state_dir": str(state_dir), "prompts": str(prompts or "")}
+                  "topk": str(topk), "state_dir": str(state_dir), "prompts": str(prompts or ""),
+                  "max_labels": str(max_labels)}
     for config, source in ((clip_config(manifest.preprocessing.resolution, max_batch=max_batch,
                                         max_queue_delay_us=max_queue_delay_us, instances=instances,
                                         parameters=parameters), "clip"),
@@ -82,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue-delay-us", type=int, default=5000,
                    help="longest wait for more requests to batch (default 5000 us)")
     p.add_argument("--instances", type=int, default=1, help="apclip_clip model instances (default 1)")
-    p.add_argument("--backend", default="auto", choices=BACKENDS, help="vision/text runner (default auto)")
+    p.add_argument("--backend", default="auto", choices=backend_choices(), help="vision/text runner (default auto)")
     p.add_argument("--scorer", default="auto", choices=SCORERS, help="MAKA scorer (default auto)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads per model instance (default: ORT's choice)")
     p.add_argument("--topk", type=int, default=5, help="labels and scores per clip (default 5)")
@@ -91,16 +99,27 @@ def build_parser() -> argparse.ArgumentParser:
                                        "$APCLIP_BPE_VOCAB, else the installed open_clip_torch's)")
     p.add_argument("--work-dir", help="folder for the repository, label sets and the server log "
                                       "(default: a temporary folder, removed at exit)")
+    p.add_argument("--max-request-mb", type=float, default=256,
+                   help="largest HTTP body and largest declared input size of one request, MiB (default 256)")
+    p.add_argument("--max-labels", type=int, default=4096,
+                   help="labels one apclip_labels request may register (default 4096)")
     p.add_argument("--verbose", action="store_true", help="Triton's verbose log")
     return p
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    for name in ("max_batch", "instances", "topk"):
+    for name in ("max_batch", "instances", "topk", "max_labels"):
         if getattr(args, name) < 1:
             raise ApclipError(f"--{name.replace('_', '-')} {getattr(args, name)}: use 1 or more")
     if args.threads is not None and args.threads < 1:
         raise ApclipError(f"--threads {args.threads}: use 1 or more")
+    if not 0 < args.max_request_mb <= 4096:  # also refuses nan
+        raise ApclipError(f"--max-request-mb {args.max_request_mb}: use a size in (0, 4096]")
+    from apclip.limits import max_threads
+
+    if args.threads is not None and args.threads > max_threads():
+        raise ApclipError(f"--threads {args.threads}: this machine has {os.cpu_count()} CPUs "
+                          f"(use at most {max_threads()})")
     if args.max_queue_delay_us < 0:
         raise ApclipError("--max-queue-delay-us must not be negative")
     for name in ("http_port", "grpc_port", "metrics_port"):
@@ -111,7 +130,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def serve(args: argparse.Namespace, work: Path, stop: threading.Event, log) -> int:
-    from apclip.scale.triton_server import Ports, TritonServer, find_server
+    from apclip.scale.triton_server import Ports, TritonServer, describe_exit, find_server
 
     install = find_server(args.server_env)
     state = work / "state"
@@ -119,8 +138,16 @@ def serve(args: argparse.Namespace, work: Path, stop: threading.Event, log) -> i
     repo = write_serving_repo(work / "repository", Path(args.bundle).resolve(), max_batch=args.max_batch,
                               max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
                               backend=args.backend, scorer=args.scorer, threads=args.threads, topk=args.topk,
-                              prompts=Path(args.prompts).resolve() if args.prompts else None, state_dir=state)
-    ports = Ports.pick(args.http_port, args.grpc_port, args.metrics_port)
+                              prompts=Path(args.prompts).resolve() if args.prompts else None, state_dir=state,
+                              max_labels=args.max_labels)
+    from apclip.scale.http_guard import TOKEN_HEADER, GuardServer, RequestLimits
+
+    limit = int(args.max_request_mb * (1 << 20))
+    limits = RequestLimits(max_body_bytes=limit, max_tensor_bytes=limit)
+    # The front binds first, so a taken --http-port fails before tritonserver starts.
+    token = secrets.token_hex(16)
+    front = GuardServer((args.host, args.http_port), ("127.0.0.1", 0), token, limits)
+    ports = Ports.pick(0, args.grpc_port, args.metrics_port)  # tritonserver's HTTP: internal, loopback
     log_file = work / "tritonserver.log"
     env = {"APCLIP_CACHE_DIR": os.environ.get("APCLIP_CACHE_DIR", str(state / "cache"))}
     from apclip.tokenizer import VocabularyNotFound, find_vocab
@@ -132,16 +159,21 @@ def serve(args: argparse.Namespace, work: Path, stop: threading.Event, log) -> i
             raise
         log(f"note: apclip_labels can reuse only the bundle's labels: {exc}")
     server = TritonServer(install, repo, work, ports, host=args.host, log_file=log_file, verbose=args.verbose,
-                          env=env)
+                          env=env, http_host="127.0.0.1", restrict=(TOKEN_HEADER, token))
+    front.upstream = ("127.0.0.1", ports.http)
     log(f"starting tritonserver ({install.binary}) on {args.host}; log: {log_file}")
     try:
         server.start()
-        log(f"ready: http {server.http_url} grpc {server.grpc_url} metrics {args.host}:{ports.metrics} "
+        front.start()  # after tritonserver is ready: no request waits on a starting server
+        host, port = front.server_address[:2]
+        log(f"ready: http {host}:{port} grpc {server.grpc_url} metrics {args.host}:{ports.metrics} "
             f"models {CLIP_MODEL}, {LABELS_MODEL}")
         while not stop.wait(0.5):
             if server.process.poll() is not None:
-                raise ApclipError(f"tritonserver exited with code {server.process.returncode}; see {log_file}")
+                raise ApclipError(f"tritonserver died ({describe_exit(server.process.returncode)}); not restarted; "
+                                  f"see {log_file}")
     finally:
+        front.close()
         code = server.stop()
         log(f"tritonserver stopped (exit code {code})")
     return 0

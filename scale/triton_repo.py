@@ -21,16 +21,15 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from apclip.bundle import VISION_FILE, VISION_INPUT, EMBEDDINGS_OUTPUT, Manifest, read_manifest
+from apclip.bundle import VISION_INPUT, EMBEDDINGS_OUTPUT, Manifest, bundle_member, read_manifest, sha256_file
 from apclip.errors import ApclipError
-from apclip.fileio import replace_dir
+from apclip.fileio import partial_dir, replace_dir
 
 from apclip.scale.triton_config import ModelConfig, Step, Tensor
 
@@ -48,24 +47,40 @@ def model_source(name: str) -> str:
     return resources.files("apclip.scale.triton_models").joinpath(f"{name}.py").read_text(encoding="utf-8")
 
 
-def vision_engines(manifest: Manifest) -> dict[str, EngineKey]:
-    """The bundle's TensorRT vision engines (apclip-build-engine), by file name, that are on disk."""
-    from apclip.engine.runners.engine_cache import ENGINES_DIR, EngineCacheError, EngineKey, listed_engines
+def vision_engines(manifest: Manifest, precision: str = "auto") -> dict[str, EngineKey]:
+    """The bundle's TensorRT vision engines (apclip-build-engine) of a `trt` row of the backend table (of
+    `precision`, or any), by file name, that are on disk."""
+    from apclip.engine.runners.engine_cache import ENGINES_DIR, listed_keys
+    from apclip.engine.runners.table import find, precisions
 
-    found = {}
-    for name, entry in listed_engines(manifest).items():
-        try:
-            key = EngineKey.from_dict(entry["key"])
-        except EngineCacheError:
-            continue
-        if key.graph == "vision" and (manifest.path / ENGINES_DIR / name).is_file():
-            found[name] = key
-    return found
+    served = precisions("trt") if precision == "auto" else [precision]
+    if precision != "auto" and find("trt", precision) is None:
+        raise ApclipError(f"--precision {precision}: TensorRT engines are built in {', '.join(precisions('trt'))}")
+    return {name: key for name, key in listed_keys(manifest).items()
+            if key.graph == "vision" and key.precision in served and (manifest.path / ENGINES_DIR / name).is_file()}
 
 
-def _pick_engine(manifest: Manifest, engine: str | None):
+def _copy_regular(source: Path, target: Path, sha256: str | None) -> None:
+    """Copy a bundle file that is itself a regular file (never a symlink's target) and, given `sha256`, has it.
+    Engines are passed without: TensorRT checks an engine's own build record when it deserialises it."""
+    if source.is_symlink() or not source.is_file():
+        raise ApclipError(f"{source} is a symlink or not a regular file; a model repository copies only the "
+                          f"bundle's own files")
+    shutil.copyfile(source, target, follow_symlinks=False)
+    if sha256 is not None and sha256_file(target) != sha256:
+        raise ApclipError(f"{source} does not match its sha256 in the manifest (modified while copied?)")
+
+
+def onnx_vision_file() -> str:
+    """The ONNX file the onnx/python vision models serve: the ort fp32 row's."""
+    from apclip.engine.runners.table import find
+
+    return find("ort", "fp32").file
+
+
+def _pick_engine(manifest: Manifest, engine: str | None, precision: str = "auto"):
     """(file name, EngineKey) of the engine to serve, or None; several need --engine to choose."""
-    engines = vision_engines(manifest)
+    engines = vision_engines(manifest, precision)
     if engine is not None:
         if engine not in engines:
             raise ApclipError(f"--engine {engine}: not a vision engine of bundle {manifest.path} "
@@ -118,7 +133,8 @@ def ensemble_config(manifest: Manifest, num_classes: int, topk: int) -> ModelCon
 
 def write_triton_repo(bundle: str | Path, out: str | Path, *, vision: str = "auto", max_batch: int = 64,
                       instances: int = 1, gpu: bool = True, max_queue_delay_us: int = 2000, topk: int = 5,
-                      threads: int = 0, overwrite: bool = False, engine: str | None = None) -> Path:
+                      threads: int = 0, overwrite: bool = False, engine: str | None = None,
+                      precision: str = "auto") -> Path:
     """Write the repository to `out` (a temporary folder renamed into place). Returns `out`."""
     from apclip.engine.scoring.vocabulary import bundle_class_matrix
 
@@ -133,7 +149,7 @@ def write_triton_repo(bundle: str | Path, out: str | Path, *, vision: str = "aut
     views = manifest.preprocessing.views * manifest.preprocessing.frames
     if max_batch < views:
         raise ApclipError(f"--max-batch {max_batch}: one clip of this bundle is {views} frames; use at least that")
-    picked = _pick_engine(manifest, engine) if vision in ("auto", "tensorrt") else None
+    picked = _pick_engine(manifest, engine, precision) if vision in ("auto", "tensorrt") else None
     kind = vision if vision != "auto" else ("tensorrt" if picked is not None else "onnx")
     if kind == "tensorrt" and picked is None:
         raise ApclipError(f"bundle {bundle} has no TensorRT engine for the vision encoder (apclip-build-engine "
@@ -149,7 +165,7 @@ def write_triton_repo(bundle: str | Path, out: str | Path, *, vision: str = "aut
     classes = bundle_class_matrix(manifest)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Built in a sibling folder and renamed into place: never a half-written repository.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp = partial_dir(out)
     try:
         (tmp / VISION / "1").mkdir(parents=True)
         (tmp / MAKA / "1").mkdir(parents=True)
@@ -163,9 +179,12 @@ def write_triton_repo(bundle: str | Path, out: str | Path, *, vision: str = "aut
         if kind == "tensorrt":
             from apclip.engine.runners.engine_cache import ENGINES_DIR
 
-            shutil.copyfile(manifest.path / ENGINES_DIR / picked[0], tmp / VISION / "1" / "model.plan")
+            source = bundle_member(manifest.path, f"{ENGINES_DIR}/{picked[0]}")
+            _copy_regular(source, tmp / VISION / "1" / "model.plan", None)
         else:
-            shutil.copyfile(manifest.file(VISION_FILE), tmp / VISION / "1" / "model.onnx")
+            vision_file = onnx_vision_file()
+            _copy_regular(manifest.file(vision_file), tmp / VISION / "1" / "model.onnx",
+                          manifest.files[vision_file]["sha256"])
         if kind == "python":
             (tmp / VISION / "1" / "model.py").write_text(model_source("vision_ort"), encoding="utf-8")
         maka_dir = tmp / MAKA / "1"
@@ -189,6 +208,11 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "exists, else onnx")
     p.add_argument("--engine", help="the bundle's TensorRT vision engine to serve (file name under engines/), "
                                     "when it has several")
+    from apclip.engine.runners.table import precisions
+
+    p.add_argument("--precision", default="auto", choices=("auto", *precisions("trt")),
+                   help="--vision tensorrt: serve an engine of this precision (a trt row of apclip-bench backends: "
+                        "fp16 or int8; default: any)")
     p.add_argument("--max-batch", type=int, default=64, help="vision max_batch_size in frames (default 64)")
     p.add_argument("--max-queue-delay-us", type=int, default=2000,
                    help="dynamic batching: longest wait to fill a batch (default 2000 us)")
@@ -209,7 +233,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         out = write_triton_repo(args.bundle, args.out, vision=args.vision, max_batch=args.max_batch,
                                 instances=args.instances, gpu=args.gpu, max_queue_delay_us=args.max_queue_delay_us,
-                                topk=args.topk, overwrite=args.overwrite, engine=args.engine)
+                                topk=args.topk, overwrite=args.overwrite, engine=args.engine,
+                                precision=args.precision)
     except (ApclipError, OSError) as exc:
         print(f"apclip-triton-repo: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1

@@ -14,6 +14,7 @@ interpreter's LIBDIR and the wheel's own library folder (nvidia_pytriton.libs).
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -136,6 +137,31 @@ def find_server(server_env: str | os.PathLike | None = None) -> ServerInstall:
     return install
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent() -> None:
+    """Run in the child between fork and exec: its own session (Ctrl-C reaches apclip-serve only, which
+    stops it), and SIGKILL when apclip-serve dies, even by kill -9, so no orphan holds the ports. Triton's
+    backend stubs watch their parent and exit when tritonserver is gone (measured: none left after 3 s)."""
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() == 1:  # the parent died before prctl: nobody would stop us
+            os._exit(1)
+
+
+def describe_exit(code: int | None) -> str:
+    """'exit code 3' or 'signal 6 (SIGABRT)' for a Popen return code."""
+    if code is not None and code < 0:
+        try:
+            return f"signal {-code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
 def free_port() -> int:
     """An ephemeral port on 127.0.0.1 (closed again: the server binds it a moment later)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -159,21 +185,30 @@ class TritonServer:
     """One tritonserver process on 127.0.0.1 (or --host) serving a model repository."""
 
     def __init__(self, install: ServerInstall, repository: Path, work: Path, ports: Ports, *, host: str = "127.0.0.1",
-                 env: dict[str, str] | None = None, log_file: Path | None = None, verbose: bool = False):
+                 env: dict[str, str] | None = None, log_file: Path | None = None, verbose: bool = False,
+                 http_host: str | None = None, restrict: tuple[str, str] | None = None):
+        """http_host: where HTTP listens (default: host); restrict: (header, token) that Triton's inference,
+        shared-memory, repository, trace and logging APIs then require on HTTP and gRPC."""
         self.install, self.repository, self.ports, self.host = install, repository, ports, host
+        self.http_host = http_host or host
+        self.restrict = restrict
         backends = install.prepare_backends(work / "backends")
         self.command = [str(install.binary), "--model-repository", str(repository), "--backend-directory",
-                        str(backends), "--http-address", host, "--http-port", str(ports.http),
+                        str(backends), "--http-address", self.http_host, "--http-port", str(ports.http),
                         "--grpc-address", host, "--grpc-port", str(ports.grpc), "--metrics-address", host,
                         "--metrics-port", str(ports.metrics), "--allow-gpu-metrics", "false",
                         "--exit-timeout-secs", "20", "--log-verbose", "1" if verbose else "0"]
+        if restrict:
+            key, token = restrict
+            self.command += [f"--http-restricted-api=inference,shared-memory,model-repository,trace,logging:{key}={token}",
+                             f"--grpc-restricted-protocol=shared-memory,model-repository,trace,logging:{key}={token}"]
         self.env = install.environment(env)
         self.log_file = log_file
         self.process: subprocess.Popen | None = None
 
     @property
     def http_url(self) -> str:
-        return f"{self.host}:{self.ports.http}"
+        return f"{self.http_host}:{self.ports.http}"
 
     @property
     def grpc_url(self) -> str:
@@ -183,14 +218,14 @@ class TritonServer:
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         try:
             self.process = subprocess.Popen(self.command, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)  # Ctrl-C reaches apclip-serve, which stops it
+                                            preexec_fn=_die_with_parent)
         finally:
             if self.log_file:
                 out.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ApclipError(f"tritonserver exited with code {self.process.returncode} while starting"
+                raise ApclipError(f"tritonserver stopped ({describe_exit(self.process.returncode)}) while starting"
                                   + (f"; see {self.log_file}" if self.log_file else ""))
             if self.ready():
                 return

@@ -17,13 +17,33 @@ if [ ! -x .venv-serve/bin/python ]; then
     "$PYTHON" -m venv .venv-serve
 fi
 .venv-serve/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[cpu,triton-server]"
-# Headless Chromium for the --report browser test (tests/test_report_browser.py skips without it).
-if ! command -v chromium >/dev/null 2>&1; then
+# Debian packages, installed as root with one bounded `apt-get update` (a machine without a reachable
+# mirror skips the tests that need them instead of hanging):
+#   chromium                              the --report browser test (tests/test_report_browser.py)
+#   cmake g++ libopencv-dev nlohmann-json3-dev libssl-dev ccache
+#                                         the native runtime (CMakeLists.txt; tests/test_native_*.py)
+#   ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-{base,good,ugly}
+#                                         HTTP and RTSP stream servers (tests/test_stream_many.py; GStreamer's
+#                                         RTSP server runs on the system python3)
+APT_PACKAGES=()
+command -v chromium >/dev/null 2>&1 || APT_PACKAGES+=(chromium)
+command -v cmake >/dev/null 2>&1 || APT_PACKAGES+=(cmake)
+command -v g++ >/dev/null 2>&1 || APT_PACKAGES+=(g++)
+command -v ccache >/dev/null 2>&1 || APT_PACKAGES+=(ccache)
+[ -f /usr/include/opencv4/opencv2/videoio.hpp ] || APT_PACKAGES+=(libopencv-dev)
+[ -f /usr/include/nlohmann/json.hpp ] || APT_PACKAGES+=(nlohmann-json3-dev)
+[ -f /usr/include/openssl/evp.h ] || APT_PACKAGES+=(libssl-dev)
+command -v ffmpeg >/dev/null 2>&1 || APT_PACKAGES+=(ffmpeg)
+for pkg in python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+           gstreamer1.0-plugins-ugly; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || APT_PACKAGES+=("$pkg")
+done
+if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-        # Bounded: a machine without a reachable Debian mirror skips the browser test instead of hanging.
-        (timeout 300 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq chromium >/dev/null) \
-            || echo "setup: chromium could not be installed; the report browser test will skip" >&2
+        (timeout 300 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 900 \
+            apt-get install -y -qq "${APT_PACKAGES[@]}" >/dev/null) \
+            || echo "setup: could not install ${APT_PACKAGES[*]}; the tests that need them will skip" >&2
     else
-        echo "setup: chromium not installed (needs root and apt-get); the report browser test will skip" >&2
+        echo "setup: ${APT_PACKAGES[*]} not installed (needs root and apt-get); the tests that need them will skip" >&2
     fi
 fi

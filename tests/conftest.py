@@ -26,3 +26,15 @@ def tiny_bundle(demo_assets, tmp_path_factory) -> Path:
     export_bundle(demo_assets["checkpoint"], out=out, labels=demo_assets["labels"], prompts=demo_assets["bank"],
                   scorer=True, progress=False, log=lambda message: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def native_build() -> Path:
+    """The native runtime (CMakeLists.txt) configured and built once per session into ./build; skips with the
+    missing dependency's name where it cannot be built here (tests/native_helpers.py)."""
+    from native_helpers import NativeUnavailable, build_native
+
+    try:
+        return build_native()
+    except NativeUnavailable as exc:
+        pytest.skip(f"native runtime not built: {exc}")

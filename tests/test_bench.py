@@ -46,13 +46,14 @@ def _bench(argv: list[str], capsys) -> tuple[int, str, str]:
 
 # -- registry -----------------------------------------------------------------------------------------
 def test_select_names_and_unknown():
-    chosen = backends.select("ort-cpu,numpy")
-    assert [c.name for c in chosen] == ["ort-cpu:fp32", "ort-cpu:int8", "numpy:fp32"]
+    chosen = backends.select("ort,numpy")
+    assert [c.name for c in chosen] == ["ort:fp32", "ort:int8", "numpy:fp32"]
+    assert backends.select("ort-cpu:fp32,torch-cpu") == backends.select("ort:fp32,torch")  # earlier spellings
     assert [c.name for c in backends.select("torch-cuda:bf16")] == ["torch-cuda:bf16"]
     assert not any(c.reference for c in backends.select(None))
     assert any(c.reference for c in backends.select(None, include_reference=True))
     with pytest.raises(backends.UnknownContender, match="nope.*choose among"):
-        backends.select("ort-cpu,nope")
+        backends.select("ort,nope")
 
 
 def test_every_unavailable_contender_says_why(tiny_bundle, demo_assets):
@@ -60,10 +61,10 @@ def test_every_unavailable_contender_says_why(tiny_bundle, demo_assets):
 
     ctx = backends.BuildContext(read_manifest(tiny_bundle), demo_assets["checkpoint"])
     reasons = dict((c.name, r) for c, r in backends.probe_all(ctx))
-    assert reasons["ort-cpu:fp32"] is None and reasons["numpy:fp32"] is None
+    assert reasons["ort:fp32"] is None and reasons["numpy:fp32"] is None
     assert reasons["onnx:fp32"] is None  # the fixture bundle has scorer.onnx
-    assert "vision.int8.onnx" in reasons["ort-cpu:int8"]
-    assert "--ckpt" in backends.probe(backends.select("torch-cpu")[0], backends.BuildContext(ctx.manifest))
+    assert "vision.int8.onnx" in reasons["ort:int8"]
+    assert "--ckpt" in backends.probe(backends.select("torch")[0], backends.BuildContext(ctx.manifest))
     if backends.cuda_reason() is not None:
         for name in ("torch-cuda:fp16", "torch-cuda:bf16"):
             assert reasons[name], name
@@ -72,7 +73,7 @@ def test_every_unavailable_contender_says_why(tiny_bundle, demo_assets):
 
 
 # -- parity ---------------------------------------------------------------------------------------------
-def test_parity_passes_for_ort_cpu(tiny_bundle, demo_assets, parity_videos, tmp_path, capsys):
+def test_parity_passes_for_ort_cpu(tiny_bundle, demo_assets, parity_videos, tmp_path, capsys, monkeypatch):
     """Every contender by default, a registered one included (how a later backend plugs in)."""
     from apclip.engine.runners.encoders import ort_runners
 
@@ -81,21 +82,23 @@ def test_parity_passes_for_ort_cpu(tiny_bundle, demo_assets, parity_videos, tmp_
         runner.name = "ort-cpu-test"
         return runner
 
-    plugin = backends.EncoderContender("test-plugin", "fp16", lambda ctx: None, build)
-    backends.register_encoder(plugin)
+    import dataclasses
+
+    from apclip.engine.runners import table
+
+    plugin = dataclasses.replace(table.find("ort", "fp32"), name="test-plugin", precision="fp16",
+                                 probe=lambda ctx: None, build=lambda ctx: (build(ctx), None))
+    monkeypatch.setattr(table, "ROWS", (*table.ROWS, plugin))  # how a later backend plugs in: a row
     out_json = tmp_path / "parity.json"
-    try:
-        code, out, _ = _bench(["parity", str(tiny_bundle), "--ckpt", str(demo_assets["checkpoint"]), "--videos",
-                               str(parity_videos), "--json", str(out_json), "--quiet"], capsys)
-    finally:
-        backends._ENCODERS.pop(plugin.name)
+    code, out, _ = _bench(["parity", str(tiny_bundle), "--ckpt", str(demo_assets["checkpoint"]), "--videos",
+                           str(parity_videos), "--json", str(out_json), "--quiet"], capsys)
     assert code == 0, out
     report = json.loads(out_json.read_text())
     rows = {r["contender"]: r for r in report["rows"]}
     assert report["passed"] and len(report["videos"]) == 3
     assert rows["test-plugin:fp16"]["status"] == "pass"
     assert rows["test-plugin:fp16"]["thresholds"]["min_cosine"] == 0.999  # judged as fp16
-    ort = rows["ort-cpu:fp32"]
+    ort = rows["ort:fp32"]
     assert ort["status"] == "pass"
     assert 0.99999 <= ort["cosine_min"] <= ort["cosine_p1"] <= ort["cosine_median"] <= 1.0 + 1e-6
     assert 0 < ort["abs_diff_p99"] <= ort["abs_diff_max"] < 1e-4  # not bit-identical: a real comparison
@@ -104,10 +107,13 @@ def test_parity_passes_for_ort_cpu(tiny_bundle, demo_assets, parity_videos, tmp_
     assert ort["thresholds"] == {"min_cosine": 0.99999, "max_score_diff": 1e-4, "min_top1": 1.0}
     for scorer in ("numpy:fp32", "onnx:fp32"):
         assert rows[scorer]["status"] == "pass" and rows[scorer]["score_diff_max"] < 1e-5
-    for name in ("ort-cpu:int8", "trt:fp16"):
+    for name in ("ort:int8", "trt:fp16", "openvino:int8"):
         assert rows[name]["status"] == "unavailable" and rows[name]["reason"]
-    assert rows["torch-cpu:fp32"]["status"] == "reference"
-    assert "PASS" in out and any(line.split()[:2] == ["ort-cpu:fp32", "pass"] for line in out.splitlines())
+    from apclip.extras import importable
+
+    assert rows["openvino:fp32"]["status"] == ("pass" if importable("openvino") else "unavailable")
+    assert rows["torch:fp32"]["status"] == "reference"
+    assert "PASS" in out and any(line.split()[:2] == ["ort:fp32", "pass"] for line in out.splitlines())
 
 
 @pytest.fixture(scope="module")
@@ -138,20 +144,20 @@ def perturbed_bundle(tiny_bundle, demo_assets, tmp_path_factory) -> Path:
 def test_parity_fails_for_other_weights(perturbed_bundle, demo_assets, parity_videos, tmp_path, capsys):
     out_json = tmp_path / "parity.json"
     code, out, _ = _bench(["parity", str(perturbed_bundle), "--ckpt", str(demo_assets["checkpoint"]), "--videos",
-                           str(parity_videos), "--backends", "ort-cpu,numpy", "--json", str(out_json), "--quiet"],
+                           str(parity_videos), "--backends", "ort,numpy", "--json", str(out_json), "--quiet"],
                           capsys)
     assert code == 1, out
     rows = {r["contender"]: r for r in json.loads(out_json.read_text())["rows"]}
-    ort = rows["ort-cpu:fp32"]
+    ort = rows["ort:fp32"]
     assert ort["status"] == "fail" and "cosine min" in ort["reason"]
     assert ort["cosine_min"] < 0.99999
     assert rows["numpy:fp32"]["status"] == "pass"  # the scorer is judged on the reference embeddings
-    assert "FAIL: ort-cpu:fp32 failed" in out
+    assert "FAIL: ort:fp32 failed" in out
 
 
 def test_parity_thresholds_are_overridable(perturbed_bundle, demo_assets, parity_videos, capsys):
     code, out, _ = _bench(["parity", str(perturbed_bundle), "--ckpt", str(demo_assets["checkpoint"]), "--videos",
-                           str(parity_videos), "--backends", "ort-cpu:fp32", "--min-cosine", "0.5",
+                           str(parity_videos), "--backends", "ort:fp32", "--min-cosine", "0.5",
                            "--max-score-diff", "fp32=1", "--min-top1", "0", "--quiet"], capsys)
     assert code == 0, out
 
@@ -196,7 +202,7 @@ def test_generated_set_varies(tmp_path):
 def latency_json(tiny_bundle, demo_assets, latency_video, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("latency-out")
     code = cli.main(["latency", str(tiny_bundle), "--ckpt", str(demo_assets["checkpoint"]), "--video",
-                     str(latency_video), "--backends", "ort-cpu:fp32,torch-cpu,numpy,onnx,torch-cuda", "--runs", "2",
+                     str(latency_video), "--backends", "ort:fp32,torch,numpy,onnx,torch-cuda", "--runs", "2",
                      "--warmup", "1", "--large-classes", "20", "--large-prompts", "6", "--json", str(out / "a.json"),
                      "--plot", str(out / "a.png"), "--quiet"])
     assert code == 0
@@ -207,7 +213,7 @@ def test_latency_json_has_every_field(latency_json):
     report = json.loads(latency_json.read_text())
     assert report["benchmark"] == "latency" and report["images_per_clip"] == 32
     rows = report["rows"]
-    for contender in ("ort-cpu:fp32", "torch-cpu:fp32"):
+    for contender in ("ort:fp32", "torch:fp32"):
         stages = {r["stage"]: r for r in rows if r["contender"] == contender}
         assert set(stages) == {"h2d", "encode", "total", "stream"}
         assert stages["h2d"]["median_ms"] is None and "no copy" in stages["h2d"]["note"]  # CPU: nothing to copy
@@ -220,7 +226,7 @@ def test_latency_json_has_every_field(latency_json):
         assert all(r[k] > 0 for k in STATS), r
         assert r["min_ms"] <= r["median_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
     summaries = {c["contender"]: c for c in report["contenders"]}
-    for contender in ("ort-cpu:fp32", "torch-cpu:fp32"):
+    for contender in ("ort:fp32", "torch:fp32"):
         c = summaries[contender]
         for key in ("clips_per_s", "frames_per_s", "encode_images_per_s", "windows_per_s", "peak_rss_mib"):
             assert c[key] > 0, (contender, key)
@@ -248,10 +254,10 @@ def test_compare_reads_two_files(latency_json, tmp_path, capsys):
     code, out, _ = _bench(["compare", str(latency_json), str(other), "--json", str(tmp_path / "c.json"),
                            "--plot", str(tmp_path / "c.png")], capsys)
     assert code == 0
-    line = next(line for line in out.splitlines() if line.startswith("encode") and "ort-cpu:fp32" in line)
+    line = next(line for line in out.splitlines() if line.startswith("encode") and "ort:fp32" in line)
     assert line.split()[-1] == "2.00"
     data = json.loads((tmp_path / "c.json").read_text())
-    encode = next(r for r in data["rows"] if r["stage"] == "encode" and r["contender"] == "ort-cpu:fp32")
+    encode = next(r for r in data["rows"] if r["stage"] == "encode" and r["contender"] == "ort:fp32")
     assert encode["ratio"] == [1.0, pytest.approx(2.0)]
     assert "noise" in out and (tmp_path / "c.png").stat().st_size > 0
 

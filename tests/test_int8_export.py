@@ -217,9 +217,9 @@ def test_export_summary_prints_the_int8_rows(int8_bundle):
 
 def test_int8_is_a_precision_of_the_ort_constructor(int8_bundle):
     """How a harness lists the int8 contender: the ort backend's constructor with precision="int8"."""
-    from apclip.engine.runners.gpu_backends import CONSTRUCTORS
+    from apclip.engine.runners.table import Context, build, find
 
-    vision, text = CONSTRUCTORS["ort"](read_manifest(int8_bundle), precision="int8", batch_size=8)
+    vision, text = build(find("ort", "int8"), Context(read_manifest(int8_bundle), batch_size=8))
     assert vision.name == "ort-cpu-int8" and text.file == TEXT_INT8
-    fp32_vision, _ = CONSTRUCTORS["ort"](read_manifest(int8_bundle), batch_size=8)
+    fp32_vision, _ = build(find("ort", "fp32"), Context(read_manifest(int8_bundle), batch_size=8))
     assert fp32_vision.name == "ort-cpu"

@@ -184,3 +184,46 @@ def test_cost_estimate():
     assert price_per_mtok("unknown-model", 1.0, 2.0) == (1.0, 2.0)
     assert estimate_cost(1_000_000, 500_000, (1.0, 2.0)) == pytest.approx(2.0)
     assert estimate_cost(10, 10, None) is None
+
+
+def test_timeout_bounds_the_whole_request_against_a_dripping_server():
+    """A server that sends one byte every 3 s never trips a per-read timeout; --timeout-s 5 ends in ~5 s."""
+    import socket
+    import threading
+    import time
+
+    stop = threading.Event()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+
+    def drip(conn):
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+            while not stop.wait(3.0):
+                try:
+                    conn.sendall(b" ")
+                except OSError:
+                    return
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        client = ChatClient(LLMSettings(model="fake", base_url=f"http://127.0.0.1:{listener.getsockname()[1]}/v1",
+                                        timeout_s=5.0, max_retries=0), "test-key")
+        start = time.monotonic()
+        with pytest.raises(LLMError, match="RequestDeadline|within 5 s"):
+            ask(client)
+        assert time.monotonic() - start < 8.0
+    finally:
+        stop.set()
+        listener.close()

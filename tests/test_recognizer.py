@@ -259,15 +259,20 @@ def test_auto_backend_says_which(tiny_bundle):
 
 def test_auto_backend_falls_back_when_tensorrt_engines_cannot_run(tiny_bundle, tmp_path, monkeypatch):
     """A bundle with engines on a machine with tensorrt still runs (ORT), and says why."""
-    import apclip.engine.runners.gpu_backends as gpu_backends
+    import apclip.engine.runners.probes as probes
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
     manifest = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"))
-    manifest["engines"] = {"vision": "engines/vision.engine"}
+    from apclip.engine.runners.engine_cache import EngineKey, GpuIdentity, Profile
+
+    key = EngineKey("vision", "0" * 64, "10.9.0", GpuIdentity("NVIDIA H200", (9, 0)), "fp16",
+                    Profile("pixels", 1, 32, 64, (3, 32, 32)))
+    manifest["engines"] = {key.file_name(): {"key": key.to_dict(), "sha256": "unchecked here"}}
     (bundle / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
-    monkeypatch.setattr(gpu_backends, "_importable", lambda module: True)
-    monkeypatch.setattr(gpu_backends, "cuda_may_be_present", lambda: True)
+    importable = probes._importable
+    monkeypatch.setattr(probes, "_importable", lambda module: module == "tensorrt" or importable(module))
+    monkeypatch.setattr(probes, "nvidia_gpu_may_be_present", lambda root=None: True)
     messages: list[str] = []
     rec = Recognizer.from_bundle(bundle, log=messages.append)
     assert rec.backend == "ort-cpu"

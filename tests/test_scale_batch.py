@@ -185,3 +185,44 @@ def test_expand_inputs_folder_list_glob(tmp_path):
         expand_inputs(str(tmp_path / "missing"))
     with pytest.raises(ApclipError, match="no videos found"):
         expand_inputs(str(tmp_path / "v" / "*.mkv"))
+
+
+@pytest.mark.slow
+def test_local_ray_listens_on_loopback_only_and_dies_with_the_driver(tiny_bundle, archive, tmp_path, ray_env):
+    """apclip-batch itself keeps Ray on 127.0.0.1 (the env here does not); kill -9 of the driver takes the
+    GCS and the raylet with it (Ray's agents follow within about a minute: docs/security.md)."""
+    from apclip.testing.sockets import descendants, listening, non_loopback
+
+    env = {k: v for k, v in ray_env.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    output = tmp_path / "results.jsonl"
+    proc = subprocess.Popen(batch_command(tiny_bundle, archive, output), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    store = ResultStore(output)
+    seen: dict[tuple, str] = {}
+    wide: list = []
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            pids = descendants(proc.pid)
+            for pid, host, port in listening(pids):
+                seen[(pid, host, port)] = Path(f"/proc/{pid}/comm").read_text().strip() if Path(f"/proc/{pid}").exists() else "?"
+            wide += non_loopback(pids)
+            if list(store.parts.glob("part-*")) and any(name == "raylet" for name in seen.values()):
+                break
+            time.sleep(0.3)
+        assert proc.poll() is None, proc.communicate()[0]
+        assert not wide, f"listening beyond loopback: {wide}"
+        names = set(seen.values())
+        assert {"gcs_server", "raylet"} <= names, seen  # the sockets were really looked at
+        core = [pid for pid in descendants(proc.pid) if Path(f"/proc/{pid}/comm").exists()
+                and Path(f"/proc/{pid}/comm").read_text().strip() in ("gcs_server", "raylet")]
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in core):
+            time.sleep(0.2)
+        assert not [pid for pid in core if Path(f"/proc/{pid}").exists()], "gcs_server/raylet outlived the driver"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -218,6 +218,73 @@ def test_health_and_metrics_endpoints(server):
     assert failure is not None
 
 
+def raw_post(address: str, body: bytes, headers: dict | None = None, path: str = "/v2/models/apclip_clip/infer"):
+    import http.client
+
+    host, port = address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        connection.request("POST", path, body, headers or {})
+        response = connection.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        connection.close()
+
+
+def test_hostile_http_requests_get_4xx_and_the_server_keeps_serving(server, videos):
+    """The declared shape [1, 1000000, 1000, 1000, 3] with ten bytes aborted tritonserver (std::bad_alloc)."""
+    import json
+
+    huge = {"inputs": [{"name": "frames", "shape": [1, 1000000, 1000, 1000, 3], "datatype": "UINT8",
+                        "data": list(range(10))}]}
+    header = json.dumps({"inputs": [{"name": "frames", "shape": [1, 1000000, 1000, 1000, 3], "datatype": "UINT8",
+                                     "parameters": {"binary_data_size": 10}}]}).encode()
+    cases = {
+        "huge JSON shape": (json.dumps(huge).encode(), {}),
+        "huge binary shape": (header + bytes(10), {"Inference-Header-Content-Length": str(len(header))}),
+        "garbage": (b"\x00\xffnot json", {}),
+        "array": (b"[1, 2, 3]", {}),
+        "deep": (b"[" * 200_000 + b"]" * 200_000, {}),
+        "NaN literal": (b'{"inputs": [{"name": "views", "shape": [1, 1, 3, 1, 1], "datatype": "FP32", '
+                        b'"data": [NaN, 0, 0]}]}', {}),
+        "lying data": (b'{"inputs": [{"name": "frames", "shape": [1, 2, 2, 2, 3], "datatype": "UINT8", '
+                       b'"data": [1, 2, 3]}]}', {}),
+        "gzip body": (b"\x1f\x8b", {"Content-Encoding": "gzip"}),
+    }
+    for name, (body, headers) in cases.items():
+        status, text = raw_post(server["http"], body, headers)
+        assert 400 <= status < 500, (name, status, text)
+        assert '"error"' in text, name
+    status, _ = raw_post(server["http"], b"{}", path="/v2/repository/models/apclip_clip/unload")
+    assert status == 403  # only inference, health, metadata and statistics are served
+    nan_views = np.full((1, 8, 3, 32, 32), np.nan, np.float32)
+    for module, url in ((httpclient, server["http"]), (grpcclient, server["grpc"])):
+        with connect(module, url) as client:
+            tensor = module.InferInput("views", list(nan_views.shape), "FP32")
+            tensor.set_data_from_numpy(nan_views)
+            with pytest.raises(InferenceServerException, match="NaN"):
+                client.infer("apclip_clip", [tensor])
+    assert server["proc"].poll() is None
+    with connect(httpclient, server["http"]) as client:
+        assert client.infer("apclip_clip", [frames_input(httpclient, rgb_frames(videos[0]))]).as_numpy(
+            "labels").shape == (1, 5)
+
+
+def test_serving_listens_on_loopback_only_and_tritons_own_http_needs_the_front(server):
+    from apclip.testing.sockets import descendants, listening, non_loopback
+
+    pids = descendants(server["proc"].pid)
+    sockets = listening(pids)
+    assert len(sockets) >= 4 and not non_loopback(pids), sockets  # front, triton http, grpc, metrics
+    front_port = int(server["http"].rsplit(":", 1)[1])
+    internal = [port for pid, _, port in sockets if pid != server["proc"].pid
+                and port not in (front_port, int(server["grpc"].rsplit(":", 1)[1]),
+                                 int(server["metrics"].rsplit(":", 1)[1]))]
+    assert len(internal) == 1, sockets
+    status, text = raw_post(f"127.0.0.1:{internal[0]}", b'{"inputs": []}')
+    assert status == 403 and "restricted" in text  # a local process cannot go around the checks
+
+
 def test_zz_sigterm_stops_the_server_cleanly(server):
     """After the other server tests (file order): the fixture's server is stopped here."""
     proc = server["proc"]
@@ -234,3 +301,51 @@ def test_missing_server_environment_is_a_one_line_usage_error(tiny_bundle, tmp_p
 
     code = main([str(tiny_bundle), "--server-env", str(tmp_path / "nowhere")])
     assert code == 2
+
+
+def wait_ready(proc, lines: list[str], timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            return None
+        lines.append(line)
+        if "ready: http" in line:
+            return line
+    return None
+
+
+def test_zzz_kill_9_leaves_no_tritonserver_and_the_same_ports_serve_again(server, tiny_bundle, tmp_path):
+    """After test_zz_sigterm (file order): restart on the fixture's ports, kill -9 apclip-serve, nothing remains."""
+    from apclip.testing.sockets import descendants
+
+    ports = [server[key].rsplit(":", 1)[1] for key in ("http", "grpc", "metrics")]
+    command = [sys.executable, "-m", "apclip.scale.serve", str(tiny_bundle), "--server-env", server_env(),
+               "--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2], "--threads", "1",
+               "--work-dir", str(tmp_path)]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env=dict(os.environ, APCLIP_CACHE_DIR=str(tmp_path / "cache")))
+    lines: list[str] = []
+    try:
+        assert wait_ready(proc, lines), "".join(lines)
+        below = descendants(proc.pid) - {proc.pid}
+        assert below, "no tritonserver under apclip-serve"
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in below):
+            time.sleep(0.2)
+        alive = [pid for pid in below if os.path.exists(f"/proc/{pid}")
+                 and open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+        assert not alive, f"left behind after kill -9: {alive}"
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://{server['http']}/v2/health/live", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_tritonserver_death_is_reported_with_its_signal():
+    from apclip.scale.triton_server import describe_exit
+
+    assert describe_exit(-6) == "signal 6 (SIGABRT)" and describe_exit(3) == "exit code 3"

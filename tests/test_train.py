@@ -180,6 +180,12 @@ def test_cli_train_errors_and_resume_rules(dataset, tmp_path, capsys):
     bad_list.write_text("videos/a.avi 7\n")
     assert main(["--output", str(tmp_path / "c"), "--train", str(bad_list)] + common) == 1
     assert "label id 7 is outside the 4 labels" in capsys.readouterr().err
+    foreign = tmp_path / "d"
+    foreign.mkdir()
+    (foreign / "best.pt").write_bytes(b"a model this run did not write")
+    assert main(["--output", str(foreign), "--train", str(dataset.lists["train"])] + common) == 1
+    assert "best.pt without a run config" in capsys.readouterr().err
+    assert (foreign / "best.pt").read_bytes() == b"a model this run did not write"
 
 
 @pytest.mark.slow

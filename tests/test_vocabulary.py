@@ -44,6 +44,7 @@ def reduced_bundle(tiny_bundle, tmp_path_factory) -> Path:
     prompts = json.loads((out / PROMPTS_FILE).read_text(encoding="utf-8"))
     save_prompt_texts(out / PROMPTS_FILE, labels, [prompts[label] for label in labels])
     manifest["labels"], manifest["labels_sha256"] = labels, labels_sha256(labels)
+    manifest["class_matrix"]["num_classes"] = len(labels)  # read_manifest refuses shapes that lie
     for name in (CLASSES_FILE, PROMPTS_FILE):
         manifest["files"][name] = {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")

@@ -11,7 +11,7 @@ from apclip.errors import ApclipError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from apclip.engine.runners.encoders import BACKENDS
+    from apclip.engine.runners.table import backend_choices
     from apclip.engine.scoring.scorers import SCORERS
 
     p = argparse.ArgumentParser(prog="apclip-eval",
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=".", help="folder the list paths are relative to (default .)")
     p.add_argument("--labels", required=True, help="labels file the list's ids index")
     p.add_argument("--prompts", help="prompt bank (--ckpt: the class prompts; --bundle: for labels not in it)")
-    p.add_argument("--backend", default="auto", choices=BACKENDS, help="--bundle runner (default auto)")
+    p.add_argument("--backend", default="auto", choices=backend_choices(), help="--bundle runner (default auto)")
     p.add_argument("--scorer", default="auto", choices=SCORERS, help="--bundle MAKA scorer (default auto)")
     p.add_argument("--base", help="OpenAI CLIP file for a ViFi-CLIP --ckpt")
     p.add_argument("--base-classes", help="base classes (label names or ids per line): report base, novel and HM")

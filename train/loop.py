@@ -200,6 +200,10 @@ def train(cfg: TrainConfig, run: str | os.PathLike, *, resume: bool = False, pro
         if (run / run_state.STATE_FILE).exists() or (run / run_state.CONFIG_FILE).exists():
             raise run_state.RunError(f"run folder {run} already holds a run: pass --resume to continue it, "
                                      "or choose another --output")
+        foreign = [name for name in (run_state.BEST_FILE, run_state.LOG_FILE) if os.path.lexists(run / name)]
+        if foreign:  # a best.pt this run did not write (no run config beside it): never overwritten
+            raise run_state.RunError(f"run folder {run} already has {', '.join(foreign)} without a run config "
+                                     f"({run_state.CONFIG_FILE}); it is not overwritten: choose another --output")
         snapshot = None
     dist = _init_distributed()
     dev = torch.device(device or (f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"))

@@ -8,6 +8,8 @@ Subcommands live in COMMANDS. Packages outside the engine add theirs as entry po
 """
 from __future__ import annotations
 
+from apclip.safe_text import terminal_safe
+
 import argparse
 import json
 import sys
@@ -124,7 +126,7 @@ def format_info(info: dict[str, Any], first: int = 5) -> str:
         for c in verification.get("checks", []):
             lines.append(f"    {c['name']:34s} {c['metric']:14s} {c['value']:12.7g}  {c['threshold']:>10s}  "
                          f"{'ok' if c['ok'] else 'FAILED'}")
-    return "\n".join(lines)
+    return "\n".join(terminal_safe(line) for line in lines)  # labels may carry escape sequences
 
 
 def _configure_info(p: argparse.ArgumentParser) -> None:
@@ -172,13 +174,17 @@ def verify_bundle(path: str) -> list[Finding]:
 def _engine_findings(manifest) -> list[Finding]:
     """TensorRT engines listed in the manifest: present and matching their sha256. Deserialising one
     needs its GPU and TensorRT version; the trt runner does that (and refuses a mismatch) at load."""
-    from apclip.bundle import sha256_file
+    from apclip.bundle import BundleError, bundle_member, sha256_file
     from apclip.engine.runners.engine_cache import listed_engines
 
     findings = []
     for name, entry in sorted(listed_engines(manifest).items()):
-        file = manifest.path / str(entry.get("file") or f"engines/{name}")
-        if not file.is_file():
+        try:  # a name from the manifest: never a file outside the bundle (no hash oracle)
+            file = bundle_member(manifest.path, str(entry.get("file") or f"engines/{name}"))
+        except BundleError as exc:
+            findings.append(Finding(name, "sha256", False, str(exc)))
+            continue
+        if file.is_symlink() or not file.is_file():
             findings.append(Finding(name, "sha256", False, "listed in the manifest but missing"))
         elif sha256_file(file) != entry.get("sha256"):
             findings.append(Finding(name, "sha256", False, "does not match the manifest (modified or corrupt)"))
@@ -235,7 +241,7 @@ def format_findings(findings: Sequence[Finding]) -> str:
     for f in findings:
         result = "ok" if f.ok else ("skipped" if f.ok is None else "FAILED")
         lines.append(f"  {f.item:30s} {f.check:10s} {result:8s} {f.detail}")
-    return "\n".join(lines)
+    return "\n".join(terminal_safe(line) for line in lines)  # labels may carry escape sequences
 
 
 def _configure_verify(p: argparse.ArgumentParser) -> None:

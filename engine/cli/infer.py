@@ -16,7 +16,7 @@ from apclip.cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, add_version, exit_
 from apclip.errors import ApclipError
 
 from apclip.engine.cli.infer_run import DEFAULT_STRIDE, DEFAULT_WINDOW, InferRun, format_prediction, format_window  # noqa: F401
-from apclip.engine.runners.encoders import BACKENDS
+from apclip.engine.runners.table import backend_choices, precision_choices
 from apclip.engine.scoring.scorers import SCORERS
 from apclip.engine.video.sources_list import is_live  # noqa: F401  (kept importable from here)
 
@@ -29,7 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(one path per line, or mmaction2 'path label'), a camera index (0) or an "
                                        "rtsp/http(s) URL. Exit status: 0 ok, 1 failure or a skipped source, "
                                        "2 usage or missing package, 130 interrupted.")
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="what to recognise (see below)")
+    p.add_argument("sources", nargs="*", metavar="SOURCE", help="what to recognise (see below)")
+    p.add_argument("--stream", nargs="+", metavar="SRC",
+                   help="stream mode over one or many sources at once (files, cameras, rtsp/http URLs, any mix): "
+                        "one model, frames of all sources encoded in shared batches, a JSON line per window "
+                        "(docs/streaming.md)")
+    p.add_argument("--max-batch", type=int, default=32,
+                   help="--stream: most frame crops per encoder call, over all sources (default 32)")
     p.add_argument("--bundle", default="bundle", help="bundle directory (default: bundle)")
     p.add_argument("--labels", help="labels file; labels not in the bundle are encoded at run time")
     p.add_argument("--split-camel-case", action="store_true",
@@ -37,14 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", help="prompt bank JSON for labels not in the bundle (else the template)")
     p.add_argument("--template", help="text of run-time labels without bank entries, {} marks the label, e.g. "
                                       "\"a photo of a {}.\" (default: the bundle's)")
-    p.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="vision/text runner (default auto: ORT CUDA when available, else ORT CPU)")
+    p.add_argument("--backend", default="auto", choices=backend_choices(),
+                   help="vision/text runner (default auto: the fastest that runs here, trt > torch-cuda > ort-cuda "
+                        "> ort; apclip-bench backends lists them and why not)")
     p.add_argument("--scorer", default="auto", choices=SCORERS,
                    help="MAKA scorer (default auto: Triton kernel on CUDA, else numpy)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
-                   help="encoder precision (default fp32); int8 needs a bundle from apclip-export --precision "
-                        "fp32,int8 and runs on ONNX Runtime CPU")
-    p.add_argument("--ckpt", help="checkpoint the bundle was exported from (only for --backend torch)")
+    p.add_argument("--precision", default="auto", choices=precision_choices(),
+                   help="encoder precision (default auto: the backend's own, fp16 on trt and torch-cuda, else "
+                        "fp32); int8 runs on ort (a bundle from apclip-export --precision fp32,int8) or trt")
+    p.add_argument("--ckpt", help="checkpoint the bundle was exported from (for --backend torch and torch-cuda)")
     p.add_argument("--base", help="base OpenAI CLIP file for a ViFi-CLIP --ckpt")
     p.add_argument("--topk", type=int, default=5, help="classes to show (default 5)")
     p.add_argument("--mode", choices=("clip", "stream"),
@@ -75,9 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     # Intermixed: `apclip-infer a.mp4 --bundle b c.mp4` gives both videos as SOURCE.
-    args = build_parser().parse_intermixed_args(argv)
+    parser = build_parser()
+    args = parser.parse_intermixed_args(argv)
+    if not args.sources and not args.stream:
+        parser.error("give a SOURCE, or --stream SRC [SRC ...]")
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
     run = InferRun(args, log)
+    if args.stream:
+        from apclip.engine.cli.stream_run import StreamRun
+
+        run = StreamRun(args, log)
     try:
         with _one_line_diagnostics(args.debug):
             run.prepare()

@@ -11,6 +11,7 @@ from typing import IO, Callable, Iterable
 
 from apclip.cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from apclip.errors import ApclipError
+from apclip.safe_text import terminal_safe
 
 from apclip.engine.video.errors import SourceError
 from apclip.engine.predictions import Prediction, WindowPrediction
@@ -52,9 +53,17 @@ class InferRun:
         args = self.args
         if args.topk < 1:
             raise UsageError(f"--topk {args.topk}: show at least 1 class")
+        from apclip.limits import MAX_FPS, MAX_SECONDS, MIN_SECONDS, check_range, max_threads
+
         for flag, value in (("--window", args.window), ("--stride", args.stride), ("--fps", args.fps)):
             if value is not None and value <= 0:
                 raise UsageError(f"{flag} {value:g}: must be positive")
+        check_range("--window", args.window, MIN_SECONDS, MAX_SECONDS, UsageError)
+        check_range("--stride", args.stride, MIN_SECONDS, MAX_SECONDS, UsageError)
+        check_range("--fps", args.fps, 0.1, MAX_FPS, UsageError)
+        if args.threads is not None and args.threads > max_threads():
+            raise UsageError(f"--threads {args.threads}: this machine has {os.cpu_count()} CPUs "
+                             f"(use at most {max_threads()})")
         if args.template is not None:
             from apclip.scoring_protocol import check_template
 
@@ -133,7 +142,7 @@ class InferRun:
         self.rec = Recognizer.from_bundle(args.bundle, args.backend, labels, prompts=args.prompts,
                                           scorer=args.scorer, threads=args.threads, ckpt=args.ckpt, base=args.base,
                                           topk=args.topk, use_cache=args.cache, template=args.template,
-                                          precision=getattr(args, "precision", "fp32"),
+                                          precision=getattr(args, "precision", "auto"),
                                           log=self.log)
         if args.prompts and (args.report or args.explain):
             from apclip.prompt_bank import load_prompt_bank
@@ -325,7 +334,7 @@ def format_prediction(pred: Prediction, explain: bool = False, header: bool = Tr
         lines += [f"  {i + 1:4d}  {t.score:8.4f}  {t.label}" for i, t in enumerate(pred.top)]
     if explain and pred.explanations:
         lines += format_explain_summary(pred.explanations, attributes=attributes)
-    return "\n".join(lines)
+    return "\n".join(terminal_safe(line) for line in lines)  # labels and prompts may carry escape sequences
 
 
 def format_row(pred: Prediction, item: SourceItem, index: int, total: int) -> str:
@@ -337,7 +346,7 @@ def format_row(pred: Prediction, item: SourceItem, index: int, total: int) -> st
 
 def format_window(pred: WindowPrediction) -> str:
     top = " | ".join(f"{t.label} {t.score:.3f}" for t in pred.top)
-    return f"[{pred.start:8.2f}s - {pred.end:8.2f}s]  {top}"
+    return terminal_safe(f"[{pred.start:8.2f}s - {pred.end:8.2f}s]  {top}")
 
 
 @contextlib.contextmanager

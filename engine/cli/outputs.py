@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -45,6 +46,17 @@ def output_target(flag: str, path: str, example: str) -> Path:
     return target
 
 
+def finite_json(value):
+    """`value` with every NaN/infinite float as null: json.dumps writes bare NaN, which is not JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
 class AtomicLines:
     """JSON lines written to a temporary file and renamed into place when the run ends."""
 
@@ -54,7 +66,7 @@ class AtomicLines:
         self.file: IO[str] = self._target.file
 
     def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.file.write(json.dumps(finite_json(record), ensure_ascii=False, allow_nan=False) + "\n")
         self.file.flush()
 
     def commit(self) -> None:
@@ -110,7 +122,9 @@ class CsvResults:
         self._writer.writeheader()
 
     def write(self, row: dict) -> None:
-        self._writer.writerow(row)
+        from apclip.safe_text import csv_safe
+
+        self._writer.writerow({key: csv_safe(value) for key, value in row.items()})  # no formula injection
 
     def commit(self) -> None:
         self._target.commit()

@@ -19,8 +19,6 @@ from apclip.errors import ApclipError
 from apclip.extras import require
 
 
-BACKENDS = ("auto", "ort", "ort-cuda", "trt", "torch-cuda", "torch")
-
 
 class BackendUnavailable(ApclipError):
     pass
@@ -128,7 +126,7 @@ def ort_runners(manifest: Manifest, *, cuda: bool, threads: int | None, batch_si
     """(vision, text) runners; precision "int8" loads the bundle's int8 files (engine/runners/precision.py)."""
     from apclip.engine.runners.precision import check_precision, encoder_files, session_config, text_runner
 
-    check_precision(precision, "ort-cuda" if cuda else "ort", manifest)
+    check_precision(precision, manifest)
     vision_file, text_file = encoder_files(manifest, precision)
     threads = _default_threads(threads)
     batch_size = graph_batch_max(manifest, "vision", batch_size)
@@ -141,13 +139,6 @@ def ort_runners(manifest: Manifest, *, cuda: bool, threads: int | None, batch_si
                       vision.name, 256)
     text.file = text_file  # the label cache is keyed by the encoder file that made the rows
     return vision, text
-
-
-def trt_runners(manifest: Manifest, **options):
-    """(vision, text) TensorRT runners of the bundle's engines (apclip.engine.runners.tensorrt)."""
-    from apclip.engine.runners.tensorrt import trt_runners as build
-
-    return build(manifest, **options)
 
 
 def checked_checkpoint(manifest: Manifest, checkpoint: str | os.PathLike | None, base: str | None, *,

@@ -22,7 +22,6 @@ from apclip.bundle import CLASSES_FILE, MANIFEST, TEXT_FILE, VISION_FILE, Manife
 from apclip.errors import ApclipError
 
 ENGINES_DIR = "engines"
-PRECISIONS = ("fp16", "int8")
 # graph -> (ONNX file it is built from, manifest io entry giving its batch range and input shape)
 GRAPHS = {"vision": VISION_FILE, "text": TEXT_FILE}
 DEFAULT_TEXT_OPT = 256  # run-time labels are encoded 256 prompts at a time (engine/runners/encoders.py)
@@ -31,6 +30,13 @@ TEXT_ENGINE_MAX = 4096  # a text profile is capped here: TensorRT sizes activati
 
 class EngineCacheError(ApclipError):
     pass
+
+
+def engine_precisions() -> tuple[str, ...]:
+    """The precisions engines are built in: the trt rows of the backend table."""
+    from apclip.engine.runners.table import precisions
+
+    return precisions("trt")
 
 
 @dataclass(frozen=True)
@@ -147,8 +153,8 @@ def profile_from_manifest(manifest: Manifest, graph: str, opt_batch: int | None 
 
 def engine_key(manifest: Manifest, graph: str, precision: str, tensorrt_version: str, gpu: GpuIdentity,
                profile: Profile) -> EngineKey:
-    if precision not in PRECISIONS:
-        raise EngineCacheError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision not in engine_precisions():
+        raise EngineCacheError(f"precision {precision!r}: choose one of {', '.join(engine_precisions())}")
     sources = [GRAPHS[graph.split("+")[0]]] + ([CLASSES_FILE] if graph.endswith("+maka") else [])
     hashes = []
     for source in sources:
@@ -167,6 +173,29 @@ def listed_engines(manifest: Manifest) -> dict[str, dict[str, Any]]:
     if not isinstance(engines, dict):
         return {}
     return {name: entry for name, entry in engines.items() if isinstance(entry, dict) and "key" in entry}
+
+
+def listed_keys(manifest: Manifest) -> dict[str, EngineKey]:
+    """Readable keys of the listed engines, by file name (unreadable entries are left out)."""
+    keys = {}
+    for name, entry in listed_engines(manifest).items():
+        try:
+            keys[name] = EngineKey.from_dict(entry["key"])
+        except EngineCacheError:
+            continue
+    return keys
+
+
+def listed_precisions(manifest: Manifest, graph: str) -> set[str]:
+    """Precisions the bundle lists engines of for `graph` (for any GPU: the runner checks the machine)."""
+    return {key.precision for key in listed_keys(manifest).values() if key.graph == graph}
+
+
+def listed_engine_names(manifest: Manifest, graph: str, precision: str) -> list[str]:
+    """File names of the listed `graph` engines of `precision`, newest first."""
+    engines = listed_engines(manifest)
+    names = [name for name, key in listed_keys(manifest).items() if key.graph == graph and key.precision == precision]
+    return sorted(names, key=lambda name: str(engines[name].get("built", "")), reverse=True)
 
 
 @dataclass(frozen=True)

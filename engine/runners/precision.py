@@ -11,25 +11,28 @@ from apclip.bundle import INT8_FILES, PRECISIONS, TEXT_FILE, TEXT_INPUT, VISION_
 from apclip.engine.runners.encoders import BackendUnavailable, OrtRunner
 from apclip.engine.runners.text_trim import TrimmedTextRunner, token_axis_is_dynamic
 
-INT8_BACKENDS = ("ort",)  # MLAS's u8s8 kernels are CPU kernels
-
 
 class PrecisionUnavailable(BackendUnavailable):
     pass
 
 
-def check_precision(precision: str, backend: str, manifest: Manifest) -> None:
+def int8_missing(manifest: Manifest) -> str | None:
+    """None when the bundle has int8 encoders, else why not and how to get them (one line)."""
+    if manifest.has(INT8_FILES[VISION_FILE]):
+        return None
+    refused = (((manifest.raw.get("precisions") or {}).get("int8") or {}).get("refused") or {})
+    why = f" (export refused it: {refused[INT8_FILES[VISION_FILE]]})" if INT8_FILES[VISION_FILE] in refused else ""
+    return (f"bundle {manifest.path} has no int8 encoders ({INT8_FILES[VISION_FILE]}){why}; re-export it with apclip-export --precision "
+            f"fp32,int8, or use --precision fp32")
+
+
+def check_precision(precision: str, manifest: Manifest) -> None:
+    """The ONNX files of `precision` are in the bundle (which backend runs which precision: engine/runners/table.py)."""
     if precision not in PRECISIONS:
-        raise PrecisionUnavailable(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision == "fp32":
-        return
-    if backend not in INT8_BACKENDS:
-        raise PrecisionUnavailable(f"--precision {precision} runs on --backend ort (CPU), not {backend}")
-    if not manifest.has(INT8_FILES[VISION_FILE]):
-        refused = (((manifest.raw.get("precisions") or {}).get("int8") or {}).get("refused") or {})
-        why = f" (export refused it: {refused[INT8_FILES[VISION_FILE]]})" if INT8_FILES[VISION_FILE] in refused else ""
-        raise PrecisionUnavailable(f"bundle {manifest.path} has no int8 encoders{why}; re-export it with "
-                                   f"apclip-export --precision fp32,int8, or use --precision fp32")
+        raise PrecisionUnavailable(f"ONNX Runtime runs {', '.join(PRECISIONS)}, not {precision!r}")
+    missing = int8_missing(manifest) if precision == "int8" else None
+    if missing:
+        raise PrecisionUnavailable(missing)
 
 
 def encoder_files(manifest: Manifest, precision: str) -> tuple[str, str]:

@@ -29,8 +29,6 @@ from apclip.extras import require
 
 from apclip.engine.runners.encoders import BackendUnavailable, LazyRunner, checked_checkpoint
 
-PRECISIONS = ("fp16", "bf16", "fp32")
-
 
 def weights_source(manifest: Manifest, ckpt: Any) -> str | None:
     """Where this backend would read its weights from, or None when it has none."""
@@ -56,8 +54,10 @@ def plan_batches(n: int, batch_size: int) -> list[tuple[int, int, int]]:
 
 def torch_dtype(precision: str):
     torch = require("torch", "torch", "the torch-cuda backend")
-    if precision not in PRECISIONS:
-        raise BackendUnavailable(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    from apclip.engine.runners.table import precisions
+
+    if precision not in precisions("torch-cuda"):
+        raise BackendUnavailable(f"precision {precision!r}: choose one of {', '.join(precisions('torch-cuda'))}")
     return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
 
 

@@ -32,6 +32,9 @@ def cache_dir() -> Path:
 
 def bundle_class_matrix(manifest: Manifest) -> ClassMatrix:
     matrix = load_class_matrix(manifest.file(CLASSES_FILE), manifest.labels)
+    if matrix.embeddings.shape[2] != manifest.embed_dim:
+        raise ApclipError(f"class matrix of bundle {manifest.path} has embedding size {matrix.embeddings.shape[2]}, "
+                          f"the model {manifest.embed_dim}; re-run apclip-export")
     matrix.fallback_labels = list((manifest.raw.get("class_matrix") or {}).get("fallback_labels") or [])
     return matrix
 

@@ -280,10 +280,38 @@ class ImageFolderSource(VideoSource):
         self._finish(glitches)
 
 
+# Largest image of an image folder ($APCLIP_MAX_IMAGE_PIXELS, default 8K x 8K). A PNG header may claim
+# 100000 x 100000 in a few bytes; the header is read (PIL, no decode) before anything is allocated, and
+# such an image is skipped like an unreadable one, not the whole folder.
+MAX_IMAGE_PIXELS = int(os.environ.get("APCLIP_MAX_IMAGE_PIXELS", str(8192 * 8192)))
+
+
+def _image_size_ok(path: Path) -> bool:
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: the limit below decides
+            with Image.open(path) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:
+        return False
+    except Exception:  # not an image PIL knows: OpenCV decides (its own limit is 2^30 pixels)
+        return True
+    return width * height <= MAX_IMAGE_PIXELS
+
+
 def _read_image(path: Path) -> np.ndarray | None:
+    if not _image_size_ok(path):
+        return None
     # IMREAD_COLOR applies EXIF orientation and converts gray / 16-bit / alpha to 8-bit BGR.
     data = np.fromfile(str(path), dtype=np.uint8)  # fromfile + imdecode: non-ASCII paths work everywhere
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except cv2.error:  # e.g. over CV_IO_MAX_IMAGE_PIXELS: this image is unreadable, not the folder
+        return None
     return None if image is None else to_bgr8(image)
 
 
@@ -291,11 +319,13 @@ def _natural_key(path: Path) -> list[Any]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
-def open_source(spec: SourceSpec, *, fps: float | None = None, threads: int | None = None) -> VideoSource:
+def open_source(spec: SourceSpec, *, fps: float | None = None, threads: int | None = None,
+                timeout: float | None = None) -> VideoSource:
     """Open a file, image folder, camera index or stream URL; raise SourceError naming it if impossible.
 
     fps: frame rate of an image folder (default 30). threads: FFmpeg decoding threads for files
-    (default: FFmpeg's choice).
+    (default: FFmpeg's choice). timeout: seconds a stream URL may take to open or to deliver a packet
+    (default 10).
     """
     if isinstance(spec, VideoSource):
         return spec
@@ -308,7 +338,7 @@ def open_source(spec: SourceSpec, *, fps: float | None = None, threads: int | No
             if scheme == "file":
                 return open_source(Path(url2pathname(parts.path)), fps=fps, threads=threads)
             if scheme in STREAM_SCHEMES:
-                return _open_stream(spec)
+                return _open_stream(spec, timeout)
             raise SourceError(
                 f"unsupported URL scheme {scheme!r} in {_redact(spec)}: use a file path, an image folder, "
                 f"a camera index, or an {'/'.join(STREAM_SCHEMES)} URL"
@@ -337,8 +367,9 @@ def _open_camera(index: int) -> VideoSource:
     return CaptureSource(capture, f"camera {index}", "camera")
 
 
-def _open_stream(url: str) -> VideoSource:
-    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, _STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, _STREAM_TIMEOUT_MS]
+def _open_stream(url: str, timeout: float | None = None) -> VideoSource:
+    ms = int(timeout * 1000) if timeout else _STREAM_TIMEOUT_MS
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
     capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
     if not capture.isOpened():
         raise SourceError(f"cannot open stream {_redact(url)}: unreachable, refused, or not a video")

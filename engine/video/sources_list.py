@@ -15,7 +15,6 @@ Arguments that match nothing are kept as `missing` entries, so the run can repor
 """
 from __future__ import annotations
 
-import glob
 import os
 import re
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from apclip.cli_common import UsageError
+from apclip.walk import glob_paths
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
                     ".ts", ".mts", ".ogv", ".gif")
@@ -62,7 +62,13 @@ def is_image_folder(folder: Path) -> bool:
     return has_image
 
 
-def _folder_sources(folder: Path, recursive: bool) -> list[SourceItem]:
+def _folder_sources(folder: Path, recursive: bool, seen: set[tuple[int, int]] | None = None) -> list[SourceItem]:
+    """`seen`: (device, inode) of the folders walked so far, so a symlink back to a parent is not a loop."""
+    seen = set() if seen is None else seen
+    info = folder.stat()
+    if (info.st_dev, info.st_ino) in seen:
+        return []
+    seen.add((info.st_dev, info.st_ino))
     if is_image_folder(folder):
         return [SourceItem(str(folder))]
     items: list[SourceItem] = []
@@ -76,7 +82,7 @@ def _folder_sources(folder: Path, recursive: bool) -> list[SourceItem]:
             items.append(SourceItem(str(Path(entry.path))))
     if recursive:
         for sub in subfolders:
-            items.extend(_folder_sources(sub, recursive))
+            items.extend(_folder_sources(sub, recursive, seen))
     return items
 
 
@@ -136,7 +142,7 @@ def _expand(arguments: Iterable[str], recursive: bool) -> list[SourceItem]:
         elif os.path.exists(argument):
             items.append(SourceItem(argument))
         elif _GLOB_CHARS.search(argument):
-            matches = sorted(glob.glob(argument, recursive=True), key=_natural_key)
+            matches = sorted(glob_paths(argument), key=_natural_key)  # `**` never loops through symlinks
             if not matches:
                 items.append(SourceItem(argument, missing="the pattern matches nothing"))
             for match in matches:

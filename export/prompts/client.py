@@ -47,6 +47,10 @@ class LLMError(ApclipError):
     """A request that failed for good: retries exhausted, or an answer that stayed invalid."""
 
 
+class RequestDeadline(Exception):
+    """A request that took longer than timeout_s in all (retried like a timeout)."""
+
+
 class LLMFatalError(LLMError):
     """An error every further request would repeat (bad key, unknown model, refused request)."""
 
@@ -55,7 +59,7 @@ class LLMFatalError(LLMError):
 class LLMSettings:
     model: str = "gpt-4o-mini"
     base_url: str | None = None  # None: the openai default (or $OPENAI_BASE_URL)
-    timeout_s: float = 60.0  # per HTTP request
+    timeout_s: float = 60.0  # per HTTP request, the whole of it (connect, send, every byte of the answer)
     max_retries: int = 6  # transport retries per request (429, 5xx, timeouts)
     backoff_s: float = 1.0  # first retry delay; doubles each retry, jittered
     backoff_max_s: float = 60.0  # cap of the computed delay
@@ -251,8 +255,8 @@ class ChatClient:
             structured = self.structured_output
             self.usage.add(requests=1)
             try:
-                response = self._client.chat.completions.create(
-                    **request_body(self.settings, messages, schema, name, structured))
+                body = request_body(self.settings, messages, schema, name, structured)
+                response = self._bounded(lambda: self._client.chat.completions.create(**body))
             except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
                 if structured and _rejects_structured_output(exc):
                     self.structured_output = False  # ask in words from now on, for every thread
@@ -262,7 +266,7 @@ class ChatClient:
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as exc:
                 raise LLMFatalError(f"the server refused the request ({exc.status_code}): {_message(exc)}; "
                                     f"check ${API_KEY_ENV}, --model and --base-url") from None
-            except (openai.APITimeoutError, openai.APIConnectionError, openai.APIStatusError) as exc:
+            except (openai.APITimeoutError, openai.APIConnectionError, openai.APIStatusError, RequestDeadline) as exc:
                 status = getattr(exc, "status_code", None)
                 if status is not None and status not in _RETRY_STATUS and status < 500:
                     raise LLMFatalError(f"the server refused the request ({status}): {_message(exc)}") from None
@@ -286,6 +290,29 @@ class ChatClient:
             if message.content is None and getattr(message, "refusal", None):
                 return f"(the model refused: {message.refusal})"  # not JSON: goes through the repair path
             return message.content
+
+    def _bounded(self, call: Callable[[], T]) -> T:
+        """call() with the whole request bounded by timeout_s. The openai client's timeout bounds each
+        read, so a server dripping a byte every 3 s never trips a 5 s timeout (measured: 126 s). The call
+        runs in a daemon thread; one past the deadline is abandoned (its socket closes with the server or
+        at exit) and counted as a timeout."""
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                box["value"] = call()
+            except BaseException as exc:  # handed to the caller's thread
+                box["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="apclip-llm-request", daemon=True).start()
+        if not done.wait(self.settings.timeout_s):
+            raise RequestDeadline(f"no complete answer within {self.settings.timeout_s:g} s")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
 
     def _retry_delay(self, attempt: int, retry_after: float | None) -> float:
         """Exponential backoff with equal jitter; a server's Retry-After is a floor."""

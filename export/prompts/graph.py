@@ -34,12 +34,13 @@ def load_graph(path: str | Path | None = None, require_reviewed: bool = True) ->
     """The graph at `path` (the shipped default when None); unreviewed candidates are refused."""
     if path is None:
         return default_graph()
+    from apclip.fileio import read_user_text
+
     path = Path(path)
+    text = read_user_text(path, f"attribute graph {path}", PromptBankError)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PromptBankError(f"attribute graph {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
         raise PromptBankError(f"attribute graph {path} is not a readable JSON file ({exc})") from None
     graph = AttributeGraph.from_dict(data, source=f"attribute graph {path}")
     if require_reviewed and not graph.reviewed:

@@ -11,6 +11,7 @@ import io
 from pathlib import Path
 
 from apclip.errors import ApclipError
+from apclip.safe_text import csv_safe, csv_unsafe
 from apclip.prompt_bank import ClassPrompts, PromptBank, format_prompt, write_text_atomic
 from apclip.tokenizer import count_tokens
 
@@ -32,8 +33,8 @@ def write_review_csv(bank: PromptBank, path: str | Path) -> int:
     for k, cls in enumerate(bank.classes):
         for i, entry in enumerate(cls.entries):
             tokens = count_tokens(format_prompt(cls.label, entry.text))
-            writer.writerow([f"{k}:{i}", cls.label, entry.llm_prompt, entry.aspect or "", entry.attribute or "",
-                             tokens, entry.text, "keep"])
+            writer.writerow([csv_safe(cell) for cell in (f"{k}:{i}", cls.label, entry.llm_prompt, entry.aspect or "",
+                                                         entry.attribute or "", tokens, entry.text, "keep")])
             rows += 1
     # utf-8-sig so that spreadsheet programs open non-ASCII labels correctly.
     write_text_atomic(path, buffer.getvalue(), encoding="utf-8-sig")
@@ -45,7 +46,8 @@ def read_rejections(bank: PromptBank, csv_path: str | Path) -> set[tuple[int, in
     csv_path = Path(csv_path)
     try:
         with open(csv_path, encoding="utf-8-sig", newline="") as f:
-            rows = list(csv.DictReader(f))
+            rows = [{key: csv_unsafe(value) if isinstance(value, str) else value for key, value in row.items()}
+                    for row in csv.DictReader(f)]  # cells written with csv_safe's leading ' read back as written
     except FileNotFoundError:
         raise ReviewError(f"review table {csv_path} does not exist; write it with `apclip-prompts review`") \
             from None

@@ -35,8 +35,8 @@ from apclip.errors import ApclipError, MissingExtraError
 from apclip.fileio import atomic_write
 
 from apclip.engine.cli.bundle import Command
-from apclip.engine.runners.engine_cache import (GRAPHS, PRECISIONS, EngineKey, Profile, engine_entry, engine_key, find_engine,
-                                     profile_from_manifest, record_engine, timing_cache_path)
+from apclip.engine.runners.engine_cache import (GRAPHS, EngineKey, Profile, engine_entry, engine_key, find_engine,
+                                     engine_precisions, profile_from_manifest, record_engine, timing_cache_path)
 
 Log = Callable[[str], None]
 # Kept in fp32 in every fp16/int8 engine: LayerNorm overflows in fp16 in CLIP; the final normalisation
@@ -73,7 +73,7 @@ def build_plan(precision: str, tensorrt_version: str, modelopt: bool, bundle_qdq
                                     "\"nvidia-modelopt[onnx]\"")
         return BuildPlan(True, "qdq-int8", (), (), "strongly typed, QDQ int8 from ModelOpt (fp16 elsewhere)")
     if precision != "fp16":
-        raise EngineBuildError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+        raise EngineBuildError(f"precision {precision!r}: choose one of {', '.join(engine_precisions())}")
     if modelopt:
         return BuildPlan(True, "autocast-fp16", (), (), "strongly typed, fp16 ONNX from ModelOpt AutoCast, "
                                                         f"{'/'.join(FP32_ONNX_OPS)} in fp32")
@@ -280,7 +280,7 @@ def _build_serialized(trt, onnx_path: Path, key: EngineKey, plan: BuildPlan, wor
 # -- command line ---------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("bundle", help="bundle directory (apclip-export's output)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp16", help="engine precision (default fp16)")
+    p.add_argument("--precision", choices=engine_precisions(), default="fp16", help="engine precision (default fp16)")
     p.add_argument("--graph", choices=GRAPH_CHOICES, default="vision",
                    help="vision, text, or vision+maka (pixels -> class scores, MAKA as a TensorRT plugin)")
     p.add_argument("--workspace-gb", type=float, default=4.0, help="builder workspace limit in GiB (default 4)")

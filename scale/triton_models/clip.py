@@ -82,6 +82,8 @@ class TritonPythonModel:
             array = views.as_numpy()  # [B, Nv, 3, R, R]
             if array.shape[1] == 0:
                 raise RequestError("views is empty: send at least one preprocessed frame")
+            if not np.isfinite(array).all():
+                raise RequestError("views has NaN or infinite values: send finite preprocessed pixels")
             return [np.ascontiguousarray(clip, dtype=np.float32) for clip in array]
         array = frames.as_numpy()  # [B, N, H, W, 3]
         if 0 in array.shape:
@@ -119,10 +121,16 @@ class TritonPythonModel:
                 emb = embeddings[offset:offset + len(clip)]  # [Nv, E]
                 offset += len(clip)
                 scores = self.rec.scorer(emb[None], classes)[0]  # [K]
+                if not np.isfinite(scores).all():  # never ranked: NaN sorts anywhere
+                    continue
                 order = np.argsort(-scores, kind="stable")[:self.rec.topk]
                 labels.append([classes.labels[k].encode("utf-8") for k in order])
                 top.append(scores[order])
                 full.append(scores)
+            if len(full) < len(request_clips):
+                responses.append(serve_common.request_error(
+                    pb_utils, "the model gave NaN or infinite scores for this clip; nothing was scored"))
+                continue
             responses.append(pb_utils.InferenceResponse([
                 pb_utils.Tensor("labels", np.array(labels, dtype=np.object_)),
                 pb_utils.Tensor("scores", np.array(top, dtype=np.float32)),

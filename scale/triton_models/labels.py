@@ -49,6 +49,9 @@ class TritonPythonModel:
                 pb_utils.get_input_tensor_by_name(request, "labels").as_numpy())]
             if any(not label for label in labels):
                 raise ApclipError("labels must not be empty strings")
+            limit = int(self.params.get("max_labels") or 4096)
+            if len(labels) > limit or any(len(label) > 1000 for label in labels):
+                raise ApclipError(f"send at most {limit} labels of at most 1000 characters (apclip-serve --max-labels)")
             classes, stats = resolve_classes(self.manifest, labels, self.bank, self.text, use_cache=True)
             set_id = serve_common.label_set_id(labels)
             path = serve_common.label_set_path(self.params["state_dir"], set_id)
