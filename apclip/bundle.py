@@ -4,7 +4,8 @@ Defined once here (torch-free) so the exporter, the runners and the tests agree:
 
     bundle/
       manifest.json         format, model config, preprocessing, io, labels, hashes, tool versions
-      vision.onnx           pixels  float32 [N, 3, R, R] -> embeddings float32 [N, E] (L2-normalised)
+      vision.onnx           pixels  float32 [N, 3, R, R] -> embeddings float32 [N, E] (L2-normalised);
+                            clip-level graphs (manifest `vision_graph`): [B, T, 3, R, R] -> [B, T, E] or [B, E]
       text.onnx             tokens  int64   [M, L]       -> embeddings float32 [M, E] (L2-normalised)
       classes.safetensors   embeddings float32 [K, P, E] (normalised rows, zero padding), counts int32 [K]
       prompts.json          {label: [prompt text of each row]}
@@ -45,6 +46,7 @@ VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"  # CLIP's BPE merges, so run-time la
 
 VISION_INPUT = "pixels"
 TEXT_INPUT = "tokens"
+TEXT_BATCH = 256  # prompts per text-encoder call (run-time labels, export, engines' opt batch)
 EMBEDDINGS_OUTPUT = "embeddings"
 SCORER_INPUTS = ("frames", "classes", "counts")
 SCORER_OUTPUT = "scores"
@@ -54,6 +56,79 @@ CLASS_COUNTS = "counts"
 
 class BundleError(ApclipError):
     pass
+
+
+VISION_LEVELS = ("frame", "clip")  # frame: each frame alone; clip: a whole clip of T frames per graph input
+VISION_OUTPUTS = ("frames", "video")  # one embedding per frame, or one per clip
+
+
+@dataclass(frozen=True)
+class VisionGraph:
+    """What vision.onnx takes and returns (the manifest's `vision_graph`; absent: a per-frame graph).
+
+    frame  pixels [N, 3, R, R] -> [N, E]
+    clip   pixels [B, T, 3, R, R] -> [B, T, E] (output frames) or [B, E] (output video); T is the graph's
+           constant, the bundle's preprocessing frames."""
+
+    level: str = "frame"  # frame | clip
+    output: str = "frames"  # frames | video
+    frames: int | None = None  # T of a clip-level graph
+    temporal_attention: str | None = None  # e.g. expand_temporal_view (Open-VCLIP); None for per-frame towers
+
+    def __post_init__(self) -> None:
+        if self.level not in VISION_LEVELS:
+            raise ValueError(f"vision_graph.level {self.level!r} is not one of {', '.join(VISION_LEVELS)}")
+        if self.output not in VISION_OUTPUTS:
+            raise ValueError(f"vision_graph.output {self.output!r} is not one of {', '.join(VISION_OUTPUTS)}")
+        if self.level == "clip" and not (isinstance(self.frames, int) and not isinstance(self.frames, bool)
+                                         and self.frames >= 1):
+            raise ValueError(f"vision_graph.frames {self.frames!r} must be a whole number >= 1 for a clip-level graph")
+        if self.level == "frame" and (self.output != "frames" or self.frames is not None):
+            raise ValueError("a frame-level vision_graph has output 'frames' and no frames count")
+        if self.temporal_attention is not None and not isinstance(self.temporal_attention, str):
+            raise ValueError(f"vision_graph.temporal_attention {self.temporal_attention!r} must be a string or null")
+
+    @property
+    def clip_level(self) -> bool:
+        return self.level == "clip"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"level": self.level, "output": self.output, "frames": self.frames,
+                "temporal_attention": self.temporal_attention}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "VisionGraph":
+        if data is None:
+            return cls()
+        if not isinstance(data, dict) or set(data) - set(MANIFEST_FIELD_TYPES["vision_graph"]):
+            raise ValueError(f"vision_graph {data!r} must be an object with keys "
+                             f"{', '.join(MANIFEST_FIELD_TYPES['vision_graph'])}")
+        return cls(str(data.get("level", "frame")), str(data.get("output", "frames")), data.get("frames"),
+                   data.get("temporal_attention"))
+
+
+# Types of the manifest fields added for clip-level graphs and weight patching (for manifest validators):
+# field -> {key: (allowed JSON types)}; both fields may be absent (old bundles) or, for patching, null.
+MANIFEST_FIELD_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
+    "vision_graph": {"level": (str,), "output": (str,), "frames": (int, type(None)),
+                     "temporal_attention": (str, type(None))},
+    "patching": {"ratio": (float, int), "base": (str,), "base_sha256": (str,), "patched_keys": (int,),
+                 "kept_keys": (int,)},
+}
+
+
+def check_patching_record(data: Any) -> None:
+    """ValueError unless `data` is null or a weight-patching record (apclip.patching.Patching.to_dict)."""
+    if data is None:
+        return
+    types = MANIFEST_FIELD_TYPES["patching"]
+    if not isinstance(data, dict) or set(data) != set(types):
+        raise ValueError(f"patching must be null or an object with keys {', '.join(types)}")
+    for key, allowed in types.items():
+        if not isinstance(data[key], allowed) or isinstance(data[key], bool):
+            raise ValueError(f"patching.{key} {data[key]!r} has the wrong type")
+    if not 0.0 <= float(data["ratio"]) <= 1.0:
+        raise ValueError(f"patching.ratio {data['ratio']} is not in [0, 1]")
 
 
 @dataclass
@@ -83,6 +158,11 @@ class Manifest:
     def scoring(self) -> Scoring:
         """The scoring protocol (MAKA with the paper's template for bundles from before protocols)."""
         return Scoring.from_dict(self.raw.get("scoring"))
+
+    @property
+    def vision_graph(self) -> VisionGraph:
+        """Per-frame or clip-level vision.onnx (bundles before clip-level graphs: per-frame)."""
+        return VisionGraph.from_dict(self.raw.get("vision_graph"))
 
     @property
     def vision_normalized(self) -> bool:
@@ -192,6 +272,11 @@ def read_manifest(bundle: str | os.PathLike, verify: bool = True) -> Manifest:
             labels=list(raw["labels"]), files=dict(raw["files"]), raw=raw,
         )
         Scoring.from_dict(raw.get("scoring"))  # a bad scoring entry is a bad field too
+        graph = VisionGraph.from_dict(raw.get("vision_graph"))
+        check_patching_record(raw.get("patching"))
+        if graph.clip_level and graph.frames != int(raw["preprocessing"]["frames"]):
+            raise ValueError(f"vision_graph.frames {graph.frames} differs from preprocessing frames "
+                             f"{raw['preprocessing']['frames']}")
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         reason = " ".join(str(exc).split())[:200]
         raise BundleError(f"bundle manifest {path} is missing or has a bad field ({reason}); "

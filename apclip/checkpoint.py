@@ -7,6 +7,8 @@ Formats, detected automatically:
 - `vificlip`: ViFi-CLIP / AP-CLIP training checkpoints, `{"model": state_dict, ...}` with `module.`,
   `image_encoder.`, `text_encoder.`, `prompt_learner.` prefixes and no `token_embedding.weight`
   (that comes from the base OpenAI CLIP file passed as `base=`).
+- `openvclip`: Open-VCLIP / FROSTER PySlowFast files (`swa_*.pth`: `{"model_state": {"model.<CLIP key>": ...}}`,
+  apclip.pyslowfast), whose vision tower attends across neighbour frames (apclip.temporal_vit).
 - `apclip`: this project's own checkpoint (`save_checkpoint`): state_dict + model config + labels +
   preprocessing + prompt-bank hash + training config.
 
@@ -39,10 +41,12 @@ OWN_FORMAT = "apclip-checkpoint"
 OWN_FORMAT_VERSION = 1
 # The pixel normalisation each format was trained with (config.NORMALIZATIONS); apclip checkpoints
 # carry theirs. ViFi-CLIP, and AP-CLIP trained the same way, normalise 0-255 RGB with ImageNet constants.
-_FORMAT_NORMALIZATION = {"openai": "clip", "openai-torchscript": "clip", "vificlip": "imagenet255", "apclip": "clip"}
+_FORMAT_NORMALIZATION = {"openai": "clip", "openai-torchscript": "clip", "vificlip": "imagenet255", "apclip": "clip",
+                         "openvclip": "clip"}
 # The preprocessing profile (apclip.preprocessing) each format's own code used; apclip checkpoints carry theirs
 # (none recorded: the profile bundles had before profiles existed).
-_FORMAT_PROFILE = {"openai": "clip", "openai-torchscript": "clip", "vificlip": "vificlip", "apclip": "apclip"}
+_FORMAT_PROFILE = {"openai": "clip", "openai-torchscript": "clip", "vificlip": "vificlip", "apclip": "apclip",
+                   "openvclip": "clip"}
 # Non-parameter entries OpenAI archives carry (build_model in openai/CLIP deletes the same).
 _OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 
@@ -50,7 +54,7 @@ _OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 @dataclass
 class Checkpoint:
     model: CLIP
-    format: str  # openai | openai-torchscript | vificlip | apclip
+    format: str  # openai | openai-torchscript | vificlip | openvclip | apclip
     path: Path
     labels: list[str] | None = None
     preprocessing: dict[str, Any] | None = None  # e.g. {"normalize": "imagenet255", "profile": "vificlip", "frames": 8}
@@ -59,6 +63,10 @@ class Checkpoint:
     template: str | None = None  # the single prompt per class its code used (ViFi-CLIP's CTX_INIT), if known
     # Where each value of `preprocessing` and `template` came from, e.g. {"frames": "checkpoint config DATA.NUM_FRAMES"}
     defaults_from: dict[str, str] = field(default_factory=dict)
+    # Clip-level vision attention (apclip.temporal_vit.TEMPORAL_ATTENTIONS), None for per-frame towers
+    temporal: str | None = None
+    patching: Any = None  # apclip.patching.Patching when the weights were patched with the original CLIP
+    dropped_keys: list[str] = field(default_factory=list)  # training-only keys not loaded (FROSTER's raw_model.*)
 
 
 def _torch_load(path: Path) -> Any:
@@ -180,11 +188,17 @@ def vificlip_state_dict(model_sd: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return renamed
 
 
-def load_checkpoint(path: str | os.PathLike, *, base: str | os.PathLike | None = None) -> Checkpoint:
-    """Load any supported checkpoint into a float32 eval-mode CLIP plus the metadata it carries."""
+def load_checkpoint(path: str | os.PathLike, *, base: str | os.PathLike | None = None,
+                    patch_ratio: float | None = None) -> Checkpoint:
+    """Load any supported checkpoint into a float32 eval-mode CLIP plus the metadata it carries.
+
+    patch_ratio: interpolate with the original CLIP `base` (apclip.patching): old * r + new * (1 - r)."""
+    from apclip.pyslowfast import is_pyslowfast, pyslowfast_metadata, pyslowfast_state_dict
+
     path = Path(path)
     obj, scripted = read_checkpoint_object(path)
     meta: dict[str, Any] = {}
+    dropped: list[str] = []
     if scripted:
         fmt, sd = "openai-torchscript", openai_state_dict(obj)
     elif isinstance(obj, dict) and obj.get("format") == OWN_FORMAT:
@@ -195,6 +209,9 @@ def load_checkpoint(path: str | os.PathLike, *, base: str | os.PathLike | None =
             raise CheckpointError(f"checkpoint {path} has apclip checkpoint version {obj.get('version')!r}; this "
                                   f"apclip reads up to {OWN_FORMAT_VERSION}: upgrade apclip")
         meta = obj
+    elif is_pyslowfast(obj) and not scripted:
+        fmt, meta = "openvclip", pyslowfast_metadata(obj)
+        sd, dropped = pyslowfast_state_dict(obj["model_state"])
     elif isinstance(obj, dict) and _is_state_dict(obj.get("model")):
         fmt, sd = "vificlip", vificlip_state_dict(obj["model"])
         meta = _vificlip_metadata(obj.get("config"))
@@ -204,13 +221,16 @@ def load_checkpoint(path: str | os.PathLike, *, base: str | os.PathLike | None =
         fmt, sd = "openai", openai_state_dict(obj)
     else:
         raise CheckpointError(
-            f"checkpoint {path} is not a CLIP state_dict, a ViFi-CLIP/AP-CLIP training checkpoint "
-            f"or an apclip checkpoint (top-level type {type(obj).__name__})")
+            f"checkpoint {path} is not a CLIP state_dict, a ViFi-CLIP/AP-CLIP training checkpoint, an "
+            f"Open-VCLIP/FROSTER .pth or an apclip checkpoint (top-level type {type(obj).__name__})")
 
     # Only a CLIP-looking state_dict is missing just the token embedding; others get build's key list.
     if "token_embedding.weight" not in sd and (base is not None or {"visual.proj", "text_projection"} <= set(sd)):
         sd = dict(sd)
         sd["token_embedding.weight"] = _token_embedding_from_base(path, base)
+    patching = None
+    if patch_ratio is not None:
+        sd, patching = _patch(path, sd, base, patch_ratio)
     model = _build(path, sd, meta.get("model_config"))
     preprocessing = dict(meta.get("preprocessing") or {"normalize": _FORMAT_NORMALIZATION[fmt]})
     defaults_from = dict(meta.get("defaults_from") or {})
@@ -228,7 +248,34 @@ def load_checkpoint(path: str | os.PathLike, *, base: str | os.PathLike | None =
         train_config=dict(meta.get("train_config") or {}),
         template=meta.get("template"),
         defaults_from=defaults_from,
+        temporal=meta.get("temporal"),
+        patching=patching,
+        dropped_keys=dropped,
     )
+
+
+def _patch(path: Path, sd: dict[str, torch.Tensor], base: str | os.PathLike | None, ratio: float):
+    """Open-VCLIP's weight patching with the original CLIP `base` (apclip.patching)."""
+    from apclip.bundle import sha256_file
+    from apclip.patching import Patching, check_ratio, patch_state_dict
+
+    check_ratio(ratio)
+    if base is None or not Path(base).is_file():
+        raise CheckpointError(f"--patch-ratio needs the original CLIP weights: pass --base ViT-B-16.pt (the OpenAI "
+                              f"CLIP {path.name} was fine-tuned from)" + (f"; {base} does not exist" if base else ""))
+    original = _base_state_dict(base)
+    patched, n_patched, n_kept = patch_state_dict(sd, original, ratio)
+    return patched, Patching(float(ratio), Path(base).name, sha256_file(base), n_patched, n_kept)
+
+
+def _base_state_dict(base: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The original CLIP's state_dict with OpenAI key names (TorchScript archive or a plain state_dict)."""
+    obj, scripted = read_checkpoint_object(base)
+    if isinstance(obj, dict) and not scripted and not _is_state_dict(obj):
+        obj = obj.get("state_dict")  # an apclip checkpoint or a {"state_dict": ...} wrapper
+    if not _is_state_dict(obj) or "visual.proj" not in obj:
+        raise CheckpointError(f"base checkpoint {base} is not an OpenAI CLIP ViT state_dict (pass ViT-B-16.pt)")
+    return openai_state_dict(obj)
 
 
 # ViFi-CLIP config entries -> preprocessing keys (TEST.NUM_CROP is turned into the crops its pipeline takes).
@@ -270,9 +317,10 @@ def _plain_dict(node: dict) -> dict[str, Any]:
     return {str(k): _plain_dict(v) if isinstance(v, dict) else v for k, v in node.items()}
 
 
-def load_model(path: str | os.PathLike, *, base: str | os.PathLike | None = None) -> CLIP:
+def load_model(path: str | os.PathLike, *, base: str | os.PathLike | None = None,
+               patch_ratio: float | None = None) -> CLIP:
     """The CLIP model of any supported checkpoint (float32, eval mode)."""
-    return load_checkpoint(path, base=base).model
+    return load_checkpoint(path, base=base, patch_ratio=patch_ratio).model
 
 
 def _token_embedding_from_base(path: Path, base: str | os.PathLike | None) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from apclip.bundle import CLASS_COUNTS, CLASS_EMBEDDINGS
+from apclip.bundle import CLASS_COUNTS, CLASS_EMBEDDINGS, TEXT_BATCH
 from apclip.errors import ApclipError
 from apclip.prompt_bank import format_prompt
 from apclip.scoring_protocol import DEFAULT_TEMPLATE, format_template
@@ -60,7 +60,7 @@ def class_prompts(labels: Sequence[str], bank: PromptSource | None,
 
 
 def encode_class_matrix(labels: Sequence[str], prompts: Sequence[Sequence[str]], encode: TextEncoder,
-                        *, batch_size: int = 256, fallback_labels: Sequence[str] = (),
+                        *, batch_size: int = TEXT_BATCH, fallback_labels: Sequence[str] = (),
                         progress: bool = False, desc: str = "encoding prompts",
                         vocab_path: str | None = None) -> ClassMatrix:
     """Tokenize and encode every prompt in batches; pad to [K, P_max, E].

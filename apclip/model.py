@@ -101,11 +101,18 @@ class VisionTransformer(nn.Module):
         self.proj = nn.Parameter(scale * torch.randn(width, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.transformer(self.tokens(x)))
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, 3, R, R] -> [N, g*g+1, W]: patch and class tokens with positions, after ln_pre."""
         x = self.conv1(x.to(self.conv1.weight.dtype))  # [N, W, g, g]
         x = x.flatten(2).transpose(1, 2)  # [N, W, g*g] -> [N, g*g, W]
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # [N, 1, W]
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # [N, g*g+1, W]
-        x = self.transformer(self.ln_pre(x))
+        return self.ln_pre(x)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, L, W] -> [N, E]: the class token, ln_post, projection."""
         return self.ln_post(x[:, 0, :]) @ self.proj  # [N, W] @ [W, E] -> [N, E]
 
 

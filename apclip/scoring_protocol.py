@@ -6,6 +6,10 @@
               normalisation, as ViFi_CLIP.forward does), normalise, cosine x logit_scale with one prompt per
               class, softmax over the classes; the per-view probabilities are summed over views
               (apclip.scoring.vificlip_score). Scores lie in [0, V].
+    ensemble  the prompt ensemble AP-CLIP's paper used on Open-VCLIP (their achieve_csf_matrix): each class's
+              prompt embeddings averaged and normalised, cosine with the mean of all (normalised) frame or
+              video embeddings of all views, normalised (apclip.scoring.mean_pool_score). Within one view it
+              ranks as Open-VCLIP's test does (logit_scale x mean over frames of per-frame cosines).
 
 The template is the text of a class without prompt-bank descriptions: "{}" or "{label}" marks the label.
 """
@@ -14,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-PROTOCOLS = ("maka", "vificlip")
+PROTOCOLS = ("maka", "vificlip", "ensemble")
 DEFAULT_PROTOCOL = "maka"
 DEFAULT_TEMPLATE = "a video of {label}."  # the paper's prefix, alone when a label has no descriptions
 _PLACEHOLDERS = ("{label}", "{}")
@@ -44,7 +48,7 @@ def vificlip_template(ctx_init: str | None, zs_eval: bool) -> str:
 
 @dataclass(frozen=True)
 class Scoring:
-    protocol: str = DEFAULT_PROTOCOL  # maka | vificlip
+    protocol: str = DEFAULT_PROTOCOL  # maka | vificlip | ensemble
     logit_scale: float | None = None  # exp(logit_scale) of the checkpoint; vificlip multiplies cosines by it
     template: str = DEFAULT_TEMPLATE  # text of a class without prompt-bank descriptions
 

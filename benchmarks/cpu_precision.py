@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from apclip.bundle import VISION_INPUT
+
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
@@ -152,10 +154,10 @@ def bench_vision(model, files, args, cpu) -> dict:
             return embedder(torch.from_numpy(small)).numpy()
 
     contenders = {"torch eager fp32": eager}
-    contenders.update({f"ORT {n[len('vision '):]}": (lambda s=s: s.run(None, {"pixels": pixels})[0])
+    contenders.update({f"ORT {n[len('vision '):]}": (lambda s=s: s.run(None, {VISION_INPUT: pixels})[0])
                        for n, s in sessions.items()})
     warm = {"torch eager fp32": eager_small}
-    warm.update({f"ORT {n[len('vision '):]}": (lambda s=s: s.run(None, {"pixels": small})[0])
+    warm.update({f"ORT {n[len('vision '):]}": (lambda s=s: s.run(None, {VISION_INPUT: small})[0])
                  for n, s in sessions.items()})
     # The first (timed) round's outputs are not kept: cosines come from 4 frames, then all 32 are timed.
     ref = eager_small()

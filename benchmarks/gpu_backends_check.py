@@ -11,8 +11,9 @@ On ViT-B/16 (random init: speed and parity do not depend on trained weights), on
   4. host -> embeddings with float32 upload vs uint8 upload + GPU normalisation (pinned, non-blocking);
   5. the MAKA plugin: its AOT PTX (what TensorRT embeds) loaded with the CUDA driver and launched with
      exactly TensorRT's argument list, against the float64 reference at serving sizes.
-Reports and writes JSON with the machine and versions; it never asserts a time. Exit 1 when a parity
-or plugin check fails.
+Reports and writes JSON with the machine and versions; it never asserts a time. Exit codes as
+benchmarks/check_summary.py: 0 every check passed, 1 a parity or plugin check failed, 2 no GPU,
+3 what ran passed but the plugin check was skipped (cuda-python missing): a skip is never a pass.
 """
 from __future__ import annotations
 
@@ -181,9 +182,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
+    from apclip.benchmarks.check_summary import EXIT_SKIP, check_exit_code, plugin_verdict
+
     if not torch.cuda.is_available():
-        print("no CUDA GPU: nothing to check (this script runs on the GPU machine)", file=sys.stderr)
-        return 2
+        print("SKIP: no CUDA GPU, nothing checked (this script runs on the GPU machine)", file=sys.stderr)
+        return EXIT_SKIP
     name = torch.cuda.get_device_name()
     peak = peak_bf16_tflops(torch)
     floor_ms = args.batch * GFLOP_PER_IMAGE / (peak * 1e3)
@@ -201,18 +204,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         plugin = plugin_rows(torch)
     except ImportError as exc:
-        plugin = [{"skipped": f"cuda-python is not installed ({exc})", "passed": True}]
+        plugin = [{"skipped": f"cuda-python is not installed ({exc})"}]
     for row in plugin:
         print("MAKA plugin PTX via the CUDA driver:", row)
-    parity_ok = all(row["cosine_min"] >= COSINE_MIN for row in rows)
-    ok = parity_ok and all(row["passed"] for row in plugin)
+    verdicts = {"encoder parity": "PASS" if all(row["cosine_min"] >= COSINE_MIN for row in rows) else "FAIL",
+                "plugin parity": plugin_verdict(plugin)}
+    code = check_exit_code(verdicts.values())
     with open(args.json, "w") as f:
         json.dump({"gpu": name, "torch": torch.__version__, "python": platform.python_version(),
                    "peak_bf16_tflops": peak, "floor_ms": floor_ms, "batch": args.batch, "encoder": rows,
-                   "upload": upload, "plugin": plugin, "ok": ok}, f, indent=1)
-    print(f"parity {'ok' if parity_ok else 'FAILED'}; plugin {'ok' if ok or not parity_ok else 'FAILED'}; "
-          f"wrote {args.json}")
-    return 0 if ok else 1
+                   "upload": upload, "plugin": plugin, "checks": verdicts, "ok": code == 0}, f, indent=1)
+    print("; ".join(f"{check} {verdict}" for check, verdict in verdicts.items()) + f"; wrote {args.json}")
+    return code
 
 
 if __name__ == "__main__":

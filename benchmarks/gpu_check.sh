@@ -5,7 +5,8 @@
 #      and apclip-bench kernel (Triton MAKA vs eager fp32/fp16, matmul and the memory floor)
 #   3. a random-weight ViT-B/16 checkpoint and bundle (python -m apclip.benchmarks.workload)
 #   4. apclip-bench backends, parity and latency (+ PNG) for every backend on that bundle
-# and writes every JSON, PNG and log into one folder, with summary.txt saying how each step ended.
+# and writes every JSON, PNG and log into one folder, with summary.txt saying how each step ended:
+# PASS, FAIL, TIMEOUT or SKIP (benchmarks/check_summary.py: a skipped check is never counted as passed).
 # Backends that cannot run there (no TensorRT, no onnxruntime-gpu) are listed as unavailable with the
 # reason; a step that fails or runs out of time is recorded and the next one still runs.
 #
@@ -16,7 +17,8 @@
 # --dry-run prints the steps without running them (works anywhere). Environment: PYTHON (default
 # .venv/bin/python, else python3), GPU_CHECK_SECONDS (whole budget, default 570),
 # GPU_CHECK_COMPILE=1 (also time torch.compile in step 2: minutes more).
-# Exit: 0 every step ok; 1 a step failed (a parity fail included); 2 no usable GPU or no apclip.
+# Exit: 0 every step passed; 1 a step failed or timed out (a parity fail included); 2 no usable GPU or
+# no apclip, or nothing failed but a check was skipped (incomplete, not a pass).
 set -uo pipefail
 
 dry_run=0
@@ -85,13 +87,14 @@ fi
 mkdir -p "$out" "$work"
 summary="$out/summary.txt"
 echo "gpu_check $(date -u +%FT%TZ) on $(hostname), python $py, budget ${budget} s" >"$summary"
-failed=0
+results="$out/steps.tsv"
+: >"$results"
 for step in "${steps[@]}"; do
     IFS='|' read -r name limit command <<<"$step"
     left=$(( budget - SECONDS ))
     if [ "$left" -lt 20 ]; then
-        echo "$name: skipped, out of time" | tee -a "$summary"
-        failed=1
+        echo "$name: not run, out of time"
+        printf '%s\t%s\t%s\n' "$name" 2 0 >>"$results"  # SKIP: not checked, so not passed
         continue
     fi
     [ "$limit" -gt "$left" ] && limit="$left"
@@ -102,14 +105,11 @@ for step in "${steps[@]}"; do
     timeout --kill-after=10 "$limit" $command >"$out/$name.log" 2>&1
     code=$?
     tail -n 40 "$out/$name.log"
-    case "$code" in
-        0) status="ok" ;;
-        124|137) status="timed out after $limit s"; failed=1 ;;
-        2) status="skipped or unavailable (exit 2, see $name.log)"; [ "$name" = nvidia-smi ] || failed=1 ;;
-        *) status="failed (exit $code)"; failed=1 ;;
-    esac
-    echo "$name: $status in $(( SECONDS - start )) s" | tee -a "$summary"
+    printf '%s\t%s\t%s\n' "$name" "$code" "$(( SECONDS - start ))" >>"$results"
 done
+# The verdict is one tested Python function (benchmarks/check_summary.py), not shell arithmetic.
+"$py" -m apclip.benchmarks.check_summary "$results" | tee -a "$summary"
+verdict=${PIPESTATUS[0]}
 echo "total $SECONDS s; files in $out:" | tee -a "$summary"
 ls -1 "$out" | tee -a "$summary"
-exit "$failed"
+exit "$verdict"

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from apclip.bundle import VISION_INPUT
+
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
@@ -94,7 +96,7 @@ def evaluate(fp32_path: Path, int8_path: Path, pixels: list[np.ndarray], matrix)
     a, b = session(fp32_path, threads), session(int8_path, threads)
     agree, cosines, margins = 0, [], []
     for x in pixels:
-        ref, got = a.run(None, {"pixels": x})[0], b.run(None, {"pixels": x})[0]
+        ref, got = a.run(None, {VISION_INPUT: x})[0], b.run(None, {VISION_INPUT: x})[0]
         cosines.append(min_cosine(ref, got))
         s_ref = maka_score(ref[None].astype(np.float64), matrix.embeddings.astype(np.float64), matrix.counts)[0]
         s_got = maka_score(got[None].astype(np.float64), matrix.embeddings.astype(np.float64), matrix.counts)[0]

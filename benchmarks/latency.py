@@ -72,10 +72,9 @@ def peak_rss_mib() -> float:
 
 def _row(contender: str, kind: str, stage: str, times: list[float] | None, timed_with: str,
          note: str | None = None, **extra: Any) -> dict[str, Any]:
-    from apclip.benchmarks.timing import summarize
+    from apclip.benchmarks.timing import STATS, summarize
 
-    stats = summarize(times) if times else {k: None for k in ("median_ms", "p90_ms", "p99_ms", "min_ms", "max_ms",
-                                                              "mean_ms", "runs")}
+    stats = summarize(times) if times else {k: None for k in (*STATS, "runs")}
     return {"contender": contender, "kind": kind, "stage": stage, **stats, "timed_with": timed_with,
             "note": note, **extra}
 
@@ -142,7 +141,7 @@ def _time_encoder(contender, runner: Any, manifest, classes, video: Path, pixels
     from apclip.engine.recognizer import Recognizer
     from apclip.engine.runners.encoders import encode_in_batches
     from apclip.engine.scoring.scorers import NumpyScorer
-    from apclip.benchmarks.timing import host_timer, measure
+    from apclip.benchmarks.timing import host_timer, measure, per_item
 
     images = len(pixels)
     torch = getattr(runner, "torch", None) if contender.device == "cuda" else None
@@ -151,10 +150,10 @@ def _time_encoder(contender, runner: Any, manifest, classes, video: Path, pixels
     workers = 1 if (os.cpu_count() or 1) > 1 else 0  # as Recognizer.from_bundle
     rec = Recognizer(manifest, runner, None, classes, NumpyScorer(), workers=workers)
     timers, how, notes = _encoder_timers(runner, contender, pixels)
-    windows = [0]
+    windows: list[int] = []  # windows of every stream call, warm-up ones first
 
     def stream() -> None:
-        windows[0] = sum(1 for _ in rec.stream(video, window=s.window, stride=s.stride))
+        windows.append(sum(1 for _ in rec.stream(video, window=s.window, stride=s.stride)))
 
     timers["total"] = host_timer(lambda: rec.predict(video))
     how["total"] = "host clock (returns numpy)"
@@ -162,13 +161,13 @@ def _time_encoder(contender, runner: Any, manifest, classes, video: Path, pixels
         timers["stream"] = host_timer(stream)
         how["stream"] = "host clock, per window"
     times = measure(timers, s.runs, s.warmup)
-    if "stream" in times:
-        times["stream"] = [t / max(1, windows[0]) for t in times["stream"]]
+    if "stream" in times:  # each run divided by its own window count
+        times["stream"] = per_item(times["stream"], windows[s.warmup:])
     rows = []
     for stage in ("h2d", "encode", "total", "stream"):
         if stage in times:
             rows.append(_row(contender.name, "encoder", stage, times[stage], how[stage],
-                             windows=windows[0] if stage == "stream" else None))
+                             windows=windows[-1] if stage == "stream" else None))
         elif stage in notes:
             rows.append(_row(contender.name, "encoder", stage, None, "not applicable", notes[stage]))
     total = float(np.median(times["total"]))

@@ -154,6 +154,19 @@ def _maka64(emb: np.ndarray, classes) -> np.ndarray:
     return maka_score(emb[None].astype(np.float64), classes.embeddings.astype(np.float64), classes.counts)[0]
 
 
+def _protocol64(manifest) -> Callable[[np.ndarray, Any], np.ndarray]:
+    """The bundle's scoring protocol in float64 (what scorer contenders must match): MAKA, vificlip or ensemble."""
+    from apclip.scoring import mean_pool_score, vificlip_score
+
+    scoring = manifest.scoring
+    if scoring.protocol == "vificlip":
+        return lambda emb, classes: vificlip_score(emb[None].astype(np.float64), classes.embeddings[:, 0],
+                                                   manifest.preprocessing.frames, float(scoring.logit_scale))[0]
+    if scoring.protocol == "ensemble":
+        return lambda emb, classes: mean_pool_score(emb[None], classes.embeddings, classes.counts)[0]
+    return _maka64
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
@@ -181,6 +194,7 @@ def run_parity(bundle: str | Path, checkpoint: str | Path, videos: Sequence[Path
     # The reference: the checkpoint's sha256 must be the one the bundle records (as --backend torch checks).
     reference = torch_runners(manifest, checkpoint, base, batch_size=batch_size, device=reference_device)[0]
     classes = bundle_class_matrix(manifest)
+    protocol64 = _protocol64(manifest)
     rows: dict[str, ParityRow] = {}
     runners: dict[str, Any] = {}
     for contender, reason in probe_all(ctx, chosen):
@@ -216,7 +230,7 @@ def run_parity(bundle: str | Path, checkpoint: str | Path, videos: Sequence[Path
                 if contender.kind == "encoder":
                     out, took = timed(lambda: encode_in_batches(runner, pixels))
                     got_emb[name].append(np.asarray(out, dtype=np.float32))
-                    got_scores[name].append(_maka64(out, classes))
+                    got_scores[name].append(protocol64(out, classes))
                 else:
                     out, took = timed(lambda: runner(emb[None], classes)[0])
                     got_scores[name].append(np.asarray(out, dtype=np.float64))
@@ -225,7 +239,7 @@ def run_parity(bundle: str | Path, checkpoint: str | Path, videos: Sequence[Path
                 errors[name] = f"error on {Path(video).name}: {_one_line(exc)}"
         log(f"[{number}/{len(videos)}] {Path(video).name}: {len(pixels)} frames")
 
-    ref_scores = np.stack([_maka64(e, classes) for e in ref_emb])  # [videos, K]
+    ref_scores = np.stack([protocol64(e, classes) for e in ref_emb])  # [videos, K]
     for name, (contender, _) in runners.items():
         row = rows[name]
         if name in errors:

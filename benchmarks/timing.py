@@ -66,14 +66,27 @@ def do_bench_ms(fn: Callable[[], Any], warmup_ms: float = 25.0, rep_ms: float = 
     return [float(t) for t in times]
 
 
+STATS = ("median_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "mean_ms")
+
+
 def summarize(ms: Sequence[float]) -> dict[str, float | int]:
-    """median, p90, p99, min, max and mean (milliseconds) and the number of runs."""
-    if not len(ms):
+    """median, p90, p99, min, max and mean (milliseconds) and the number of runs, all from the one sorted
+    array of `ms` (every sample of one stage, in milliseconds), so min <= median <= p90 <= p99 <= max."""
+    a = np.sort(np.asarray(ms, dtype=np.float64).ravel())
+    if not a.size:
         raise ValueError("no timings to summarize")
-    a = np.asarray(ms, dtype=np.float64)
-    return {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)),
-            "p99_ms": float(np.percentile(a, 99)), "min_ms": float(a.min()), "max_ms": float(a.max()),
-            "mean_ms": float(a.mean()), "runs": int(a.size)}
+    if not np.isfinite(a).all() or a[0] < 0:
+        raise ValueError(f"timings must be finite, non-negative milliseconds, got {a.tolist()}")
+    median, p90, p99 = np.quantile(a, (0.5, 0.9, 0.99))
+    return {"median_ms": float(median), "p90_ms": float(p90), "p99_ms": float(p99), "min_ms": float(a[0]),
+            "max_ms": float(a[-1]), "mean_ms": float(a.mean()), "runs": int(a.size)}
+
+
+def per_item(ms: Sequence[float], counts: Sequence[int]) -> list[float]:
+    """Milliseconds per item of each run, each divided by the items of that same run (windows of a stream)."""
+    if len(ms) != len(counts):
+        raise ValueError(f"{len(ms)} timings but {len(counts)} item counts")
+    return [t / max(1, n) for t, n in zip(ms, counts)]
 
 
 def quantiles_ms(ms: Sequence[float], quantiles: Sequence[float]) -> list[float]:

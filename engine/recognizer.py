@@ -172,13 +172,16 @@ class Recognizer:
         frames = clip.frame_indices.reshape(-1)  # [V, T] -> [V*T]
         times = clip.timestamps.reshape(-1)
         t = clip.frame_indices.shape[1]
+        # The matches are MAKA's; the score shown is the bundle's protocol's (ensemble bundles differ).
+        protocol_scores = self.score(emb) if self.scoring.protocol != "maka" else None
         out = []
         for ex in explain_scores(emb, self.classes.embeddings, self.classes.counts, list(classes)):
             texts = self.classes.prompt_texts[ex.class_index] if self.classes.prompt_texts else None
             matches = [FrameMatch(i // t, int(frames[i]), float(times[i]),
                                   texts[p] if texts else f"prompt {p}", sim)
                        for i, (p, sim) in enumerate(zip(ex.best_prompt_per_frame, ex.frame_similarity))]
-            out.append(Explanation(self.labels[ex.class_index], ex.score, matches))
+            score = ex.score if protocol_scores is None else float(protocol_scores[ex.class_index])
+            out.append(Explanation(self.labels[ex.class_index], score, matches))
         return out
 
     def _explain_views(self, emb: np.ndarray, clip: Clip, classes: list[int]) -> list[Explanation]:

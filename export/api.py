@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from apclip import __version__
-from apclip.bundle import (bound_metadata, CLASSES_FILE, EMBEDDINGS_OUTPUT, FORMAT, FORMAT_VERSION, MANIFEST, PROMPTS_FILE, SCORER_FILE,
+from apclip.bundle import (VisionGraph, bound_metadata, CLASSES_FILE, EMBEDDINGS_OUTPUT, FORMAT, FORMAT_VERSION, MANIFEST, PROMPTS_FILE, SCORER_FILE,
                            SCORER_INPUTS, SCORER_OUTPUT, TEXT_FILE, TEXT_INPUT, VISION_FILE, VISION_INPUT, VOCAB_FILE,
                            sha256_file)
 from apclip.config import CROP_COUNTS, NORMALIZATIONS
@@ -30,7 +30,7 @@ Log = Callable[[str], None]
 
 
 def text_batch_max(batch_max: int) -> int:
-    # Run-time labels are encoded 256 prompts at a time; never let a small vision limit starve that.
+    # Run-time labels are encoded TEXT_BATCH (256) prompts at a time; never let a small vision limit starve that.
     return max(batch_max, 4096)
 
 
@@ -52,14 +52,15 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
                   normalize: str | None = None, batch_max: int = 1024, verify: bool = True, force: bool = False,
                   scorer: bool = False, progress: bool = True, log: Log = print,
                   profile: str | None = None, scoring: str | None = None, template: str | None = None,
-                  precisions: tuple[str, ...] = ("fp32",), calibrate: tuple[str, ...] = (),
-                  int8_method: str = "auto",
-                  _before_rename: Callable[[Path], None] | None = None) -> ExportResult:
+                  precisions: tuple[str, ...] = ("fp32",), patch_ratio: float | None = None,
+                  calibrate: tuple[str, ...] = (), int8_method: str = "auto",
+) -> ExportResult:
     """Export `ckpt` to a bundle at `out`. Defaults come from the checkpoint, else the paper's
     (export/defaults.py; the choices and where each came from are logged).
 
     profile: preprocessing profile apclip | vificlip | clip; scoring: protocol maka | vificlip;
-    template: text of labels without prompt-bank entries ({} marks the label).
+    template: text of labels without prompt-bank entries ({} marks the label); patch_ratio: interpolate the
+    weights with the original CLIP `base` first (WiSE-FT, Open-VCLIP's patching: old * r + new * (1 - r)).
     calibrate: int8 calibration videos, folders or @lists (as apclip-infer takes them); int8_method: auto | static | dynamic."""
     from apclip.checkpoint import load_checkpoint
     from apclip.labels import labels_sha256, read_labels
@@ -96,6 +97,10 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
     if scoring == "vificlip" and prompts:
         raise ExportError("--scoring vificlip scores one prompt per class (ViFi-CLIP's): drop --prompts, or use "
                           "--scoring maka for a prompt bank")
+    if patch_ratio is not None and not (0.0 <= patch_ratio <= 1.0):
+        raise ExportError(f"--patch-ratio {patch_ratio}: must lie in [0, 1] (1 = the original CLIP)")
+    if patch_ratio is not None and base is None:
+        raise ExportError("--patch-ratio needs the original CLIP weights: pass --base ViT-B-16.pt")
     if template is not None:
         try:
             check_template(template)
@@ -111,10 +116,12 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
 
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    checkpoint = load_checkpoint(ckpt, base=base)
+    checkpoint = load_checkpoint(ckpt, base=base, patch_ratio=patch_ratio)
     model = checkpoint.model
     seconds["load checkpoint"] = time.perf_counter() - t0
     log(f"loaded {ckpt} ({checkpoint.format}): {_describe(model.config)}")
+    if checkpoint.dropped_keys:
+        log(f"  dropped {len(checkpoint.dropped_keys)} training-only key(s) (e.g. {checkpoint.dropped_keys[0]})")
     label_list = label_list or checkpoint.labels
     if not label_list:
         raise ExportError(f"checkpoint {ckpt} carries no labels; pass --labels labels.txt")
@@ -132,6 +139,9 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
         raise ExportError(f"checkpoint {ckpt} carries unusable preprocessing {checkpoint.preprocessing}; "
                           f"pass --frames/--clips/--crops/--profile") from None
     preprocessing = choices.preprocessing
+    from apclip.export.vision_graph import vision_graph_of
+
+    graph = vision_graph_of(checkpoint, preprocessing.frames)
     log("preprocessing and scoring (value, and where it came from):")
     for line in choices.lines():
         log(line)
@@ -143,10 +153,8 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
                    ExportOptions(opset=opset, batch_max=batch_max, verify=verify, scorer=scorer, progress=progress,
                                  precisions=precisions, calibrate=tuple(calibrate or ()),
                                  int8_method=int8_method),
-                   log, seconds, choices.scoring)
+                   log, seconds, choices.scoring, graph=graph)
         result = _build(job, work)
-        if _before_rename is not None:
-            _before_rename(work)
         _replace_dir(work, out)
         result.path = shown
         return result
@@ -196,6 +204,7 @@ class _Job:
     scoring: Scoring = field(default_factory=Scoring)  # protocol, logit_scale, template
     int8: dict | None = None  # the manifest's precisions.int8 record, once the int8 step ran
     class_encoder: str = ""  # how the class matrix was encoded (export/class_encoder.py)
+    graph: VisionGraph = field(default_factory=VisionGraph)  # per-frame, or clip-level (Open-VCLIP)
 
     @property
     def vision_normalized(self) -> bool:
@@ -206,13 +215,17 @@ class _Job:
 def _build(job: _Job, work: Path) -> ExportResult:
     from apclip.class_matrix import class_prompts, encode_class_matrix, save_class_matrix, save_prompt_texts
 
-    from apclip.export.onnx_export import export_scorer, export_text, export_vision, export_vificlip_scorer, scorer_opset
+    from apclip.export.onnx_export import (EnsembleScorer, export_scorer, export_text, export_vision,
+                                           export_vision_clip, export_vificlip_scorer, scorer_opset)
 
     model, opt, log, seconds = job.model, job.options, job.log, job.seconds
     labels, bank, opset = job.labels, job.bank, opt.opset
     t = time.perf_counter()
     log(f"exporting {VISION_FILE} (opset {opset}) ...")
-    if job.vision_normalized:
+    if job.graph.clip_level:
+        export_vision_clip(model, work / VISION_FILE, opset, _clips_max(job), job.graph.frames,
+                           job.graph.temporal_attention, normalize=job.vision_normalized)
+    elif job.vision_normalized:
         export_vision(model, work / VISION_FILE, opset, opt.batch_max)
     else:
         export_vision(model, work / VISION_FILE, opset, opt.batch_max, normalize=False)
@@ -223,6 +236,8 @@ def _build(job: _Job, work: Path) -> ExportResult:
         if job.scoring.protocol == "vificlip":
             export_vificlip_scorer(work / SCORER_FILE, model.config.embed_dim, opset, job.preprocessing.frames,
                                    float(job.scoring.logit_scale))
+        elif job.scoring.protocol == "ensemble":
+            export_scorer(work / SCORER_FILE, model.config.embed_dim, opset, EnsembleScorer())
         else:
             export_scorer(work / SCORER_FILE, model.config.embed_dim, opset)
     seconds["export onnx"] = time.perf_counter() - t
@@ -255,7 +270,7 @@ def _build(job: _Job, work: Path) -> ExportResult:
         video_pixels = generated_video_pixels(job.preprocessing)
         report = verify_bundle_files(model, work / VISION_FILE, work / TEXT_FILE, matrix, video_pixels,
                                      work / SCORER_FILE if opt.scorer else None,
-                                     scoring=job.scoring, frames_per_view=job.preprocessing.frames)
+                                     scoring=job.scoring, frames_per_view=job.preprocessing.frames, graph=job.graph)
         seconds["verify"] = time.perf_counter() - t
         if not report.ok:
             raise ExportError("parity verification failed; nothing was kept:\n" + report.table())
@@ -270,13 +285,19 @@ def _build(job: _Job, work: Path) -> ExportResult:
         texts += [format_template(job.scoring.template, label) for label in labels]
         calibration = calibration_set(job.preprocessing, opt.calibrate, texts, log=log)
         job.int8 = add_int8_encoders(model, work, matrix, video_pixels, verify=opt.verify, log=log,
-                                     calibration=calibration, method=opt.int8_method)
+                                     calibration=calibration, method=opt.int8_method,
+                                     graph=job.graph)
         seconds["int8"] = time.perf_counter() - t
 
     files = {p.name: p.stat().st_size for p in sorted(work.iterdir()) if p.is_file()}
     manifest = _manifest(job, matrix, work, report)
     (work / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return ExportResult(work, matrix.num_classes, matrix.max_prompts, fallback, files, seconds, report, manifest)
+
+
+def _clips_max(job: _Job) -> int:
+    """The clip-level graph's batch range in clips: --batch-max counts frames."""
+    return max(1, job.options.batch_max // job.graph.frames)
 
 
 def trimmed_text_encoder(model) -> Callable[[np.ndarray], np.ndarray]:
@@ -316,10 +337,16 @@ def _manifest(job: _Job, matrix, work: Path, report: VerificationReport | None) 
     opset, batch_max, checkpoint, bank = job.options.opset, job.options.batch_max, job.checkpoint, job.bank
     c = job.model.config
     r, e = c.image_resolution, c.embed_dim
+    if job.graph.clip_level:  # batch_max counts clips of T frames
+        t = job.graph.frames
+        vision_io = _io(VISION_FILE, [(VISION_INPUT, "float32", ["B", t, 3, r, r])],
+                        [(EMBEDDINGS_OUTPUT, "float32", ["B", t, e] if job.graph.output == "frames" else ["B", e])],
+                        opset, _clips_max(job))
+    else:
+        vision_io = _io(VISION_FILE, [(VISION_INPUT, "float32", ["N", 3, r, r])],
+                        [(EMBEDDINGS_OUTPUT, "float32", ["N", e])], opset, batch_max)
     io = {
-        "vision": dict(_io(VISION_FILE, [(VISION_INPUT, "float32", ["N", 3, r, r])],
-                           [(EMBEDDINGS_OUTPUT, "float32", ["N", e])], opset, batch_max),
-                       normalized=job.vision_normalized),  # False: raw features, for the vificlip protocol
+        "vision": dict(vision_io, normalized=job.vision_normalized),  # False: raw features, for vificlip
         # "L": 2..context_length tokens; the runtime cuts each batch after its last EOT (engine/runners/text_trim.py)
         "text": _io(TEXT_FILE, [(TEXT_INPUT, "int64", ["M", "L"])],
                     [(EMBEDDINGS_OUTPUT, "float32", ["M", e])], opset, text_batch_max(batch_max)),
@@ -339,6 +366,8 @@ def _manifest(job: _Job, matrix, work: Path, report: VerificationReport | None) 
                        "sha256": sha256_file(checkpoint.path)},
         "preprocessing": job.preprocessing.to_dict(),
         "scoring": job.scoring.to_dict(),
+        "vision_graph": job.graph.to_dict(),
+        "patching": checkpoint.patching.to_dict() if checkpoint.patching is not None else None,
         "io": io,
         "opset": opset,
         "labels": list(job.labels),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apclip.bundle import TEXT_INPUT
+from apclip.bundle import TEXT_BATCH, TEXT_INPUT
 
 BUCKET_ROWS = 64
 
@@ -25,7 +25,7 @@ def class_matrix_encoder(model, text_onnx: Path, threads: int | None = None):
     if importlib.util.find_spec("onnxruntime") is not None:
         from apclip.engine.runners.encoders import OrtRunner
 
-        runner = OrtRunner(text_onnx, TEXT_INPUT, threads=threads, batch_size=256)
+        runner = OrtRunner(text_onnx, TEXT_INPUT, threads=threads, batch_size=TEXT_BATCH)
         return (TrimmedTextRunner(runner, bucket=BUCKET_ROWS),
                 f"onnxruntime {text_onnx.name} fp32, cut after the last EOT in {BUCKET_ROWS}-row length buckets")
     from apclip.export.api import trimmed_text_encoder

@@ -19,12 +19,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="apclip-export",
         description="Export an AP-CLIP / ViFi-CLIP / CLIP checkpoint to a verified ONNX bundle "
                     "(vision.onnx, text.onnx, classes.safetensors, manifest.json).")
-    p.add_argument("--ckpt", required=True, help="checkpoint: best.pt (apclip), ViFi-CLIP, or OpenAI CLIP")
+    p.add_argument("--ckpt", required=True, help="checkpoint: best.pt (apclip), ViFi-CLIP, Open-VCLIP/FROSTER "
+                                                 "(swa_*.pth) or OpenAI CLIP")
     p.add_argument("--labels", help="labels file (one per line, or CSV id,name); default: the checkpoint's")
     p.add_argument("--prompts", help="prompt bank JSON from apclip-prompts; labels without an entry use "
                                      "'a video of {label}.'")
-    p.add_argument("--base", help="OpenAI CLIP file the ViFi-CLIP checkpoint was fine-tuned from "
-                                  "(supplies token_embedding.weight)")
+    p.add_argument("--base", help="OpenAI CLIP file the checkpoint was fine-tuned from (supplies ViFi-CLIP's "
+                                  "token_embedding.weight, and the original weights for --patch-ratio)")
+    p.add_argument("--patch-ratio", type=float, metavar="R",
+                   help="weight patching (WiSE-FT) with the original CLIP given by --base: old * R + new * (1 - R), "
+                        "R in [0, 1] (Open-VCLIP tests with 0.5, TC-CLIP 0.7; 1 = the original CLIP); default: none")
     p.add_argument("--out", default="bundle", help="bundle directory to write (default: bundle)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
     p.add_argument("--frames", type=int, help="frames per clip T (default: checkpoint's, else 8)")
@@ -36,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preprocessing profile: vificlip (ViFi-CLIP's test pipeline), clip (OpenAI's transform), "
                         "apclip (bundles before profiles); default: the checkpoint's")
     p.add_argument("--scoring", choices=PROTOCOLS,
-                   help="scoring protocol: maka (AP-CLIP) or vificlip (per-view softmax, summed); default: "
-                        "vificlip for a ViFi-CLIP checkpoint without --prompts, else maka")
+                   help="scoring protocol: maka (AP-CLIP), vificlip (per-view softmax, summed) or ensemble (mean "
+                        "prompt per class, cosine with the mean embedding); default: vificlip for a ViFi-CLIP "
+                        "checkpoint without --prompts, ensemble for Open-VCLIP/FROSTER, else maka")
     p.add_argument("--template", help="text of labels without prompt-bank entries, {} marks the label, e.g. "
                                       "\"a photo of a {}.\" (default: the checkpoint's, else \"a video of {label}.\")")
     p.add_argument("--batch-max", type=int, default=1024, help="largest vision batch the ONNX graph accepts")
@@ -111,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             opset=args.opset, frames=args.frames, clips=args.clips, crops=args.crops,
             normalize=args.normalize, batch_max=args.batch_max, verify=args.verify, force=args.force,
             scorer=args.scorer, progress=args.progress, log=_log, profile=args.profile, scoring=args.scoring,
-            template=args.template, precisions=args.precision, calibrate=tuple(args.calibrate),
-            int8_method=args.int8_method,
+            template=args.template, precisions=args.precision, patch_ratio=args.patch_ratio,
+            calibrate=tuple(args.calibrate), int8_method=args.int8_method,
         )
     except ApclipError as exc:
         if args.debug:

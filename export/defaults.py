@@ -6,7 +6,12 @@ Every value is reported with where it came from, so a user sees which of them th
     frames, clips, crops, normalisation
               --frames/--clips/--crops/--normalize > the checkpoint's (ViFi-CLIP config DATA.NUM_FRAMES,
               TEST.NUM_CLIP, TEST.NUM_CROP) > the paper's 8 x 2 x 2 (crops: 1 for the clip profile)
-    scoring   --scoring > vificlip for a ViFi-CLIP checkpoint exported without --prompts > maka
+    scoring   --scoring > vificlip for a ViFi-CLIP checkpoint exported without --prompts > ensemble for an
+              Open-VCLIP/FROSTER checkpoint (the protocol AP-CLIP's paper used on Open-VCLIP) > maka
+    vision    the checkpoint's: per-frame, or clip-level with its temporal attention (Open-VCLIP cfg
+              MODEL.TEMPORAL_MODELING_TYPE, else their configs' expand_temporal_view)
+    patch     --patch-ratio r with --base (weights old * r + new * (1 - r)), else none: Open-VCLIP's test
+              scripts patch with 0.5, FROSTER's do not, and their .pth files do not say which they are
     template  --template > the checkpoint's (ViFi-CLIP's CTX_INIT / ZS_EVAL) > "a video of {label}."
 
 The vificlip profile takes ViFi-CLIP's crop rule for whatever number of crops it is given: 3 -> ThreeCrop,
@@ -30,12 +35,15 @@ class ExportChoices:
     scoring: Scoring
     sources: dict[str, str] = field(default_factory=dict)  # name -> where its value came from
     notes: list[str] = field(default_factory=list)  # adjustments the user should know about
+    vision: str = "per-frame"  # per-frame | clip-level <temporal attention>
+    patch_ratio: float | None = None  # weight patching applied at load (None: none)
 
     def lines(self) -> list[str]:
         pre, sc = self.preprocessing, self.scoring
         values = {"profile": pre.profile, "frames": pre.frames, "clips": pre.clips, "crops": pre.crops,
                   "normalize": pre.normalization.name, "scoring": sc.protocol, "template": repr(sc.template),
-                  "logit_scale": f"{sc.logit_scale:.4g}" if sc.logit_scale else "-"}
+                  "logit_scale": f"{sc.logit_scale:.4g}" if sc.logit_scale else "-", "vision": self.vision,
+                  "patch_ratio": "-" if self.patch_ratio is None else f"{self.patch_ratio:g}"}
         return [f"  {name:12s} {value!s:22s} ({self.sources.get(name, '?')})" for name, value in values.items()] + \
             [f"  note: {note}" for note in self.notes]
 
@@ -95,6 +103,8 @@ def choose(checkpoint, *, profile: str | None = None, frames: int | None = None,
         protocol, sources["scoring"] = scoring, "option"
     elif checkpoint.format == "vificlip" and not has_bank:
         protocol, sources["scoring"] = "vificlip", "ViFi-CLIP checkpoint without --prompts"
+    elif checkpoint.format == "openvclip":
+        protocol, sources["scoring"] = "ensemble", "the protocol AP-CLIP's paper used on Open-VCLIP"
     else:
         protocol = "maka"
         sources["scoring"] = "a prompt bank is given" if has_bank else f"default for {checkpoint.format} checkpoints"
@@ -118,4 +128,14 @@ def choose(checkpoint, *, profile: str | None = None, frames: int | None = None,
         chosen_scoring = Scoring(protocol, logit_scale, chosen_template)
     except ValueError as exc:
         raise ExportError(f"{exc}") from None
-    return ExportChoices(preprocessing, chosen_scoring, sources, notes)
+    temporal, patching = getattr(checkpoint, "temporal", None), getattr(checkpoint, "patching", None)
+    vision = f"clip-level {temporal}" if temporal else "per-frame"
+    sources["vision"] = from_ckpt.get("temporal", f"checkpoint format {checkpoint.format}")
+    if patching is not None:
+        sources["patch_ratio"] = f"option, with the original CLIP {patching.base}"
+    elif checkpoint.format == "openvclip":
+        sources["patch_ratio"] = "none given (Open-VCLIP's test scripts use --patch-ratio 0.5 --base ViT-B-16.pt)"
+    else:
+        sources["patch_ratio"] = "none given"
+    return ExportChoices(preprocessing, chosen_scoring, sources, notes, vision,
+                         patching.ratio if patching is not None else None)

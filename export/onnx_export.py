@@ -105,18 +105,31 @@ class VificlipScorer(nn.Module):
         return vificlip_score(frames, classes[:, 0], self.frames_per_view, self.logit_scale) + 0.0 * counts[None, :1].to(frames.dtype)
 
 
+class EnsembleScorer(nn.Module):
+    """frames [B, Nv, E] x classes [K, P, E] (+ counts [K]) -> [B, K] cosines of the mean embedding with each
+    class's mean prompt (apclip.scoring.mean_pool_score; zero padding rows add nothing to the sums)."""
+
+    def forward(self, frames: torch.Tensor, classes: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        from apclip.model import l2_normalize
+
+        video = l2_normalize(frames.mean(dim=1))  # [B, Nv, E] -> [B, E]
+        cls = l2_normalize(classes.sum(dim=1) / counts.to(classes.dtype)[:, None])  # [K, P, E] -> [K, E]
+        return video @ cls.t()
+
+
 def scorer_opset(opset: int) -> int:
     # torch's exporter emits opset-18 Reduce ops (axes as inputs) for amax/mean that ONNX's version
     # converter cannot lower to 17, so the optional scorer is written at 18 or newer.
     return max(opset, 18)
 
 
-def export_scorer(path: Path, embed_dim: int, opset: int) -> None:
+def export_scorer(path: Path, embed_dim: int, opset: int, scorer: nn.Module | None = None) -> None:
+    """scorer.onnx of MakaScorer (default) or another set scorer with the same inputs (EnsembleScorer)."""
     b, nv, k, p = (torch.export.Dim(name, min=1, max=65536) for name in ("B", "Nv", "K", "P"))
     frames = torch.nn.functional.normalize(torch.randn(2, 5, embed_dim), dim=-1)
     classes = torch.nn.functional.normalize(torch.randn(3, 4, embed_dim), dim=-1)
     counts = torch.tensor([4, 2, 3])
-    _export(MakaScorer().eval(), (frames, classes, counts), path, list(SCORER_INPUTS), [SCORER_OUTPUT],
+    _export((scorer or MakaScorer()).eval(), (frames, classes, counts), path, list(SCORER_INPUTS), [SCORER_OUTPUT],
             dict(zip(SCORER_INPUTS, ({0: b, 1: nv}, {0: k, 1: p}, {0: k}))), scorer_opset(opset))
 
 
@@ -128,3 +141,15 @@ def export_vificlip_scorer(path: Path, embed_dim: int, opset: int, frames_per_vi
     counts = torch.tensor([1, 1, 1])
     _export(VificlipScorer(t, logit_scale).eval(), (frames, classes, counts), path, list(SCORER_INPUTS), [SCORER_OUTPUT],
             dict(zip(SCORER_INPUTS, ({0: b, 1: t * v}, {0: k, 1: p}, {0: k}))), scorer_opset(opset))
+
+
+def export_vision_clip(model: CLIP, path: Path, opset: int, clips_max: int, frames: int, temporal: str,
+                       normalize: bool = True) -> None:
+    """The clip-level graph: pixels [B, T, 3, R, R] -> [B, T, E]; T (the attention's clip length) is fixed."""
+    from apclip.temporal_vit import ClipImageEmbedder
+
+    r = model.config.image_resolution
+    b = torch.export.Dim("B", min=1, max=max(2, clips_max))
+    sample = torch.randn(2, frames, 3, r, r)
+    _export(ClipImageEmbedder(model, temporal, normalize=normalize).eval(), (sample,), path, [VISION_INPUT],
+            [EMBEDDINGS_OUTPUT], {VISION_INPUT: {0: b}}, opset)

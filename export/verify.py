@@ -15,9 +15,9 @@ import torch
 
 from apclip.bundle import EMBEDDINGS_OUTPUT, SCORER_INPUTS, TEXT_INPUT, VISION_INPUT
 from apclip.class_matrix import ClassMatrix
-from apclip.model import CLIP, ImageEmbedder, TextEmbedder
+from apclip.model import CLIP, TextEmbedder
 from apclip.preprocessing import Preprocessing
-from apclip.scoring import maka_score, vificlip_score
+from apclip.scoring import maka_score, mean_pool_score, vificlip_score
 from apclip.scoring_protocol import Scoring
 
 MIN_COSINE = 0.99999
@@ -93,33 +93,41 @@ def _embedding_checks(name: str, ref: np.ndarray, got: np.ndarray, normalize: bo
 @torch.inference_mode()
 def verify_bundle_files(model: CLIP, vision_path: Path, text_path: Path, matrix: ClassMatrix,
                         video_pixels: np.ndarray | None, scorer_path: Path | None = None,
-                        seed: int = 0, scoring: Scoring | None = None, frames_per_view: int = 1) -> VerificationReport:
+                        seed: int = 0, scoring: Scoring | None = None, frames_per_view: int = 1,
+                        graph=None) -> VerificationReport:
     """video_pixels: preprocessed frames [N, 3, R, R] of a real or generated video (or None), view-major
-    with `frames_per_view` frames per view. scoring: the bundle's protocol (default MAKA)."""
+    with `frames_per_view` frames per view. scoring: the bundle's protocol (default MAKA).
+    graph: the bundle's apclip.bundle.VisionGraph (default per-frame); clip-level graphs get whole clips."""
+    from apclip.bundle import VisionGraph
+
+    from apclip.export.vision_graph import flat, graph_input, random_pixels as make_random, reference_embedder
+
+    graph = graph or VisionGraph()
     scoring = scoring or Scoring()
     vificlip = scoring.protocol == "vificlip"
     rng = np.random.default_rng(seed)
     r = model.config.image_resolution
     checks: list[Check] = []
     vision = ort_session(vision_path)
-    image_ref = ImageEmbedder(model, normalize=not vificlip).eval()
+    image_ref = reference_embedder(model, graph, normalize=not vificlip)
+
+    def encode(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # (reference, ONNX Runtime) [rows, E]
+        ref = image_ref(torch.from_numpy(pixels)).numpy()
+        return flat(ref), flat(vision.run([EMBEDDINGS_OUTPUT], {VISION_INPUT: pixels})[0])
 
     def protocol_scores(frames: np.ndarray, dtype=np.float64) -> np.ndarray:  # [Nv, E] -> [1, K]
         if vificlip:
             return vificlip_score(frames[None].astype(dtype), matrix.embeddings[:, 0].astype(dtype),
                                   frames_per_view, float(scoring.logit_scale))
+        if scoring.protocol == "ensemble":
+            return mean_pool_score(frames[None], matrix.embeddings, matrix.counts).astype(dtype)
         return maka_score(frames[None].astype(dtype), matrix.embeddings.astype(dtype), matrix.counts)
 
-    name = "vificlip" if vificlip else "MAKA"
-    random_pixels = rng.standard_normal((3, 3, r, r)).astype(np.float32)
-    got = vision.run([EMBEDDINGS_OUTPUT], {VISION_INPUT: random_pixels})[0]
-    checks += _embedding_checks("vision, random pixels", image_ref(torch.from_numpy(random_pixels)).numpy(), got,
-                                normalize=vificlip)
+    name = {"vificlip": "vificlip", "ensemble": "ensemble"}.get(scoring.protocol, "MAKA")
+    checks += _embedding_checks("vision, random pixels", *encode(make_random(rng, r, graph)), normalize=vificlip)
 
     if video_pixels is not None:
-        video_pixels = np.ascontiguousarray(video_pixels, dtype=np.float32)
-        ref = image_ref(torch.from_numpy(video_pixels)).numpy()
-        got = vision.run([EMBEDDINGS_OUTPUT], {VISION_INPUT: video_pixels})[0]
+        ref, got = encode(graph_input(np.ascontiguousarray(video_pixels, dtype=np.float32), graph))
         checks += _embedding_checks("vision, video frames", ref, got, normalize=vificlip)
         # The bundle's scores over the whole class matrix: the ranking must not move.
         ref_scores, got_scores = protocol_scores(ref), protocol_scores(got)

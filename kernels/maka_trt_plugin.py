@@ -34,7 +34,6 @@ OUTPUT = "scores"  # fp32 [B, K]
 # The scalar arguments, in kernel order; "B" is the only one that depends on the run-time shape.
 SCALARS = ("B", "V", "T", "K", "P", "E", "stride_video_b", "stride_video_v", "stride_video_t", "stride_prompt",
            "stride_out_b")
-TARGET_CAPABILITIES = ((8, 0), (8, 7), (8, 9), (9, 0))  # A100, Jetson Orin, L4/L40/Ada, H100/H200
 
 
 @triton.jit
@@ -197,26 +196,3 @@ def _static(shape_expr, start: int, stop: int) -> list[int]:
 
 
 _registered = False
-
-
-def launch_like_tensorrt(video, classes, counts, views: str = "pool", opt_batch: int | None = None):
-    """Run the plugin kernel with the arguments, order and grid TensorRT's AOT launch uses, from torch
-    (CUDA, or CPU under TRITON_INTERPRET=1): the check that the plugin computes MAKA without TensorRT."""
-    import torch
-
-    from apclip.kernels.maka import _capability
-
-    b, v, t, e = video.shape
-    k, p, _ = classes.shape
-    blocks = choose_blocks(_capability(video.device), opt_batch or b, v, t, k, p, e, video.element_size())
-    scalars = scalar_values(v, t, k, p, e)
-    scalars["B"] = b
-    out = torch.full((b, k), float("nan"), dtype=torch.float32, device=video.device)
-    grid = (triton.cdiv(k, blocks.classes_per_tile), triton.cdiv(b, blocks.block_b))
-    _maka_plugin_kernel[grid](video, classes, counts.to(torch.int32), *scalars.values(), out,
-                              BLOCK_B=blocks.block_b, V_PAD=blocks.v_pad, T_PAD=blocks.t_pad,
-                              GROUPS_PER_VIDEO=1 if views == "pool" else blocks.v_pad,
-                              CLASSES_PER_TILE=blocks.classes_per_tile, BLOCK_N=blocks.block_n,
-                              BLOCK_E=blocks.block_e, E_RAGGED=e % blocks.block_e != 0, DOT_PRECISION="ieee",
-                              num_warps=blocks.num_warps, num_stages=blocks.num_stages)
-    return out

@@ -8,6 +8,8 @@
                              (1/class_embeddings.npy [K, P, E], 1/class_counts.npy [K], 1/labels.json)
       apclip/config.pbtxt    ensemble: views [Nv, 3, R, R] -> vision -> embeddings [Nv, E] -> maka
                              -> labels [k], scores [k], all_scores [K]
+Clip-level bundles (manifest vision_graph, e.g. Open-VCLIP): the vision model's batch item is a clip
+[T, 3, R, R] -> [T, E] (or [E]), max_batch_size counts clips, and the ensemble takes views [V, T, 3, R, R].
 
 Serve it with `tritonserver --model-repository repo` in nvcr.io/nvidia/tritonserver:<yy.mm>-py3.
 `--vision python` writes a vision model that runs ONNX Runtime inside the Python backend instead,
@@ -43,8 +45,17 @@ VISION_KINDS = ("auto", "onnx", "tensorrt", "python")
 
 
 def model_source(name: str) -> str:
-    """The text of scale/triton_models/<name>.py (installed as apclip.scale.triton_models)."""
-    return resources.files("apclip.scale.triton_models").joinpath(f"{name}.py").read_text(encoding="utf-8")
+    """The model.py text of scale/triton_models/<name>.py (installed as apclip.scale.triton_models), with
+    the one sys.path preamble (_site_dirs.py) inserted after its docstring, before anything is imported."""
+    import ast
+
+    package = resources.files("apclip.scale.triton_models")
+    source = package.joinpath(f"{name}.py").read_text(encoding="utf-8")
+    preamble = package.joinpath("_site_dirs.py").read_text(encoding="utf-8")
+    first = ast.parse(source).body[0]
+    after = first.end_lineno if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) else 0
+    lines = source.splitlines(keepends=True)
+    return "".join(lines[:after]) + "\n" + preamble + "\n" + "".join(lines[after:])
 
 
 def vision_engines(manifest: Manifest, precision: str = "auto") -> dict[str, EngineKey]:
@@ -96,8 +107,13 @@ def _pick_engine(manifest: Manifest, engine: str | None, precision: str = "auto"
 def vision_config(manifest: Manifest, kind: str, *, max_batch: int, instances: int, gpu: bool,
                   max_queue_delay_us: int, threads: int = 0) -> ModelConfig:
     r, e = manifest.preprocessing.resolution, manifest.embed_dim
-    config = ModelConfig(VISION, [Tensor(VISION_INPUT, "TYPE_FP32", [3, r, r])],
-                         [Tensor(EMBEDDINGS_OUTPUT, "TYPE_FP32", [e])], max_batch_size=max_batch,
+    item, out, max_batch = [3, r, r], [e], max_batch
+    graph = manifest.vision_graph
+    if graph.clip_level:  # one batch item is a whole clip; --max-batch counts frames
+        item, max_batch = [graph.frames, 3, r, r], max(1, max_batch // graph.frames)
+        out = [graph.frames, e] if graph.output == "frames" else [e]
+    config = ModelConfig(VISION, [Tensor(VISION_INPUT, "TYPE_FP32", item)],
+                         [Tensor(EMBEDDINGS_OUTPUT, "TYPE_FP32", out)], max_batch_size=max_batch,
                          instance_kind="KIND_GPU" if gpu and kind != "python" else "KIND_CPU", instances=instances,
                          dynamic_batching=True, max_queue_delay_us=max_queue_delay_us)
     if kind == "python":
@@ -110,7 +126,11 @@ def vision_config(manifest: Manifest, kind: str, *, max_batch: int, instances: i
 
 def maka_config(manifest: Manifest, num_classes: int, topk: int) -> ModelConfig:
     k = min(topk, num_classes)
-    return ModelConfig(MAKA, [Tensor("embeddings", "TYPE_FP32", [-1, manifest.embed_dim])], _clip_outputs(k, num_classes),
+    graph = manifest.vision_graph
+    # Clip-level frame outputs arrive as [V, T, E]; the maka model flattens them to one set.
+    dims = [-1, graph.frames, manifest.embed_dim] if graph.clip_level and graph.output == "frames" else \
+        [-1, manifest.embed_dim]
+    return ModelConfig(MAKA, [Tensor("embeddings", "TYPE_FP32", dims)], _clip_outputs(k, num_classes),
                        backend="python", parameters={"topk": str(topk)})
 
 
@@ -123,7 +143,9 @@ def ensemble_config(manifest: Manifest, num_classes: int, topk: int) -> ModelCon
     r = manifest.preprocessing.resolution
     k = min(topk, num_classes)
     # max_batch_size 0: one request is one clip; its Nv views are the batch the vision model sees.
-    return ModelConfig(ENSEMBLE, [Tensor("views", "TYPE_FP32", [-1, 3, r, r])], _clip_outputs(k, num_classes),
+    graph = manifest.vision_graph
+    views = [-1, graph.frames, 3, r, r] if graph.clip_level else [-1, 3, r, r]
+    return ModelConfig(ENSEMBLE, [Tensor("views", "TYPE_FP32", views)], _clip_outputs(k, num_classes),
                        platform="ensemble", instance_kind=None, steps=[
                            Step(VISION, {VISION_INPUT: "views"}, {EMBEDDINGS_OUTPUT: "frame_embeddings"}),
                            Step(MAKA, {"embeddings": "frame_embeddings"},
@@ -156,9 +178,11 @@ def write_triton_repo(bundle: str | Path, out: str | Path, *, vision: str = "aut
                           "makes one on the target GPU); use --vision onnx")
     if kind == "tensorrt":
         profile = picked[1].profile
-        if profile.max_batch < views:
-            raise ApclipError(f"engine {picked[0]} takes at most {profile.max_batch} frames, one clip is {views}")
-        max_batch = min(max_batch, profile.max_batch)  # Triton must not send batches the profile cannot take
+        per_item = manifest.vision_graph.frames if manifest.vision_graph.clip_level else 1  # frames per batch item
+        if profile.max_batch * per_item < views:
+            raise ApclipError(f"engine {picked[0]} takes at most {profile.max_batch * per_item} frames, "
+                              f"one clip is {views}")
+        max_batch = min(max_batch, profile.max_batch * per_item)  # Triton must not send batches the profile cannot take
     out = Path(out)
     if out.exists() and not overwrite:
         raise ApclipError(f"{out} exists: remove it or pass --overwrite")

@@ -283,6 +283,33 @@ def test_timing_drops_warmup_and_summarizes():
     assert 4.0 < s["p90_ms"] < s["p99_ms"] < 100.0
 
 
+@pytest.mark.parametrize("samples", [
+    [127.0, 126.5, 7.5, 131.0, 128.2, 127.7, 125.9, 130.4, 129.1, 126.8],  # one fast outlier (a cached call)
+    [7.5] * 9 + [127.0],  # one slow outlier
+    [3.0], [2.0, 1.0], list(np.random.default_rng(0).lognormal(3, 1, 101)),
+])
+def test_every_percentile_comes_from_the_same_samples(samples):
+    from apclip.benchmarks.timing import summarize
+
+    s = summarize(samples)
+    assert s["min_ms"] <= s["median_ms"] <= s["p90_ms"] <= s["p99_ms"] <= s["max_ms"]
+    assert (s["min_ms"], s["max_ms"], s["runs"]) == (min(samples), max(samples), len(samples))
+    assert s["median_ms"] == pytest.approx(float(np.median(samples)))
+    assert s["min_ms"] <= s["mean_ms"] <= s["max_ms"]
+
+
+def test_timings_must_be_milliseconds_of_one_stage():
+    from apclip.benchmarks.timing import per_item, summarize
+
+    for bad in ([], [1.0, float("nan")], [2.0, -1.0]):
+        with pytest.raises(ValueError):
+            summarize(bad)
+    # a stream run is divided by the windows of that same run, not by those of the last run
+    assert per_item([300.0, 200.0, 90.0], [3, 2, 1]) == [100.0, 100.0, 90.0]
+    with pytest.raises(ValueError):
+        per_item([1.0, 2.0], [1])
+
+
 # -- GPU paths ----------------------------------------------------------------------------------------------
 def test_torch_cuda_parity(tiny_bundle, demo_assets, parity_videos, capsys):
     reason = backends.cuda_reason()

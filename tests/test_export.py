@@ -1,6 +1,7 @@
 """apclip-export: round trips per checkpoint format, manifest contents, atomicity and failure paths."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -40,6 +41,23 @@ def reuse_session_onnx(monkeypatch, tiny_bundle):
 
     monkeypatch.setattr(onnx_export, "export_vision", lambda m, path, *a: shutil.copy(tiny_bundle / VISION_FILE, path))
     monkeypatch.setattr(onnx_export, "export_text", lambda m, path, *a: shutil.copy(tiny_bundle / TEXT_FILE, path))
+
+
+@contextlib.contextmanager
+def _before_rename(hook):
+    """Run hook(work folder) when the finished export is about to be renamed into place."""
+    from unittest import mock
+
+    import apclip.export.api as api
+
+    real = api._replace_dir
+
+    def replace(work, out):
+        hook(work)
+        real(work, out)
+
+    with mock.patch.object(api, "_replace_dir", replace):
+        yield
 
 
 def _no_partials(folder: Path) -> None:
@@ -182,8 +200,8 @@ def test_interrupted_export_leaves_no_bundle_and_keeps_the_old_one(tmp_path, dem
         assert (work / MANIFEST).exists()  # complete, yet not in place
         raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        export_bundle(demo_assets["checkpoint"], out=out, force=True, verify=False, _before_rename=interrupt, **QUIET)
+    with pytest.raises(KeyboardInterrupt), _before_rename(interrupt):
+        export_bundle(demo_assets["checkpoint"], out=out, force=True, verify=False, **QUIET)
     assert (out / "marker").read_text() == "old bundle"
     _no_partials(tmp_path)
 
@@ -285,7 +303,7 @@ def test_force_rechecks_the_target_before_replacing_it(tmp_path, demo_assets, re
         out.mkdir()
         (out / "thesis.tex").write_text("precious", encoding="utf-8")
 
-    with pytest.raises(ExportError, match="no longer an apclip bundle"):
-        export_bundle(demo_assets["checkpoint"], out=out, force=True, verify=False, _before_rename=swap, **QUIET)
+    with pytest.raises(ExportError, match="no longer an apclip bundle"), _before_rename(swap):
+        export_bundle(demo_assets["checkpoint"], out=out, force=True, verify=False, **QUIET)
     assert (out / "thesis.tex").read_text(encoding="utf-8") == "precious"
     _no_partials(tmp_path)

@@ -220,6 +220,6 @@ def test_int8_is_a_precision_of_the_ort_constructor(int8_bundle):
     from apclip.engine.runners.table import Context, build, find
 
     vision, text = build(find("ort", "int8"), Context(read_manifest(int8_bundle), batch_size=8))
-    assert vision.name == "ort-cpu-int8" and text.file == TEXT_INT8
+    assert vision.name == "ort-cpu-int8" and text.cache_identity.source == TEXT_INT8
     fp32_vision, _ = build(find("ort", "fp32"), Context(read_manifest(int8_bundle), batch_size=8))
     assert fp32_vision.name == "ort-cpu"

@@ -149,3 +149,22 @@ def test_apclip_bundle_triton_repo_subcommand(tiny_bundle, tmp_path, capsys):
     assert bundle_main(["triton-repo", str(tiny_bundle), "--out", str(tmp_path / "repo"), "--no-gpu"]) == 0
     assert kind_name(parse(tmp_path / "repo" / "vision" / "config.pbtxt")) == "KIND_CPU"
     assert "wrote the Triton model repository" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["clip", "labels", "maka", "vision_ort"])
+def test_every_model_file_gets_the_one_site_dirs_preamble_before_its_imports(name, tmp_path, monkeypatch):
+    import ast
+    import sys
+
+    from apclip.scale.triton_repo import model_source
+
+    source = model_source(name)
+    tree = ast.parse(source)
+    assert ast.get_docstring(tree)  # still the module docstring
+    assert source.count("APCLIP_SITE_DIRS") == 1 and source.index("APCLIP_SITE_DIRS") < source.index("import numpy")
+    # the preamble alone puts the listed folders first on sys.path
+    preamble = source[:source.index("import numpy")]
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("APCLIP_SITE_DIRS", str(tmp_path))
+    exec(compile(preamble, name, "exec"), {})
+    assert sys.path[0] == str(tmp_path)

@@ -193,3 +193,27 @@ def test_cuda_graph_replay_equals_eager(tiny_model, pixels):
     assert np.abs(second - eager(pixels[::-1].copy())).max() < 1e-3
     assert set(graphs._graphs) == {(16, "float"), (8, "float")}
     assert cosine_rows(first, reference_embeddings(tiny_model, pixels)).min() >= COSINE_MIN
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_from_bundle_runs_the_precision_asked_for(tiny_bundle, demo_assets, monkeypatch, precision, dtype):
+    """precision="fp32" with backend torch-cuda used to run fp16. On CPU: the CUDA constructor pointed at the CPU."""
+    from apclip.engine import Recognizer
+    from apclip.engine.runners import torch_cuda
+
+    real = torch_cuda.torch_cuda_runners
+    monkeypatch.setattr(torch_cuda, "torch_cuda_runners",
+                        lambda *args, **options: real(*args, **{**options, "device": "cpu", "graphs": False}))
+    rec = Recognizer.from_bundle(tiny_bundle, backend="torch-cuda", precision=precision,
+                                 ckpt=demo_assets["checkpoint"], use_cache=False)
+    assert rec.backend == f"torch-cuda-{precision}"
+    assert rec.vision.module.clip.visual.conv1.weight.dtype == dtype
+
+
+def test_precision_choice_on_the_command_line(tiny_bundle, demo_assets, capsys):
+    from apclip.engine.cli.infer import build_parser, main
+
+    assert build_parser().parse_args(["v.mp4", "--backend", "torch-cuda", "--precision", "bf16"]).precision == "bf16"
+    code = main([str(demo_assets["video"]), "--bundle", str(tiny_bundle), "--backend", "ort", "--precision", "bf16"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--backend ort has no bf16" in err and len(err.splitlines()) == 1

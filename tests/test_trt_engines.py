@@ -133,11 +133,12 @@ def test_record_engine_replaces_the_same_graph_and_keeps_the_rest(bundle):
 def test_machine_engines_say_why_each_listed_engine_does_not_fit(bundle):
     manifest = read_manifest(bundle)
     fake_engine_file(manifest, key_for(manifest, gpu=ORIN))
-    usable, refused = machine_engines(read_manifest(bundle), "vision", "10.9.0.34", H200)
+    usable, refused = machine_engines(read_manifest(bundle), "vision", "10.9.0.34", H200, "fp16")
     assert usable == [] and len(refused) == 1 and "sm87" in refused[0]
     fake_engine_file(manifest, key_for(manifest, gpu=H200, precision="int8"))
-    usable, _ = machine_engines(read_manifest(bundle), "vision", "10.9.0.34", H200)
+    usable, _ = machine_engines(read_manifest(bundle), "vision", "10.9.0.34", H200, "int8")
     assert [d.path.name for d in usable] == [key_for(manifest, precision="int8").file_name()]
+    assert machine_engines(read_manifest(bundle), "vision", "10.9.0.34", H200, "fp16")[0] == []  # never another precision
 
 
 # -- build plan and the builder's TensorRT calls ----------------------------------------------------
@@ -319,7 +320,7 @@ def test_runner_pads_below_the_profile_minimum():
 def test_trt_runners_refuse_what_they_cannot_use(bundle, fake_trt):
     from apclip.engine.runners.tensorrt import trt_runners
 
-    with pytest.raises(BackendUnavailable, match="no usable TensorRT vision engine.*apclip-build-engine"):
+    with pytest.raises(BackendUnavailable, match="no usable TensorRT fp16 vision engine.*apclip-build-engine"):
         trt_runners(read_manifest(bundle))
     manifest = read_manifest(bundle)
     fake_engine_file(manifest, key_for(manifest, version="10.9.0.34"))
@@ -350,3 +351,38 @@ def test_real_tensorrt_builds_and_runs_the_tiny_bundle(bundle):  # pragma: no co
     ref = ort_runners(manifest, cuda=False, threads=1, batch_size=32)[0](pixels)
     got = vision(pixels)
     assert ((got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)).min() >= 0.999
+
+
+class _TaggedRuntime:
+    """A TensorRT Runtime whose engines remember the bytes they were read from."""
+
+    def __init__(self, logger):
+        pass
+
+    def deserialize_cuda_engine(self, data):
+        engine = fake_tensorrt.FakeEngine(tail=(3, 32, 32))
+        engine.payload = bytes(data)
+        return engine
+
+
+def test_each_trt_precision_runs_its_own_engine(bundle, fake_trt, monkeypatch):
+    """trt:fp16 and trt:int8 used to run the same (newest) engine: the precision was dropped on the way."""
+    import apclip.engine.runners.tensorrt as trt_runner
+
+    manifest = read_manifest(bundle)
+    for precision, built in (("int8", "2026-12-01T07:00:00+00:00"), ("fp16", "2026-12-02T07:00:00+00:00")):
+        key = key_for(manifest, precision=precision)
+        path = manifest.path / ENGINES_DIR / key.file_name()
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(f"{precision} engine".encode())
+        record_engine(manifest, path.name, engine_entry(key, path, None, built, 1.0))
+    fake_trt.Runtime = _TaggedRuntime
+    monkeypatch.setattr(trt_runner, "device_memory", fake_tensorrt.FakeMemory)
+    for precision in ("int8", "fp16"):
+        vision, _ = trt_runner.trt_runners(read_manifest(bundle), precision=precision)
+        assert vision.engine.payload == f"{precision} engine".encode(), precision
+        assert vision.name == f"trt-{precision}"
+    only_fp16 = read_manifest(bundle)
+    only_fp16.raw["engines"] = {k: v for k, v in only_fp16.raw["engines"].items() if "int8" not in k}
+    with pytest.raises(BackendUnavailable, match="no usable TensorRT int8 vision engine"):
+        trt_runner.trt_runners(only_fp16, precision="int8")

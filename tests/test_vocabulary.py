@@ -163,7 +163,11 @@ def test_entry_of_other_labels_is_not_used(reduced_bundle, full_labels, demo_ass
     [entry] = cache.glob("*.safetensors")
     other = ["juggling balls", "skiing snow"]  # same prompt counts as NEW: 2 bank rows, 1 template
     prompts, _ = class_prompts(other, load_prompt_bank(demo_assets["bank"]))
-    shutil.copyfile(entry, cache / f"{vocabulary._cache_key(read_manifest(reduced_bundle), other, prompts)}.safetensors")
+    manifest = read_manifest(reduced_bundle)
+    key = vocabulary.label_cache_key(first.text.cache_identity, other, prompts, template=manifest.scoring.template,
+                                     bank_sha256=load_prompt_bank(demo_assets["bank"]).sha256,
+                                     vocab_sha256=vocabulary.vocab_sha256(manifest))
+    shutil.copyfile(entry, cache / f"{key}.safetensors")
     swapped = [label if label != "surfing water" else "skiing snow" for label in full_labels]
     rec = load(reduced_bundle, swapped, demo_assets["bank"])
     assert rec.class_stats["encoded"] == 2
@@ -195,3 +199,43 @@ def test_subset_and_reorder_of_bundle_labels_reuse_rows(tiny_bundle, full_labels
     assert rec.text.loaded is False and not cache.exists()
     full, sub = exported.predict(demo_assets["video"]), rec.predict(demo_assets["video"])
     np.testing.assert_allclose(sub.scores, full.scores[[3, 0, 4]], rtol=0, atol=1e-6)
+
+
+class _OtherPrecisionText:
+    """A text runner of another encoder (torch-cuda bf16, or ONNX Runtime int8): its rows are close to
+    the fp32 ones but not equal (here 3e-3 apart, like bf16), and it says so through its identity."""
+
+    def __init__(self, fp32_runner, identity):
+        self.fp32, self.cache_identity = fp32_runner, identity
+        self.name, self.batch_size = identity.runner, 256
+
+    def __call__(self, tokens):
+        rows = self.fp32(tokens)
+        rows = rows + 3e-3 * np.sign(np.sin(np.arange(rows.shape[1])))  # a fixed, visible offset
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("runner, precision, source", [("torch-cuda", "bf16", "checkpoint"),
+                                                       ("ort-cpu", "int8", "text.int8.onnx")])
+def test_rows_of_another_encoder_are_not_reused_by_fp32(reduced_bundle, full_labels, demo_assets, cache,
+                                                        runner, precision, source):
+    """The cache used to key rows by a `file` attribute set from outside: rows a bf16 runner made were
+    recorded as text.onnx rows and served to the next fp32 ONNX Runtime run."""
+    from apclip.bundle import read_manifest
+    from apclip.engine.runners.encoders import EncoderIdentity
+    from apclip.prompt_bank import load_prompt_bank
+
+    uncached = load(reduced_bundle, full_labels, demo_assets["bank"], use_cache=False)
+    manifest = read_manifest(reduced_bundle)
+    other = _OtherPrecisionText(uncached.text, EncoderIdentity(runner, precision, source, "f" * 64))
+    bank = load_prompt_bank(demo_assets["bank"])
+    low, stats = vocabulary.resolve_classes(manifest, full_labels, bank, other, use_cache=True)
+    assert stats["encoded"] == 2 and len(list(cache.glob("*.safetensors"))) == 1
+    k = full_labels.index("surfing water")
+    assert np.abs(low.embeddings[k] - uncached.classes.embeddings[k]).max() > 1e-3  # the rows do differ
+    fp32 = load(reduced_bundle, full_labels, demo_assets["bank"])
+    assert fp32.class_stats == {"reused": 3, "encoded": 2, "cached": 0}
+    np.testing.assert_array_equal(fp32.classes.embeddings, uncached.classes.embeddings)
+    again, stats = vocabulary.resolve_classes(manifest, full_labels, bank, other, use_cache=True)
+    assert stats["cached"] == 2  # each encoder finds its own rows
+    np.testing.assert_array_equal(again.embeddings, low.embeddings)

@@ -69,6 +69,7 @@ def bundle_info(path: str) -> dict[str, Any]:
         "missing_files": sorted(set(manifest.files) - set(present)),
         "vocabulary": VOCAB_FILE in manifest.files, "tools": raw.get("tools") or {},
         "checkpoint": raw.get("checkpoint") or {}, "verification": raw.get("verification"), "opset": raw.get("opset"),
+        "vision_graph": manifest.vision_graph.to_dict(), "patching": raw.get("patching"),
     }
 
 
@@ -80,6 +81,14 @@ def _engine_summary(entry: dict[str, Any]) -> dict[str, Any]:
     return {"graph": key.get("graph"), "precision": key.get("precision"), "tensorrt": key.get("tensorrt"),
             "gpu": f"{gpu.get('name', '?')} {sm}".strip(), "bytes": entry.get("bytes", 0),
             "file": entry.get("file"), "sha256": entry.get("sha256"), "built": entry.get("built")}
+
+
+def _describe_graph(graph: dict[str, Any], patching: dict[str, Any] | None) -> str:
+    text = ("per-frame [N, 3, R, R]" if graph["level"] == "frame" else
+            f"clip-level [B, {graph['frames']}, 3, R, R] -> {graph['output']}, {graph['temporal_attention']}")
+    if patching:
+        text += f"; weights patched with {patching['base']} at ratio {patching['ratio']:g}"
+    return text
 
 
 def format_info(info: dict[str, Any], first: int = 5) -> str:
@@ -97,6 +106,7 @@ def format_info(info: dict[str, Any], first: int = 5) -> str:
         f"  preprocessing   profile {pre.get('profile', 'apclip')}, {pre.get('resolution')}px, normalisation "
         f"{norm.get('name', norm)}",
         f"  scoring         {info['scoring'].get('protocol')}, template {info['scoring'].get('template', '?')!r}",
+        f"  vision graph    {_describe_graph(info['vision_graph'], info['patching'])}",
         f"  frames/views    T={pre.get('frames')} x {pre.get('clips')} clip(s) x {pre.get('crops')} crop(s) = "
         f"{info['views']} views, {info['frames_per_video']} frames per video",
         f"  backends        {', '.join(info['backends']) or 'none'}; precisions {', '.join(info['precisions'])}"

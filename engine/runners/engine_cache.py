@@ -18,13 +18,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from apclip.bundle import CLASSES_FILE, MANIFEST, TEXT_FILE, VISION_FILE, Manifest, sha256_file
+from apclip.bundle import CLASSES_FILE, MANIFEST, TEXT_BATCH, TEXT_FILE, VISION_FILE, Manifest, sha256_file
 from apclip.errors import ApclipError
 
 ENGINES_DIR = "engines"
 # graph -> (ONNX file it is built from, manifest io entry giving its batch range and input shape)
 GRAPHS = {"vision": VISION_FILE, "text": TEXT_FILE}
-DEFAULT_TEXT_OPT = 256  # run-time labels are encoded 256 prompts at a time (engine/runners/encoders.py)
 TEXT_ENGINE_MAX = 4096  # a text profile is capped here: TensorRT sizes activations for the max batch
 
 
@@ -126,7 +125,7 @@ def profile_from_manifest(manifest: Manifest, graph: str, opt_batch: int | None 
     """The batch range the bundle's ONNX graph was exported for, from the manifest's io entry.
 
     opt: vision engines are tuned for one clip (V*T frames, the batch clip mode sends), text engines for
-    the run-time batch of 256 prompts; both capped to the exported range. A text graph's range is huge
+    the run-time batch of TEXT_BATCH prompts; both capped to the exported range. A text graph's range is huge
     (4096+) and TensorRT plans memory for the max, so text engines stop at TEXT_ENGINE_MAX."""
     base = graph.split("+")[0]
     if base not in GRAPHS:
@@ -146,7 +145,9 @@ def profile_from_manifest(manifest: Manifest, graph: str, opt_batch: int | None 
                                f"exported for (1..{exported_max}); re-export with a larger --batch-max")
     if opt_batch is None:
         pre = manifest.preprocessing
-        opt_batch = pre.frames * pre.clips * pre.crops if base == "vision" else DEFAULT_TEXT_OPT
+        # Clip-level vision graphs (manifest vision_graph) batch whole clips: one video is V of them.
+        frames = 1 if manifest.vision_graph.clip_level else pre.frames
+        opt_batch = frames * pre.clips * pre.crops if base == "vision" else TEXT_BATCH
     opt_batch = max(1, min(int(opt_batch), max_batch))
     return Profile(str(spec["name"]), 1, opt_batch, max_batch, tail)
 
@@ -281,11 +282,11 @@ def timing_cache_path(engine: Path, key: EngineKey) -> Path:
     return engine.with_name(f"{key.gpu.sm}-trt{key.tensorrt}.timing.cache")
 
 
-def machine_engines(manifest: Manifest, graph: str, tensorrt_version: str, gpu: GpuIdentity
+def machine_engines(manifest: Manifest, graph: str, tensorrt_version: str, gpu: GpuIdentity, precision: str
                     ) -> tuple[list[CacheDecision], list[str]]:
-    """Listed engines of `graph` that fit this machine (usable decisions, newest first), and why each
-    other listed engine of that graph does not (one line each). The profile and precision are the
-    listed ones: any profile the builder chose is fine at run time, the batch is split to fit it."""
+    """Listed engines of `graph` at `precision` that fit this machine (usable decisions, newest first), and
+    why each other listed engine of that graph and precision does not (one line each). The profile is the
+    listed one: any profile the builder chose is fine at run time, the batch is split to fit it."""
     usable, refused = [], []
     for name, entry in sorted(listed_engines(manifest).items(), key=lambda item: str(item[1].get("built", "")),
                               reverse=True):
@@ -294,7 +295,7 @@ def machine_engines(manifest: Manifest, graph: str, tensorrt_version: str, gpu: 
         except EngineCacheError as exc:
             refused.append(f"{name}: {exc}")
             continue
-        if stored.graph != graph:
+        if stored.graph != graph or stored.precision != precision:
             continue
         try:
             expected = engine_key(manifest, graph, stored.precision, tensorrt_version, gpu, stored.profile)

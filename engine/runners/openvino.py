@@ -13,11 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from apclip.bundle import EMBEDDINGS_OUTPUT, INT8_FILES, TEXT_FILE, TEXT_INPUT, VISION_FILE, VISION_INPUT, \
+from apclip.bundle import EMBEDDINGS_OUTPUT, INT8_FILES, TEXT_BATCH, TEXT_FILE, TEXT_INPUT, VISION_FILE, VISION_INPUT, \
     BundleError, Manifest
 from apclip.extras import require
 
-from apclip.engine.runners.encoders import BackendUnavailable, LazyRunner, _default_threads, graph_batch_max
+from apclip.engine.runners.encoders import (BackendUnavailable, LazyRunner, _default_threads, file_identity,
+                                            graph_batch_max)
+from apclip.engine.runners.precision import file_precision
 from apclip.engine.runners.probes import openvino_reason
 
 EXTRA = "openvino"
@@ -66,9 +68,9 @@ def openvino_runners(manifest: Manifest, *, threads: int | None = None, batch_si
     def build_text():
         from apclip.engine.runners.text_trim import TrimmedTextRunner, token_axis_is_dynamic
 
-        runner = OpenVinoRunner(manifest.file(text_file), TEXT_INPUT, threads=threads, batch_size=256)
+        runner = OpenVinoRunner(manifest.file(text_file), TEXT_INPUT, threads=threads, batch_size=TEXT_BATCH)
         return TrimmedTextRunner(runner) if token_axis_is_dynamic(manifest) else runner
 
-    text = LazyRunner(build_text, vision.name, 256)
-    text.file = text_file  # the label cache is keyed by the encoder file that made the rows
-    return vision, text
+    # what the label cache keys this runner's rows by (OpenVINO's kernels differ from ONNX Runtime's)
+    identity = file_identity(manifest, text_file, "openvino-cpu", file_precision(text_file))
+    return vision, LazyRunner(build_text, vision.name, TEXT_BATCH, identity)

@@ -6,9 +6,9 @@ class matrix is always the fp32 one compiled at export.
 """
 from __future__ import annotations
 
-from apclip.bundle import INT8_FILES, PRECISIONS, TEXT_FILE, TEXT_INPUT, VISION_FILE, Manifest
+from apclip.bundle import INT8_FILES, PRECISIONS, TEXT_BATCH, TEXT_FILE, TEXT_INPUT, VISION_FILE, Manifest
 
-from apclip.engine.runners.encoders import BackendUnavailable, OrtRunner
+from apclip.engine.runners.encoders import BackendUnavailable, EncoderIdentity, OrtRunner
 from apclip.engine.runners.text_trim import TrimmedTextRunner, token_axis_is_dynamic
 
 
@@ -52,11 +52,16 @@ def session_config(manifest: Manifest, precision: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in (record.get("session_config") or {}).items()}
 
 
-def text_runner(manifest: Manifest, file: str, *, cuda: bool, threads: int | None, batch_size: int = 256,
-                session_config: dict[str, str] | None = None):
+def file_precision(file: str) -> str:
+    """The precision of a bundle encoder file (int8 for the quantized copies, else fp32)."""
+    return "int8" if file in INT8_FILES.values() else "fp32"
+
+
+def text_runner(manifest: Manifest, file: str, *, cuda: bool, threads: int | None, batch_size: int = TEXT_BATCH,
+                identity: EncoderIdentity | None = None, session_config: dict[str, str] | None = None):
     """OrtRunner on `file`, wrapped to cut batches after their last EOT when its token axis is dynamic
     (bundles exported before the dynamic axis keep their fixed [M, 77] input)."""
     runner = OrtRunner(manifest.file(file), TEXT_INPUT, cuda=cuda, threads=threads, batch_size=batch_size,
-                       session_config=session_config)
+                       identity=identity, session_config=session_config)
     shape = runner.session.get_inputs()[0].shape
     return TrimmedTextRunner(runner) if token_axis_is_dynamic(manifest, shape) else runner

@@ -13,14 +13,13 @@ Anything else raises BackendUnavailable saying how to rebuild, so `--backend aut
 """
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 
-from apclip.bundle import EMBEDDINGS_OUTPUT, TEXT_FILE, TEXT_INPUT, Manifest
+from apclip.bundle import EMBEDDINGS_OUTPUT, TEXT_BATCH, TEXT_FILE, TEXT_INPUT, Manifest
 from apclip.extras import require
 
-from apclip.engine.runners.encoders import BackendUnavailable, LazyRunner, OrtRunner
+from apclip.engine.runners.encoders import BackendUnavailable, EncoderIdentity, LazyRunner, OrtRunner, file_identity
 from apclip.engine.runners.engine_cache import CacheDecision, GpuIdentity, machine_engines
 
 NOT_INSTALLED = "TensorRT is not installed"
@@ -145,8 +144,9 @@ class TrtRunner:
     `engine` is an ICudaEngine (or anything with its tensor-query methods: the tests use a fake);
     `memory` provides empty/address/upload/download and a stream `handle`."""
 
-    def __init__(self, engine, memory, *, name: str = "trt", batch_size: int = 32):
+    def __init__(self, engine, memory, *, name: str = "trt", batch_size: int = 32, identity=None):
         self.engine = engine
+        self.cache_identity = identity  # EncoderIdentity of the engine file (the label cache's key)
         self.memory = memory
         self.context = engine.create_execution_context()
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
@@ -214,33 +214,58 @@ def deserialize(trt, path, logger=None):
     return engine
 
 
-def choose_engine(manifest: Manifest, graph: str, tensorrt_version: str, gpu: GpuIdentity) -> CacheDecision:
-    usable, refused = machine_engines(manifest, graph, tensorrt_version, gpu)
+def choose_engine(manifest: Manifest, graph: str, tensorrt_version: str, gpu: GpuIdentity,
+                  precision: str) -> CacheDecision:
+    """The newest listed engine of `graph` built at `precision` for this GPU and TensorRT, or why none fits."""
+    usable, refused = machine_engines(manifest, graph, tensorrt_version, gpu, precision)
     if usable:
         return usable[0]
-    why = "; ".join(refused) if refused else f"the bundle lists no {graph} engine"
-    raise BackendUnavailable(f"no usable TensorRT {graph} engine for {gpu.name} ({gpu.sm}) with TensorRT "
-                             f"{tensorrt_version}: {why}; build one with apclip-build-engine {manifest.path}")
+    why = "; ".join(refused) if refused else f"the bundle lists no {graph} {precision} engine"
+    raise BackendUnavailable(f"no usable TensorRT {precision} {graph} engine for {gpu.name} ({gpu.sm}) with "
+                             f"TensorRT {tensorrt_version}: {why}; build one with apclip-build-engine "
+                             f"{manifest.path} --precision {precision}")
 
 
-def trt_runners(manifest: Manifest, *, batch_size: int = 32, **_: Any):
+# Text engines are built in fp16 only (apclip-build-engine refuses int8 text): an int8 row's labels use it.
+TEXT_ENGINE_PRECISION = "fp16"
+
+
+def trt_runners(manifest: Manifest, *, batch_size: int = 32, precision: str = "fp16"):
+    """(vision, text) runners: the vision engine built at `precision` (never another one), and the fp16
+    text engine when the bundle has one for this machine, else text.onnx on ONNX Runtime."""
     try:
         trt = require("tensorrt", "trt", "the TensorRT backend")
     except ImportError:
         raise BackendUnavailable(f"{NOT_INSTALLED} (pip install \"apclip[trt]\" on the GPU machine), so bundle "
                                  f"{manifest.path} cannot use --backend trt: use --backend ort or torch-cuda") from None
     gpu = current_gpu()
-    vision_engine = deserialize(trt, choose_engine(manifest, "vision", trt.__version__, gpu).path)
+    vision_path = choose_engine(manifest, "vision", trt.__version__, gpu, precision).path
+    vision_engine = deserialize(trt, vision_path)
     memory = device_memory()
-    vision = TrtRunner(vision_engine, memory, name="trt", batch_size=batch_size)
+    from apclip.engine.runners.clip_level import clip_batch, frame_interface
+
+    vision = TrtRunner(vision_engine, memory, name=f"trt-{precision}", batch_size=clip_batch(manifest, batch_size),
+                       identity=engine_identity(manifest, vision_path.name, precision))
     try:
-        text_path = choose_engine(manifest, "text", trt.__version__, gpu).path
+        text_path = choose_engine(manifest, "text", trt.__version__, gpu, TEXT_ENGINE_PRECISION).path
     except BackendUnavailable:
         text_path = None  # new labels are rare: the CPU text encoder serves them
+    if text_path is not None:
+        text_identity = engine_identity(manifest, text_path.name, TEXT_ENGINE_PRECISION)
+    else:
+        text_identity = file_identity(manifest, TEXT_FILE, "ort-cpu", "fp32")
 
     def build_text():
         if text_path is not None:
-            return TrtRunner(deserialize(trt, text_path), memory, name="trt", batch_size=256)
-        return OrtRunner(manifest.file(TEXT_FILE), TEXT_INPUT, batch_size=256)
+            return TrtRunner(deserialize(trt, text_path), memory, name=vision.name, batch_size=TEXT_BATCH,
+                             identity=text_identity)
+        return OrtRunner(manifest.file(TEXT_FILE), TEXT_INPUT, batch_size=TEXT_BATCH, identity=text_identity)
 
-    return vision, LazyRunner(build_text, vision.name, 256)
+    return frame_interface(manifest, vision), LazyRunner(build_text, vision.name, TEXT_BATCH, text_identity)
+
+
+def engine_identity(manifest: Manifest, name: str, precision: str) -> EncoderIdentity:
+    """The identity of a listed engine (its file hash, checked by the cache before use)."""
+    from apclip.engine.runners.engine_cache import ENGINES_DIR, listed_engines
+
+    return EncoderIdentity("tensorrt", precision, f"{ENGINES_DIR}/{name}", str(listed_engines(manifest)[name]["sha256"]))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from apclip.bundle import Manifest
+from apclip.bundle import TEXT_BATCH, Manifest
 
 MIN_TOKENS = 2  # the exported axis range starts here: torch.export specialises sizes 0 and 1
 
@@ -49,7 +49,8 @@ class TrimmedTextRunner:
         self.runner = runner
         self.bucket = bucket
         self.name = getattr(runner, "name", "text")
-        self.batch_size = getattr(runner, "batch_size", 256)
+        self.batch_size = getattr(runner, "batch_size", TEXT_BATCH)
+        self.cache_identity = getattr(runner, "cache_identity", None)  # trimming does not change a row
 
     def __call__(self, tokens: np.ndarray) -> np.ndarray:
         if not self.bucket or len(tokens) <= self.bucket:

@@ -27,7 +27,8 @@ from apclip.bundle import Manifest
 from apclip.config import Normalization
 from apclip.extras import require
 
-from apclip.engine.runners.encoders import BackendUnavailable, LazyRunner, checked_checkpoint
+from apclip.bundle import TEXT_BATCH
+from apclip.engine.runners.encoders import BackendUnavailable, LazyRunner, checked_checkpoint, checkpoint_identity
 
 
 def weights_source(manifest: Manifest, ckpt: Any) -> str | None:
@@ -97,7 +98,8 @@ class TorchCudaRunner:
     """
 
     def __init__(self, module, *, tail: tuple[int, ...], input_dtype, device: str = "cuda",
-                 batch_size: int = 32, graphs: bool = True, name: str = "torch-cuda", normalize=None):
+                 batch_size: int = 32, graphs: bool = True, name: str = "torch-cuda", normalize=None,
+                 identity=None):
         torch = require("torch", "torch", "the torch-cuda backend")
         self.torch = torch
         self.module = module.to(device).eval()
@@ -107,6 +109,7 @@ class TorchCudaRunner:
         self.input_dtype = input_dtype
         self.batch_size = batch_size
         self.name = name
+        self.cache_identity = identity  # EncoderIdentity: what the label cache keys this runner's rows by
         self.graphs_enabled = graphs and self.cuda
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.normalize = normalize  # GpuNormalize for encode_uint8 (vision only)
@@ -248,20 +251,26 @@ def torch_cuda_runners(manifest: Manifest, checkpoint, base: str | None, *, batc
                                  "(use --backend ort)")
     if graphs is None:
         graphs = os.environ.get("APCLIP_CUDA_GRAPHS", "1") != "0"
-    from apclip.model import ImageEmbedder, TextEmbedder
-    from apclip.engine.runners.encoders import graph_batch_max
+    from apclip.model import TextEmbedder
+    from apclip.engine.runners.clip_level import clip_batch, frame_interface
+    from apclip.engine.runners.encoders import graph_batch_max, vision_module
 
     dtype = torch_dtype(precision)
     model = cast_for_inference(checked_checkpoint(manifest, checkpoint, base, backend="torch-cuda"), precision)
     config = model.config
     r = config.image_resolution
-    vision = TorchCudaRunner(ImageEmbedder(model, normalize=manifest.vision_normalized), tail=(3, r, r), input_dtype=torch.float32, device=device,
-                             batch_size=graph_batch_max(manifest, "vision", batch_size), graphs=graphs,
+    graph = manifest.vision_graph
+    tail = (graph.frames, 3, r, r) if graph.clip_level else (3, r, r)  # clip-level graphs batch whole clips
+    identity = checkpoint_identity(manifest, checkpoint, "torch-cuda", precision)
+    vision = TorchCudaRunner(vision_module(manifest, model), tail=tail, input_dtype=torch.float32, device=device,
+                             batch_size=graph_batch_max(manifest, "vision", clip_batch(manifest, batch_size)),
+                             graphs=graphs,
                              name=f"torch-cuda-{precision}",
-                             normalize=GpuNormalize(manifest.preprocessing.normalization, device, dtype))
-    text_batch = graph_batch_max(manifest, "text", 256)
+                             normalize=GpuNormalize(manifest.preprocessing.normalization, device, dtype),
+                             identity=identity)
+    text_batch = graph_batch_max(manifest, "text", TEXT_BATCH)
     text = LazyRunner(lambda: TorchCudaRunner(TextEmbedder(model), tail=(config.context_length,),
                                               input_dtype=torch.int64, device=device, batch_size=text_batch,
-                                              graphs=graphs, name=vision.name),
-                      vision.name, text_batch)
-    return vision, text
+                                              graphs=graphs, name=vision.name, identity=identity),
+                      vision.name, text_batch, identity)
+    return frame_interface(manifest, vision), text

@@ -16,7 +16,7 @@ from apclip.bundle import SCORER_FILE, SCORER_INPUTS, Manifest
 from apclip.class_matrix import ClassMatrix
 from apclip.errors import ApclipError
 from apclip.extras import importable, require
-from apclip.scoring import vificlip_score
+from apclip.scoring import mean_pool_score, vificlip_score
 
 from apclip.engine.scoring.gemm_scorer import GemmClasses, maka_gemm
 from apclip.engine.runners.encoders import BackendUnavailable
@@ -57,6 +57,15 @@ class VificlipScorer:
     def __call__(self, frames: np.ndarray, classes: ClassMatrix) -> np.ndarray:
         text = classes.embeddings[:, 0]  # [K, P, E] -> [K, E]: one prompt per class
         return vificlip_score(frames, text, self.frames_per_view, self.logit_scale).astype(np.float32)
+
+
+class EnsembleScorer:
+    """The prompt-ensemble protocol in numpy: cosine of the mean embedding with each class's mean prompt."""
+
+    name = "numpy"
+
+    def __call__(self, frames: np.ndarray, classes: ClassMatrix) -> np.ndarray:
+        return mean_pool_score(frames, classes.embeddings, classes.counts).astype(np.float32)
 
 
 class OnnxScorer:
@@ -115,11 +124,6 @@ def _kernel_interpreted() -> bool:
     return is_interpreted()
 
 
-def _cuda_may_be_present() -> bool:
-    """Cheap check before importing torch (~2 s, hundreds of MB) just to learn there is no GPU."""
-    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/dxg"))
-
-
 class AutoTritonScorer:
     """`--scorer auto` on a GPU: the kernel, and the numpy reference for inputs beyond its limits
     (more than 256 frames or prompts per set), so a larger sampling never fails a run."""
@@ -148,6 +152,14 @@ def make_scorer(name: str, manifest: Manifest) -> Scorer:
         if name == "triton":
             raise BackendUnavailable(f"the triton scorer computes MAKA; bundle {manifest.path} scores with the "
                                      f"vificlip protocol: use --scorer numpy or onnx")
+    if scoring.protocol == "ensemble":
+        if name in ("auto", "numpy"):
+            return EnsembleScorer()
+        if name == "onnx":
+            return OnnxScorer(manifest)  # its scorer.onnx was exported with the ensemble graph
+        if name == "triton":
+            raise BackendUnavailable(f"the triton scorer computes MAKA; bundle {manifest.path} scores with the "
+                                     f"ensemble protocol: use --scorer numpy or onnx")
     if name == "numpy":
         return NumpyScorer()
     if name == "onnx":
@@ -155,7 +167,10 @@ def make_scorer(name: str, manifest: Manifest) -> Scorer:
     if name == "triton":
         return TritonScorer()
     if name == "auto":
-        if not (_cuda_may_be_present() and importable("torch") and importable("triton")):
+        from apclip.engine.runners.probes import nvidia_gpu_may_be_present
+
+        # the one device check of the backend table (Jetson included), before torch is imported
+        if not (nvidia_gpu_may_be_present() and importable("torch") and importable("triton")):
             return NumpyScorer()
         try:
             scorer = TritonScorer()

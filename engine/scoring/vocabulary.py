@@ -1,9 +1,12 @@
 """Open vocabulary at run time: the class matrix for any label list, reusing the bundle's rows.
 
-Labels in the bundle reuse their precompiled rows. New labels are encoded with text.onnx (no torch)
-from their prompt-bank entries, else the template (the bundle's, default "a video of {label}.").
-Encoded new labels are cached on disk, keyed by the text encoder's sha256, the labels and their
-prompt texts, so the next run starts instantly. Cache files are written atomically and carry their key and a sha256 of their
+Labels in the bundle reuse their precompiled rows. New labels are encoded by the run's text runner
+(text.onnx on ONNX Runtime by default: no torch) from their prompt-bank entries, else the template
+(the bundle's, default "a video of {label}."). Encoded new labels are cached on disk, keyed by
+everything that changes a row (`label_cache_key`): the encoder that made it as the runner reports it
+(`cache_identity`: runtime, precision, weights sha256), the labels, their prompt texts, the
+template, the prompt bank's hash and the tokenizer vocabulary, so the next run starts instantly.
+A runner that reports no identity gets no cache (its rows could not be told apart). Cache files are written atomically and carry their key and a sha256 of their
 tensors; an entry that does not match is rebuilt, not trusted.
 """
 from __future__ import annotations
@@ -11,17 +14,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from apclip.bundle import CLASS_COUNTS, CLASS_EMBEDDINGS, CLASSES_FILE, TEXT_FILE, VOCAB_FILE, Manifest
+from apclip.bundle import CLASS_COUNTS, CLASS_EMBEDDINGS, CLASSES_FILE, VOCAB_FILE, Manifest
 from apclip.class_matrix import ClassMatrix, PromptSource, class_prompts, encode_class_matrix, load_class_matrix
 from apclip.errors import ApclipError
 from apclip.fileio import atomic_write
 
-from apclip.engine.runners.encoders import EncoderRunner
+from apclip.engine.runners.encoders import EncoderIdentity, EncoderRunner
 
 
 def cache_dir() -> Path:
@@ -64,8 +68,15 @@ def resolve_classes(manifest: Manifest, labels: Sequence[str] | None, bank: Prom
     new = None
     stats = {"reused": len(labels) - len(new_labels), "encoded": 0, "cached": 0}
     if new_labels:
-        prompts, fallback = class_prompts(new_labels, bank, template or manifest.scoring.template)
-        key = _cache_key(manifest, new_labels, prompts, getattr(text_runner, "file", TEXT_FILE))
+        template = template or manifest.scoring.template
+        prompts, fallback = class_prompts(new_labels, bank, template)
+        identity: EncoderIdentity | None = getattr(text_runner, "cache_identity", None)
+        if identity is None and use_cache:
+            log(f"note: the text runner {getattr(text_runner, 'name', '?')} reports no identity: new labels are "
+                f"not cached")
+        use_cache = use_cache and identity is not None
+        key = label_cache_key(identity, new_labels, prompts, template=template,
+                              bank_sha256=getattr(bank, "sha256", None), vocab_sha256=vocab_sha256(manifest))
         path = cache_dir() / f"{key}.safetensors"
         if use_cache:
             new = _read_cache(path, key, new_labels, [len(p) for p in prompts], log)
@@ -74,8 +85,8 @@ def resolve_classes(manifest: Manifest, labels: Sequence[str] | None, bank: Prom
             stats["cached"] = len(new_labels)
             log(f"{len(new_labels)} new label(s) loaded from the cache {path}")
         else:
-            log(f"encoding {len(new_labels)} new label(s) with {getattr(text_runner, 'file', TEXT_FILE)} "
-                f"({sum(map(len, prompts))} prompts)")
+            source = identity.words() if identity is not None else getattr(text_runner, "name", "the text runner")
+            log(f"encoding {len(new_labels)} new label(s) with {source} ({sum(map(len, prompts))} prompts)")
             new = encode_class_matrix(new_labels, prompts, text_runner, fallback_labels=fallback,
                                       vocab_path=bundle_vocab(manifest))
             stats["encoded"] = len(new_labels)
@@ -84,12 +95,26 @@ def resolve_classes(manifest: Manifest, labels: Sequence[str] | None, bank: Prom
     return _assemble(labels, base, index, new), stats
 
 
-def _cache_key(manifest: Manifest, labels: Sequence[str], prompts: Sequence[Sequence[str]],
-               text_file: str = TEXT_FILE) -> str:
-    text_sha = manifest.files[text_file]["sha256"]  # text.onnx or text.int8.onnx: rows differ
-    payload = json.dumps({"text_encoder": text_sha, "labels": list(labels), "prompts": [list(p) for p in prompts]},
-                         ensure_ascii=False, sort_keys=True)
+def label_cache_key(identity: EncoderIdentity | None, labels: Sequence[str], prompts: Sequence[Sequence[str]], *,
+                    template: str, bank_sha256: str | None, vocab_sha256: str) -> str:
+    """The one derivation of the label cache key: everything that changes a row of the class matrix."""
+    payload = json.dumps({"encoder": asdict(identity) if identity is not None else None, "labels": list(labels),
+                          "prompts": [list(p) for p in prompts], "template": template, "prompt_bank": bank_sha256,
+                          "vocab": vocab_sha256}, ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def vocab_sha256(manifest: Manifest) -> str:
+    """The BPE merges run-time labels are tokenized with: the bundle's copy, else the tokenizer's lookup."""
+    if manifest.has(VOCAB_FILE):
+        return str(manifest.files[VOCAB_FILE]["sha256"])
+    from apclip.bundle import sha256_file
+    from apclip.tokenizer import VocabularyNotFound, find_vocab
+
+    try:
+        return sha256_file(find_vocab(None))
+    except VocabularyNotFound:  # nothing can be encoded here, and no cached entry has this key
+        return "none"
 
 
 def _content_sha256(embeddings: np.ndarray, counts: np.ndarray) -> str:

@@ -34,7 +34,8 @@ SENSITIVITY_FEEDS = 2  # calibration clips (or prompt batches) the per-layer sen
 
 def add_int8_encoders(model, work: Path, matrix, video_pixels: np.ndarray | None, *, verify: bool,
                       log: Callable[[str], None], calibration: CalibrationSet, method: str = "auto",
-                      min_cosine: float | None = None) -> dict:
+                      min_cosine: float | None = None, graph=None) -> dict:
+    """graph: the bundle's apclip.bundle.VisionGraph (None: per-frame); clip-level graphs get whole clips."""
     from apclip.export.int8.verify import verify_int8_text, verify_int8_vision
 
     settings = QuantizationSettings() if method == "dynamic" else StaticSettings()
@@ -52,7 +53,7 @@ def add_int8_encoders(model, work: Path, matrix, video_pixels: np.ndarray | None
             for used in tries:
                 try:
                     gate, counts = _quantize_and_gate(work / fp32_name, target, encoder, matrix, calibration, used,
-                                                      Path(cache), log)
+                                                      Path(cache), log, graph)
                 except Exception as exc:  # the quantizer raises untyped errors; int8 is optional, fp32 ships
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                     failures.append(f"quantization failed: {first}")
@@ -78,7 +79,7 @@ def add_int8_encoders(model, work: Path, matrix, video_pixels: np.ndarray | None
                 config = record["session_config"]
                 if fp32_name == VISION_FILE:
                     report = verify_int8_vision(model, target, matrix, video_pixels, min_cosine=min_cosine,
-                                                session_config=config)
+                                                session_config=config, graph=graph)
                 else:
                     report = verify_int8_text(model, target, matrix, trim=True, min_cosine=min_cosine,
                                               session_config=config)
@@ -94,15 +95,18 @@ def add_int8_encoders(model, work: Path, matrix, video_pixels: np.ndarray | None
 
 
 def _quantize_and_gate(src: Path, dst: Path, encoder: str, matrix, calibration: CalibrationSet, method: str,
-                       cache: Path, log):
+                       cache: Path, log, vision_graph=None):
     """(GateResult, quantized node counts) of one encoder; `dst` holds the last graph built."""
     from apclip.export.int8.gate import GateFigures, compare, layer_sensitivity, run_gate, run_held_out
     from apclip.export.verify import ort_session
 
     config = dict(EXACT_X64_SESSION_CONFIG)
     if encoder == "vision":
-        input_name, feeds = VISION_INPUT, [{VISION_INPUT: c} for c in calibration.clips]
-        held_out = calibration.held_out
+        from apclip.export.vision_graph import graph_input
+
+        shaped = (lambda c: graph_input(c, vision_graph)) if vision_graph is not None else (lambda c: c)  # noqa: E731
+        input_name, feeds = VISION_INPUT, [{VISION_INPUT: shaped(c)} for c in calibration.clips]
+        held_out = [shaped(c) for c in calibration.held_out]
     else:
         tokens = calibration.tokens
         input_name = TEXT_INPUT
@@ -117,7 +121,9 @@ def _quantize_and_gate(src: Path, dst: Path, encoder: str, matrix, calibration: 
         return int(maka_score(unit[None], classes, matrix.counts).argmax())
 
     def per_item(outs: list[np.ndarray]) -> list[np.ndarray]:  # text: each prompt is an item
-        return outs if encoder == "vision" else [row[None] for row in outs[0]]
+        if encoder == "vision":  # clip-level graphs: [B, T, E] or [B, E] -> [rows, E]
+            return [o.reshape(-1, o.shape[-1]) for o in outs]
+        return [row[None] for row in outs[0]]
 
     reference, fp32_seconds = run_held_out(ort_session(src), input_name, held_out)
     reference = per_item(reference)

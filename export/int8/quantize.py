@@ -25,7 +25,6 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from apclip.bundle import INT8_FILES
 from apclip.errors import ApclipError
 
 OP_TYPES = ("MatMul", "Gemm")
@@ -48,10 +47,6 @@ class QuantizationSettings:
         out = asdict(self)
         out["op_types"], out["exclude_nodes"] = list(self.op_types), list(self.exclude_nodes)
         return out
-
-
-def int8_name(fp32_name: str) -> str:
-    return INT8_FILES[fp32_name]
 
 
 def quantize_encoder(src: Path, dst: Path, settings: QuantizationSettings = QuantizationSettings()) -> dict:
@@ -89,13 +84,3 @@ def _quiet_root_logger():
     finally:
         root.setLevel(level)
 
-
-def weight_matmuls(path: Path) -> list[tuple[str, str]]:
-    """(node name, weight initializer name) of every MatMul/Gemm with a constant weight, in graph order:
-    what `exclude_nodes` can name."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    constants = {init.name for init in model.graph.initializer}
-    return [(n.name, n.input[1]) for n in model.graph.node
-            if n.op_type in OP_TYPES and len(n.input) > 1 and n.input[1] in constants]

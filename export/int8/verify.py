@@ -15,7 +15,7 @@ import torch
 
 from apclip.bundle import EMBEDDINGS_OUTPUT, TEXT_INPUT, VISION_INPUT
 from apclip.class_matrix import ClassMatrix
-from apclip.model import CLIP, ImageEmbedder, TextEmbedder
+from apclip.model import CLIP, TextEmbedder
 from apclip.scoring import maka_score
 
 from apclip.export.verify import Check, VerificationReport, ort_session
@@ -33,22 +33,28 @@ def _cosine_checks(name: str, ref: np.ndarray, got: np.ndarray, min_cosine: floa
 
 @torch.inference_mode()
 def verify_int8_vision(model: CLIP, path: Path, matrix: ClassMatrix, video_pixels: np.ndarray | None, *,
-                       min_cosine: float | None = None, seed: int = 0,
+                       min_cosine: float | None = None, seed: int = 0, graph=None,
                        session_config: dict | None = None) -> VerificationReport:
+    """graph: the bundle's apclip.bundle.VisionGraph (default per-frame); clip-level graphs get whole clips."""
+    from apclip.bundle import VisionGraph
+
+    from apclip.export.vision_graph import flat, graph_input, random_pixels, reference_embedder
+
+    graph = graph or VisionGraph()
     min_cosine = INT8_MIN_COSINE if min_cosine is None else min_cosine
     rng = np.random.default_rng(seed)
     r = model.config.image_resolution
     session = ort_session(path, session_config)
-    reference = ImageEmbedder(model).eval()
+    reference = reference_embedder(model, graph)
+
+    def encode(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # (reference, int8) [rows, E]
+        return (flat(reference(torch.from_numpy(pixels)).numpy()),
+                flat(session.run([EMBEDDINGS_OUTPUT], {VISION_INPUT: pixels})[0]))
+
     checks: list[Check] = []
-    random_pixels = rng.standard_normal((3, 3, r, r)).astype(np.float32)
-    got = session.run([EMBEDDINGS_OUTPUT], {VISION_INPUT: random_pixels})[0]
-    checks += _cosine_checks("int8 vision, random pixels", reference(torch.from_numpy(random_pixels)).numpy(),
-                             got, min_cosine)
+    checks += _cosine_checks("int8 vision, random pixels", *encode(random_pixels(rng, r, graph)), min_cosine)
     if video_pixels is not None:
-        video_pixels = np.ascontiguousarray(video_pixels, dtype=np.float32)
-        ref = reference(torch.from_numpy(video_pixels)).numpy()
-        got = session.run([EMBEDDINGS_OUTPUT], {VISION_INPUT: video_pixels})[0]
+        ref, got = encode(graph_input(np.ascontiguousarray(video_pixels, dtype=np.float32), graph))
         checks += _cosine_checks("int8 vision, video frames", ref, got, min_cosine)
         classes = matrix.embeddings.astype(np.float64)
         # Normalised here: vificlip bundles' vision.onnx emits raw features (io.vision.normalized false).

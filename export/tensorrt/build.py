@@ -1,7 +1,7 @@
 """Build TensorRT engines for a bundle on the target GPU, cached under bundle/engines/.
 
     apclip-build-engine BUNDLE [--precision fp16|int8] [--graph vision|text|vision+maka] [--workspace-gb 4]
-    (the same options as `apclip-bundle build-engine`, through add_subparser)
+    (the same options as `apclip-bundle build-engine`)
 
 Precision (TensorRT 10.12 deprecated weak typing and 11.x removed BuilderFlag.FP16/INT8):
 - fp16: a strongly typed network parsed from a mixed-precision ONNX made by NVIDIA ModelOpt AutoCast,
@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from apclip.bundle import Manifest, read_manifest
+from apclip.bundle import VISION_INPUT, Manifest, read_manifest
 from apclip.cli_common import report_error
 from apclip.errors import ApclipError, MissingExtraError
 from apclip.fileio import atomic_write
@@ -89,6 +89,9 @@ def build_plan(precision: str, tensorrt_version: str, modelopt: bool, bundle_qdq
 def maka_profile(manifest: Manifest, max_batch: int | None = None) -> Profile:
     """vision+maka engines take whole videos: N = B * V * T frames, from one video to the largest whole
     number of videos the exported range holds."""
+    if manifest.vision_graph.clip_level:
+        raise EngineBuildError(f"bundle {manifest.path} has a clip-level vision graph ([B, T, 3, R, R]); the MAKA "
+                               "tail of vision+maka engines takes per-frame graphs: build --graph vision")
     pre = manifest.preprocessing
     frames = pre.frames * pre.views
     base = profile_from_manifest(manifest, "vision")
@@ -207,7 +210,7 @@ def prepare_onnx(manifest: Manifest, request: BuildRequest, plan: BuildPlan, wor
 
     pixels = calibration_pixels(manifest, request.calibration)
     log(f"ModelOpt ONNX quantizer: int8 QDQ, calibrated on {len(pixels)} frames ...")
-    quantize(str(source), quantize_mode="int8", calibration_data={"pixels": pixels}, calibration_method="entropy",
+    quantize(str(source), quantize_mode="int8", calibration_data={VISION_INPUT: pixels}, calibration_method="entropy",
              op_types_to_exclude=list(FP32_ONNX_OPS), high_precision_dtype="fp16", output_path=str(out))
     return out
 
@@ -219,7 +222,7 @@ def calibration_pixels(manifest: Manifest, sources: Sequence[str]) -> np.ndarray
     if not sources:
         from apclip.export.verify import generated_video_pixels
 
-        return generated_video_pixels(manifest.preprocessing)
+        return _graph_pixels(manifest, generated_video_pixels(manifest.preprocessing))
     from apclip.engine.video.clips import load_clip
     from apclip.engine.video.preprocess import flatten_views
 
@@ -236,7 +239,17 @@ def calibration_pixels(manifest: Manifest, sources: Sequence[str]) -> np.ndarray
             parts.append(array.astype(np.float32, copy=False))
         else:
             parts.append(flatten_views(load_clip(source, manifest.preprocessing).views))
-    return np.concatenate(parts)
+    return _graph_pixels(manifest, np.concatenate(parts))
+
+
+def _graph_pixels(manifest: Manifest, pixels: np.ndarray) -> np.ndarray:
+    """[N, 3, R, R] frames as the vision graph takes them ([N/T, T, 3, R, R] for clip-level graphs)."""
+    from apclip.export.vision_graph import graph_input
+
+    try:
+        return graph_input(pixels, manifest.vision_graph)
+    except ValueError as exc:
+        raise EngineBuildError(f"--calibration: {exc}; pass whole clips") from None
 
 
 def _build_serialized(trt, onnx_path: Path, key: EngineKey, plan: BuildPlan, workspace_gb: float,
@@ -290,15 +303,6 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="int8: .npy pixel arrays [N, 3, R, R] or videos (default: the generated test video)")
     p.add_argument("--force", action="store_true", help="rebuild even when a matching engine is cached")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    return p
-
-
-def add_subparser(subparsers) -> argparse.ArgumentParser:
-    """Hook for `apclip-bundle build-engine`: subparsers.add_parser(...) with this module's options;
-    the command is `run(args)`."""
-    p = subparsers.add_parser("build-engine", help="build a TensorRT engine for this GPU into BUNDLE/engines/")
-    add_arguments(p)
-    p.set_defaults(func=run)
     return p
 
 

@@ -13,15 +13,6 @@ vision encoder in one call, then each clip is scored with MAKA against its label
 
 import json
 import os
-import site
-import sys
-
-# The backend stub's interpreter ignores PYTHONPATH and starts from its base prefix: put the server
-# environment's site-packages (numpy<2 above all) first, with their .pth files (an editable apclip
-# install), before numpy is imported. Unset (NVIDIA's containers): nothing to do.
-for _folder in reversed(list(filter(None, os.environ.get("APCLIP_SITE_DIRS", "").split(os.pathsep)))):
-    sys.path.insert(0, _folder)
-    site.addsitedir(_folder)
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402

@@ -8,15 +8,6 @@ folder, where every apclip_clip instance (its own process) finds it by id.
 
 import json
 import os
-import site
-import sys
-
-# The backend stub's interpreter ignores PYTHONPATH and starts from its base prefix: put the server
-# environment's site-packages (numpy<2 above all) first, with their .pth files (an editable apclip
-# install), before numpy is imported. Unset (NVIDIA's containers): nothing to do.
-for _folder in reversed(list(filter(None, os.environ.get("APCLIP_SITE_DIRS", "").split(os.pathsep)))):
-    sys.path.insert(0, _folder)
-    site.addsitedir(_folder)
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
@@ -26,13 +17,15 @@ from apclip.scale.triton_models import _serve_common as serve_common  # noqa: E4
 
 class TritonPythonModel:
     def initialize(self, args):
-        from apclip.bundle import TEXT_FILE, TEXT_INPUT, read_manifest
-        from apclip.engine.runners.encoders import OrtRunner
+        from apclip.bundle import TEXT_BATCH, TEXT_FILE, TEXT_INPUT, read_manifest
+        from apclip.engine.runners.encoders import OrtRunner, file_identity
 
         self.params = serve_common.parameters(args)
         self.manifest = read_manifest(self.params["bundle"])
         threads = int(self.params.get("threads") or 0) or None
-        self.text = OrtRunner(self.manifest.file(TEXT_FILE), TEXT_INPUT, threads=threads, batch_size=256)
+        # the identity apclip_clip's fp32 ONNX Runtime text runner reports: both share the label cache
+        self.text = OrtRunner(self.manifest.file(TEXT_FILE), TEXT_INPUT, threads=threads, batch_size=TEXT_BATCH,
+                              identity=file_identity(self.manifest, TEXT_FILE, "ort-cpu", "fp32"))
         self.bank = serve_common.load_bank(self.params)
 
     def execute(self, requests):

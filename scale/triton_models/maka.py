@@ -8,15 +8,6 @@ the P_k real prompt rows of class k:
 """
 import json
 import os
-import site
-import sys
-
-# The backend stub's interpreter ignores PYTHONPATH and starts from its base prefix: put the server
-# environment's site-packages (numpy<2 above all) first, with their .pth files (an editable apclip
-# install), before numpy is imported. Unset (NVIDIA's containers): nothing to do.
-for _folder in reversed(list(filter(None, os.environ.get("APCLIP_SITE_DIRS", "").split(os.pathsep)))):
-    sys.path.insert(0, _folder)
-    site.addsitedir(_folder)
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
@@ -45,6 +36,8 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             frames = pb_utils.get_input_tensor_by_name(request, "embeddings").as_numpy()  # [Nv, E]
+            if frames.ndim == 3:  # a clip-level vision model's [V, T, E]: all frames of all views, one set
+                frames = frames.reshape(-1, frames.shape[-1])
             if frames.ndim != 2 or frames.shape[0] == 0 or frames.shape[1] != self.classes.shape[2]:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
                     f"embeddings must be [Nv >= 1, {self.classes.shape[2]}], got {list(frames.shape)}")))

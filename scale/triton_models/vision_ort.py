@@ -6,15 +6,6 @@ outputs instead. Requests that the dynamic batcher groups are run as one ONNX Ru
 """
 import json
 import os
-import site
-import sys
-
-# The backend stub's interpreter ignores PYTHONPATH and starts from its base prefix: put the server
-# environment's site-packages (numpy<2 above all) first, with their .pth files (an editable apclip
-# install), before numpy is imported. Unset (NVIDIA's containers): nothing to do.
-for _folder in reversed(list(filter(None, os.environ.get("APCLIP_SITE_DIRS", "").split(os.pathsep)))):
-    sys.path.insert(0, _folder)
-    site.addsitedir(_folder)
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
@@ -36,7 +27,8 @@ class TritonPythonModel:
                                             providers=["CPUExecutionProvider"])
 
     def execute(self, requests):
-        pixels = [pb_utils.get_input_tensor_by_name(r, "pixels").as_numpy() for r in requests]  # [n_i, 3, R, R]
+        # [n_i, 3, R, R] each (clip-level bundles: [n_i, T, 3, R, R])
+        pixels = [pb_utils.get_input_tensor_by_name(r, "pixels").as_numpy() for r in requests]
         sizes = [len(p) for p in pixels]
         # All requests' frames in one call: [sum n_i, 3, R, R] -> [sum n_i, E]
         embeddings = self.session.run(["embeddings"], {"pixels": np.concatenate(pixels)})[0]

@@ -73,10 +73,34 @@ def test_scratch_parameters_the_kernel_reads_are_refused():
         drop_unused_trailing_params(reads_scratch, "k", 2)
 
 
+def launch_like_tensorrt(video, classes, counts, views: str = "pool", opt_batch: int | None = None):
+    """Run the plugin kernel with the arguments, order and grid TensorRT's AOT launch uses, from torch
+    (CUDA, or CPU under TRITON_INTERPRET=1): the check that the plugin computes MAKA without TensorRT."""
+    import torch
+    import triton
+
+    from apclip.kernels.maka import _capability, choose_blocks
+    from apclip.kernels.maka_trt_plugin import _maka_plugin_kernel, scalar_values
+
+    b, v, t, e = video.shape
+    k, p, _ = classes.shape
+    blocks = choose_blocks(_capability(video.device), opt_batch or b, v, t, k, p, e, video.element_size())
+    scalars = scalar_values(v, t, k, p, e)
+    scalars["B"] = b
+    out = torch.full((b, k), float("nan"), dtype=torch.float32, device=video.device)
+    grid = (triton.cdiv(k, blocks.classes_per_tile), triton.cdiv(b, blocks.block_b))
+    _maka_plugin_kernel[grid](video, classes, counts.to(torch.int32), *scalars.values(), out,
+                              BLOCK_B=blocks.block_b, V_PAD=blocks.v_pad, T_PAD=blocks.t_pad,
+                              GROUPS_PER_VIDEO=1 if views == "pool" else blocks.v_pad,
+                              CLASSES_PER_TILE=blocks.classes_per_tile, BLOCK_N=blocks.block_n,
+                              BLOCK_E=blocks.block_e, E_RAGGED=e % blocks.block_e != 0, DOT_PRECISION="ieee",
+                              num_warps=blocks.num_warps, num_stages=blocks.num_stages)
+    return out
+
+
 @pytest.mark.parametrize("case_args", [(3, 2, 8, 5, 12, 64, "pool"), (2, 4, 3, 37, 36, 16, "mean"),
                                        (1, 1, 8, 9, 1, 48, "pool")])
 def test_plugin_kernel_launched_like_tensorrt_computes_maka(device, case_args):
-    from apclip.kernels.maka_trt_plugin import launch_like_tensorrt
     from apclip.testing.kernel_cases import MAX_REL_L2, Case, make_inputs, reference, relative_l2
 
     case = Case(*case_args)
