@@ -78,7 +78,7 @@ def test_int8_inference_agrees_with_fp32(int8_bundle, demo_assets):
     fp32 = Recognizer.from_bundle(int8_bundle, "auto", labels, use_cache=False)
     int8 = Recognizer.from_bundle(int8_bundle, "auto", labels, precision="int8", use_cache=False)
     assert int8.backend == "ort-cpu-int8" and fp32.backend == "ort-cpu"
-    assert int8.text.file == TEXT_INT8
+    assert int8.text.cache_identity.source == TEXT_INT8
     a, b = fp32.predict(demo_assets["video"]), int8.predict(demo_assets["video"])
     assert a.top[0].label == b.top[0].label
     assert not np.array_equal(a.scores, b.scores)  # the int8 graph did run
