@@ -53,13 +53,15 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
                   scorer: bool = False, progress: bool = True, log: Log = print,
                   profile: str | None = None, scoring: str | None = None, template: str | None = None,
                   precisions: tuple[str, ...] = ("fp32",), patch_ratio: float | None = None,
+                  calibrate: tuple[str, ...] = (), int8_method: str = "auto",
 ) -> ExportResult:
     """Export `ckpt` to a bundle at `out`. Defaults come from the checkpoint, else the paper's
     (export/defaults.py; the choices and where each came from are logged).
 
     profile: preprocessing profile apclip | vificlip | clip; scoring: protocol maka | vificlip;
     template: text of labels without prompt-bank entries ({} marks the label); patch_ratio: interpolate the
-    weights with the original CLIP `base` first (WiSE-FT, Open-VCLIP's patching: old * r + new * (1 - r))."""
+    weights with the original CLIP `base` first (WiSE-FT, Open-VCLIP's patching: old * r + new * (1 - r)).
+    calibrate: int8 calibration videos, folders or @lists (as apclip-infer takes them); int8_method: auto | static | dynamic."""
     from apclip.checkpoint import load_checkpoint
     from apclip.labels import labels_sha256, read_labels
 
@@ -80,6 +82,12 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
     if crops is not None and crops not in CROP_COUNTS:
         raise ExportUsageError(f"--crops {crops}: must be one of {', '.join(map(str, CROP_COUNTS))}")
     precisions = _check_precisions(precisions)
+    from apclip.export.int8.export import METHODS
+
+    if calibrate and "int8" not in precisions:
+        raise ExportError("--calibrate calibrates int8 encoders: add --precision fp32,int8")
+    if int8_method not in METHODS:
+        raise ExportError(f"--int8-method {int8_method}: choose one of {', '.join(METHODS)}")
     if normalize is not None and normalize not in NORMALIZATIONS:
         raise ExportUsageError(f"--normalize {normalize}: choose one of {', '.join(NORMALIZATIONS)}")
     if profile is not None and profile not in PROFILES:
@@ -143,7 +151,8 @@ def export_bundle(ckpt: str | os.PathLike, *, out: str | os.PathLike = "bundle",
     try:
         job = _Job(model, checkpoint, label_list, labels_sha256(label_list), bank, preprocessing,
                    ExportOptions(opset=opset, batch_max=batch_max, verify=verify, scorer=scorer, progress=progress,
-                                 precisions=precisions),
+                                 precisions=precisions, calibrate=tuple(calibrate or ()),
+                                 int8_method=int8_method),
                    log, seconds, choices.scoring, graph=graph)
         result = _build(job, work)
         _replace_dir(work, out)
@@ -164,6 +173,8 @@ class ExportOptions:
     scorer: bool = False  # also write scorer.onnx
     progress: bool = True  # progress bar for the class-matrix compile
     precisions: tuple[str, ...] = ("fp32",)  # "int8" adds vision.int8.onnx / text.int8.onnx (export/int8/export.py)
+    calibrate: tuple[str, ...] = ()  # int8 calibration sources; empty: the generated verification video
+    int8_method: str = "auto"  # auto | static (calibrated QDQ) | dynamic (export/int8/export.py METHODS)
 
 
 def _check_precisions(precisions) -> tuple[str, ...]:
@@ -265,9 +276,17 @@ def _build(job: _Job, work: Path) -> ExportResult:
             raise ExportError("parity verification failed; nothing was kept:\n" + report.table())
     if "int8" in opt.precisions:
         t = time.perf_counter()
+        from apclip.export.int8.calibrate import calibration_set
         from apclip.export.int8.export import add_int8_encoders
 
-        job.int8 = add_int8_encoders(model, work, matrix, video_pixels, verify=opt.verify, log=log, graph=job.graph)
+        texts = [t for row in (matrix.prompt_texts or []) for t in row]
+        from apclip.scoring_protocol import format_template
+
+        texts += [format_template(job.scoring.template, label) for label in labels]
+        calibration = calibration_set(job.preprocessing, opt.calibrate, texts, log=log)
+        job.int8 = add_int8_encoders(model, work, matrix, video_pixels, verify=opt.verify, log=log,
+                                     calibration=calibration, method=opt.int8_method,
+                                     graph=job.graph)
         seconds["int8"] = time.perf_counter() - t
 
     files = {p.name: p.stat().st_size for p in sorted(work.iterdir()) if p.is_file()}

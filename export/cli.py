@@ -50,7 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also export scorer.onnx (the scoring protocol, MAKA or vificlip, in ONNX)")
     p.add_argument("--precision", default="fp32", type=_precision_list,
                    help="encoder precisions to write, comma-separated: fp32 (always) and int8 "
-                        "(vision.int8.onnx, text.int8.onnx; ONNX Runtime dynamic quantization, verified)")
+                        "(vision.int8.onnx, text.int8.onnx; calibrated QDQ int8, gated with float fallback, verified)")
+    p.add_argument("--calibrate", nargs="+", metavar="SOURCE", default=(),
+                   help="int8: calibration videos, folders or @list files, as apclip-infer takes them (a few dozen "
+                        "clips; every 4th is held out for the gate); default: the generated verification video")
+    p.add_argument("--int8-method", choices=("auto", "static", "dynamic"), default="auto",
+                   help="int8: static (explicit QDQ, activation ranges calibrated), dynamic (ranges per batch), or "
+                        "auto (default: static, else dynamic for an encoder whose static graph misses the gate)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                    help="check ONNX Runtime against PyTorch before keeping the bundle (default: on)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
@@ -90,9 +96,13 @@ def check_paths(args: argparse.Namespace) -> None:
             raise ExportError(f"{name} {value} {what} ({flag})")
     from apclip.output_guard import Input
 
+    for source in args.calibrate:  # globs and @lists are expanded (and checked) by the int8 step
+        if not any(c in source for c in "*?[@") and not Path(source).exists():
+            raise ExportError(f"calibration source {source} does not exist (--calibrate)")
+    calibration = [Input("--calibrate", s, "tree") for s in args.calibrate if not any(c in s for c in "*?[@")]
     check_bundle_target(args.out, args.force, inputs=[Input(flag, value) for flag, value in (
         ("--ckpt", args.ckpt), ("--labels", args.labels), ("--prompts", args.prompts), ("--base", args.base),
-        ("--bpe-vocab", args.bpe_vocab))])
+        ("--bpe-vocab", args.bpe_vocab))] + calibration)
 
 
 def _precision_list(value: str) -> tuple[str, ...]:
@@ -142,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         normalize=args.normalize, batch_max=args.batch_max, verify=args.verify, force=args.force,
         scorer=args.scorer, progress=progress_wanted(args.progress), log=_log, profile=args.profile,
         scoring=args.scoring, template=args.template, precisions=args.precision, patch_ratio=args.patch_ratio,
+        calibrate=tuple(args.calibrate), int8_method=args.int8_method,
     )
     print(summary(result, time.perf_counter() - start))
     return EXIT_OK
@@ -178,6 +189,15 @@ def _int8_summary(record: dict | None) -> list[str]:
     report = int8_report(record)
     if report is not None:
         lines += ["int8 parity (ONNX Runtime int8 vs PyTorch fp32):", report.table()]
+    for name, method in (record.get("methods") or {}).items():
+        gate = (record.get("gate") or {}).get(f"{name} ({method})") or {}
+        figures = gate.get("figures") or {}
+        if name not in (record.get("files") or {}).values() or not figures:
+            continue
+        speed = gate["fp32_seconds_per_item"] / max(figures["seconds_per_item"], 1e-9)
+        kept = ", ".join(figures["float_layers"]) or "none"
+        lines.append(f"int8 gate: {name} ({method}): held-out min cosine {figures['min_cosine']:.5f}, top-1 "
+                     f"agreement {figures['top1_agreement']:.1%}; float layers: {kept}; {speed:.2f}x fp32 here")
     for name, reason in record.get("refused", {}).items():
         lines.append(f"int8: {name} NOT written: {reason}")
     return lines

@@ -65,11 +65,14 @@ class VerificationReport:
         return {"ok": self.ok, "checks": [asdict(c) for c in self.checks]}
 
 
-def ort_session(path: Path):
+def ort_session(path: Path, config: dict[str, str] | None = None):
+    """config: ONNX Runtime session config entries (int8: exact integer sums on CPUs without VNNI)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

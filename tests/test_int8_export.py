@@ -55,7 +55,8 @@ def test_int8_files_are_listed_verified_and_hashed(int8_bundle):
     assert record["files"] == {"vision": VISION_INT8, "text": TEXT_INT8}
     assert record["refused"] == {}
     assert record["quantization"]["per_channel"] is True and record["quantization"]["op_types"] == ["MatMul", "Gemm"]
-    assert record["quantized_nodes"][VISION_INT8]  # e.g. {"MatMulInteger": 9}
+    assert record["quantized_nodes"][VISION_INT8]  # e.g. {"MatMul": 13} (QDQ) or {"MatMulInteger": 9} (dynamic)
+    assert record["session_config"] == {"session.x64quantprecision": "1"}  # exact sums without VNNI
     for name in (VISION_INT8, TEXT_INT8):
         report = record["verification"][name]
         assert report["ok"] is True
@@ -77,7 +78,7 @@ def test_int8_inference_agrees_with_fp32(int8_bundle, demo_assets):
     fp32 = Recognizer.from_bundle(int8_bundle, "auto", labels, use_cache=False)
     int8 = Recognizer.from_bundle(int8_bundle, "auto", labels, precision="int8", use_cache=False)
     assert int8.backend == "ort-cpu-int8" and fp32.backend == "ort-cpu"
-    assert int8.text.file == TEXT_INT8
+    assert int8.text.cache_identity.source == TEXT_INT8
     a, b = fp32.predict(demo_assets["video"]), int8.predict(demo_assets["video"])
     assert a.top[0].label == b.top[0].label
     assert not np.array_equal(a.scores, b.scores)  # the int8 graph did run
@@ -141,8 +142,9 @@ def test_gate_refuses_int8_files_below_the_threshold(demo_assets, tmp_path, reus
         Recognizer.from_bundle(result.path, precision="int8")
 
 
-def _corrupt_first_int8_weight(path: Path) -> None:
-    """Flip the sign of the first int8 weight matrix: a quantizer bug the gate must catch."""
+def _corrupt_int8_weights(path: Path) -> None:
+    """Shuffle every int8 weight matrix (a quantizer bug the gate must catch; a sign flip would not do:
+    flipped q/k/v and out_proj weights cancel each other)."""
     import onnx
     from onnx import numpy_helper
 
@@ -150,40 +152,46 @@ def _corrupt_first_int8_weight(path: Path) -> None:
     for init in model.graph.initializer:
         if init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 2:
             values = numpy_helper.to_array(init)
-            init.CopyFrom(numpy_helper.from_array((-values.astype(np.int16)).clip(-127, 127).astype(np.int8),
-                                                  init.name))
-            break
+            shuffled = np.random.default_rng(0).permutation(values.ravel()).reshape(values.shape)
+            init.CopyFrom(numpy_helper.from_array(shuffled, init.name))
     onnx.save(model, str(path))
 
 
 def test_gate_catches_a_corrupt_vision_file_and_keeps_text(demo_assets, tmp_path, reuse_session_onnx, monkeypatch):
-    real = int8_export.quantize_encoder
+    """Every int8 weight of vision flipped (a quantizer bug): no fallback within budget passes, so the
+    gate refuses vision (static and dynamic); text is kept."""
+    def corrupting(real):
+        def quantize(src, dst, *args):
+            counts = real(src, dst, *args)
+            if dst.name == VISION_INT8:  # every vision graph built (plain or smoothed, any fallback)
+                _corrupt_int8_weights(dst)
+            return counts
+        return quantize
 
-    def corrupting(src, dst, settings):
-        counts = real(src, dst, settings)
-        if src.name == VISION_FILE:
-            _corrupt_first_int8_weight(dst)
-        return counts
-
-    monkeypatch.setattr(int8_export, "quantize_encoder", corrupting)
+    monkeypatch.setattr(int8_export, "quantize_encoder", corrupting(int8_export.quantize_encoder))
+    monkeypatch.setattr(int8_export, "quantize_qdq", corrupting(int8_export.quantize_qdq))
     result = export_bundle(demo_assets["checkpoint"], out=tmp_path / "b", labels=demo_assets["labels"],
                            prompts=demo_assets["bank"], precisions=("fp32", "int8"), **QUIET)
     record = result.manifest["precisions"]["int8"]
     assert record["files"] == {"text": TEXT_INT8} and list(record["refused"]) == [VISION_INT8]
     assert (result.path / TEXT_INT8).exists() and not (result.path / VISION_INT8).exists()
-    failed = [c for c in record["verification"][VISION_INT8]["checks"] if not c["ok"]]
-    assert failed and all(c["metric"] in ("min cosine", "same class") for c in failed)
+    assert "misses the gate" in record["refused"][VISION_INT8]
+    for method in ("static", "dynamic"):
+        figures = record["gate"][f"{VISION_INT8} ({method})"]
+        assert figures["ok"] is False and figures["all_int8"]["min_cosine"] < 0.99
 
 
 def test_quantizer_failure_is_reported_not_fatal(demo_assets, tmp_path, reuse_session_onnx, monkeypatch):
-    def broken(src, dst, settings):
+    def broken(src, dst, *args):
         raise RuntimeError("simulated quantizer crash\nsecond line")
 
     monkeypatch.setattr(int8_export, "quantize_encoder", broken)
+    monkeypatch.setattr(int8_export, "quantize_qdq", broken)
     result = export_bundle(demo_assets["checkpoint"], out=tmp_path / "b", labels=demo_assets["labels"],
                            precisions=("fp32", "int8"), **QUIET)
     record = result.manifest["precisions"]["int8"]
-    assert record["refused"][VISION_INT8] == "quantization failed: simulated quantizer crash"
+    assert record["refused"][VISION_INT8] == ("quantization failed: simulated quantizer crash; "
+                                              "quantization failed: simulated quantizer crash")  # static, dynamic
     assert read_manifest(result.path).raw["verification"]["ok"] is True
 
 
@@ -204,6 +212,7 @@ def test_export_summary_prints_the_int8_rows(int8_bundle):
     record = json.loads((int8_bundle / MANIFEST).read_text())["precisions"]["int8"]
     lines = "\n".join(_int8_summary(record))
     assert "int8 parity" in lines and "int8 MAKA top-1, video frames" in lines and "FAILED" not in lines
+    assert f"int8 gate: {VISION_INT8}" in lines and "float layers:" in lines and "x fp32 here" in lines
 
 
 def test_int8_is_a_precision_of_the_ort_constructor(int8_bundle):

@@ -156,6 +156,33 @@ def test_build_plan_per_tensorrt_version():
         build_plan("int8", "10.9.0", modelopt=False)
     int8 = build_plan("int8", "11.4.0", modelopt=True)
     assert int8.strongly_typed and int8.onnx_step == "qdq-int8" and not int8.builder_flags
+    for version, modelopt in (("10.9.0", False), ("11.4.0", True)):  # the export's gated QDQ comes first
+        own = build_plan("int8", version, modelopt=modelopt, bundle_qdq=True)
+        assert own.strongly_typed and own.onnx_step == "bundle-qdq-int8" and not own.builder_flags
+
+
+def test_int8_build_parses_the_bundles_gated_qdq_graph(bundle, fake_trt):
+    """A bundle with the export's static QDQ vision.int8.onnx: TensorRT parses that file, strongly typed,
+    without ModelOpt (fake_trt has none); a dynamic-int8 bundle still needs ModelOpt."""
+    from apclip.bundle import sha256_file
+    from apclip.export.tensorrt.build import BuildRequest, build_engine
+    from apclip.errors import MissingExtraError
+
+    raw = json.loads((bundle / "manifest.json").read_text())
+    shutil.copy(bundle / "vision.onnx", bundle / "vision.int8.onnx")  # stands in for the QDQ file
+    raw["files"]["vision.int8.onnx"] = {"sha256": sha256_file(bundle / "vision.int8.onnx"),
+                                        "bytes": (bundle / "vision.int8.onnx").stat().st_size}
+    raw["precisions"]["int8"] = {"files": {"vision": "vision.int8.onnx"}, "methods": {"vision.int8.onnx": "dynamic"}}
+    (bundle / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(MissingExtraError, match="nvidia-modelopt"):
+        build_engine(BuildRequest(bundle, precision="int8"), log=lambda m: None)
+    raw["precisions"]["int8"]["methods"]["vision.int8.onnx"] = "static"
+    (bundle / "manifest.json").write_text(json.dumps(raw))
+    messages: list[str] = []
+    build_engine(BuildRequest(bundle, precision="int8", calibration=("clip.mp4",)), log=messages.append)
+    (build,) = fake_tensorrt.Builder.builds
+    assert build["onnx"] == str(bundle / "vision.int8.onnx") and build["strongly_typed"] and not build["flags"]
+    assert any("bundle's gated QDQ" in m for m in messages) and any("--calibration ignored" in m for m in messages)
 
 
 @pytest.fixture()

@@ -59,10 +59,13 @@ class OrtRunner:
     """An ONNX Runtime session on one file with one input and the `embeddings` output."""
 
     def __init__(self, path: Path, input_name: str, *, cuda: bool = False, threads: int | None = None,
-                 batch_size: int = 32, identity: EncoderIdentity | None = None):
+                 batch_size: int = 32, identity: EncoderIdentity | None = None,
+                 session_config: dict[str, str] | None = None):
         ort = require("onnxruntime", "cpu", "the ONNX Runtime backend")
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        for key, value in (session_config or {}).items():  # e.g. int8's exact sums without VNNI
+            options.add_session_config_entry(key, value)
         if threads:
             options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -158,7 +161,7 @@ def checkpoint_identity(manifest: Manifest, checkpoint: str | os.PathLike, runne
 
 def ort_runners(manifest: Manifest, *, cuda: bool, threads: int | None, batch_size: int, precision: str = "fp32"):
     """(vision, text) runners; precision "int8" loads the bundle's int8 files (engine/runners/precision.py)."""
-    from apclip.engine.runners.precision import check_precision, encoder_files, file_precision, text_runner
+    from apclip.engine.runners.precision import check_precision, encoder_files, file_precision, session_config, text_runner
 
     from apclip.engine.runners.clip_level import clip_batch, frame_interface
 
@@ -167,14 +170,17 @@ def ort_runners(manifest: Manifest, *, cuda: bool, threads: int | None, batch_si
     threads = _default_threads(threads)
     batch_size = graph_batch_max(manifest, "vision", clip_batch(manifest, batch_size))
     device = "ort-cuda" if cuda else "ort-cpu"
+    config = session_config(manifest, precision)  # int8: the options the export gated it with
     vision = OrtRunner(manifest.file(vision_file), VISION_INPUT, cuda=cuda, threads=threads, batch_size=batch_size,
-                       identity=file_identity(manifest, vision_file, device, precision))
+                       identity=file_identity(manifest, vision_file, device, precision),
+                       session_config=config)
     if precision != "fp32":
         vision.name = f"{vision.name}-{precision}"
     vision = frame_interface(manifest, vision)  # clip-level graphs: whole clips of T frames per input
     # text.int8.onnx may have been refused at export: the text identity is that of the file it runs
     identity = file_identity(manifest, text_file, device, file_precision(text_file))
-    text = LazyRunner(lambda: text_runner(manifest, text_file, cuda=cuda, threads=threads, identity=identity),
+    text = LazyRunner(lambda: text_runner(manifest, text_file, cuda=cuda, threads=threads, identity=identity,
+                                          session_config=config),
                       vision.name, TEXT_BATCH, identity)
     return vision, text
 

@@ -43,16 +43,25 @@ def encoder_files(manifest: Manifest, precision: str) -> tuple[str, str]:
     return INT8_FILES[VISION_FILE], text
 
 
+def session_config(manifest: Manifest, precision: str) -> dict[str, str]:
+    """ONNX Runtime session options the export gated the int8 files with (`precisions.int8.session_config`,
+    e.g. exact integer sums on CPUs without VNNI); the int8 files must run with them to give its figures."""
+    if precision == "fp32":
+        return {}
+    record = ((manifest.raw.get("precisions") or {}).get(precision) or {})
+    return {str(k): str(v) for k, v in (record.get("session_config") or {}).items()}
+
+
 def file_precision(file: str) -> str:
     """The precision of a bundle encoder file (int8 for the quantized copies, else fp32)."""
     return "int8" if file in INT8_FILES.values() else "fp32"
 
 
 def text_runner(manifest: Manifest, file: str, *, cuda: bool, threads: int | None, batch_size: int = TEXT_BATCH,
-                identity: EncoderIdentity | None = None):
+                identity: EncoderIdentity | None = None, session_config: dict[str, str] | None = None):
     """OrtRunner on `file`, wrapped to cut batches after their last EOT when its token axis is dynamic
     (bundles exported before the dynamic axis keep their fixed [M, 77] input)."""
     runner = OrtRunner(manifest.file(file), TEXT_INPUT, cuda=cuda, threads=threads, batch_size=batch_size,
-                       identity=identity)
+                       identity=identity, session_config=session_config)
     shape = runner.session.get_inputs()[0].shape
     return TrimmedTextRunner(runner) if token_axis_is_dynamic(manifest, shape) else runner

@@ -33,7 +33,8 @@ def _cosine_checks(name: str, ref: np.ndarray, got: np.ndarray, min_cosine: floa
 
 @torch.inference_mode()
 def verify_int8_vision(model: CLIP, path: Path, matrix: ClassMatrix, video_pixels: np.ndarray | None, *,
-                       min_cosine: float | None = None, seed: int = 0, graph=None) -> VerificationReport:
+                       min_cosine: float | None = None, seed: int = 0, graph=None,
+                       session_config: dict | None = None) -> VerificationReport:
     """graph: the bundle's apclip.bundle.VisionGraph (default per-frame); clip-level graphs get whole clips."""
     from apclip.bundle import VisionGraph
 
@@ -43,7 +44,7 @@ def verify_int8_vision(model: CLIP, path: Path, matrix: ClassMatrix, video_pixel
     min_cosine = INT8_MIN_COSINE if min_cosine is None else min_cosine
     rng = np.random.default_rng(seed)
     r = model.config.image_resolution
-    session = ort_session(path)
+    session = ort_session(path, session_config)
     reference = reference_embedder(model, graph)
 
     def encode(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # (reference, int8) [rows, E]
@@ -67,7 +68,8 @@ def verify_int8_vision(model: CLIP, path: Path, matrix: ClassMatrix, video_pixel
 
 @torch.inference_mode()
 def verify_int8_text(model: CLIP, path: Path, matrix: ClassMatrix, *, trim: bool,
-                     min_cosine: float | None = None, seed: int = 0) -> VerificationReport:
+                     min_cosine: float | None = None, seed: int = 0,
+                     session_config: dict | None = None) -> VerificationReport:
     from apclip.tokenizer import get_tokenizer
 
     from apclip.engine.runners.text_trim import trim_to_last_eot
@@ -81,5 +83,5 @@ def verify_int8_text(model: CLIP, path: Path, matrix: ClassMatrix, *, trim: bool
     tokens = get_tokenizer().tokenize([texts[i] for i in picks])
     ref = TextEmbedder(model).eval()(torch.from_numpy(tokens)).numpy()
     feed = trim_to_last_eot(tokens) if trim else tokens
-    got = ort_session(path).run([EMBEDDINGS_OUTPUT], {TEXT_INPUT: feed})[0]
+    got = ort_session(path, session_config).run([EMBEDDINGS_OUTPUT], {TEXT_INPUT: feed})[0]
     return VerificationReport(_cosine_checks("int8 text, class prompts", ref, got, min_cosine))

@@ -8,9 +8,11 @@ Precision (TensorRT 10.12 deprecated weak typing and 11.x removed BuilderFlag.FP
   with LayerNormalization and the final L2 normalisation (ReduceSum, Sqrt) kept fp32. Without
   ModelOpt, TensorRT 10.x builds weakly typed with BuilderFlag.FP16 and those layers pinned to fp32
   (OBEY_PRECISION_CONSTRAINTS); TensorRT 11 refuses and asks for ModelOpt.
-- int8: explicit quantization only: a QDQ ONNX from ModelOpt's ONNX quantizer, calibrated on clips the
-  user passes (.npy of [N, 3, R, R] pixels, or videos) or on the bundle's generated verification
-  video; the implicit calibrator (deprecated since TensorRT 10.1) is never used.
+- int8: explicit quantization only. A bundle exported with `--precision fp32,int8` whose vision int8
+  graph is the gated static QDQ one (export/int8/, symmetric int8, the gate's float layers kept) is
+  parsed as it is; otherwise a QDQ ONNX from ModelOpt's ONNX quantizer, calibrated on clips the user
+  passes (.npy of [N, 3, R, R] pixels, or videos) or on the bundle's generated verification video.
+  The implicit calibrator (deprecated since TensorRT 10.1) is never used.
 The optimization profile spans the batch range the manifest records; the timing cache lives beside
 the engine and is reused by the next build on the same GPU and TensorRT version.
 """
@@ -51,15 +53,19 @@ class EngineBuildError(ApclipError):
 @dataclass(frozen=True)
 class BuildPlan:
     strongly_typed: bool
-    onnx_step: str | None  # "autocast-fp16" | "qdq-int8" | None (parse the bundle's fp32 ONNX as is)
+    onnx_step: str | None  # "autocast-fp16" | "qdq-int8" | "bundle-qdq-int8" | None (the bundle's fp32 ONNX as is)
     builder_flags: tuple[str, ...]  # trt.BuilderFlag names (weakly typed TensorRT 10 only)
     fp32_layers: tuple[str, ...]  # trt.LayerType names pinned to fp32 (weakly typed only)
     note: str  # one line for the log and the manifest
 
 
-def build_plan(precision: str, tensorrt_version: str, modelopt: bool) -> BuildPlan:
-    """How an engine of `precision` is built with this TensorRT, with or without ModelOpt installed."""
+def build_plan(precision: str, tensorrt_version: str, modelopt: bool, bundle_qdq: bool = False) -> BuildPlan:
+    """How an engine of `precision` is built with this TensorRT, with or without ModelOpt installed;
+    bundle_qdq: the bundle holds a gated static QDQ vision.int8.onnx (gated_qdq_vision)."""
     major = int(tensorrt_version.split(".")[0])
+    if precision == "int8" and bundle_qdq:
+        return BuildPlan(True, "bundle-qdq-int8", (), (), "strongly typed, the bundle's gated QDQ vision.int8.onnx "
+                                                          "(explicit int8; the export's float layers stay float)")
     if precision == "int8":
         if not modelopt:
             raise MissingExtraError("int8 engines use explicit quantization (QDQ ONNX from NVIDIA ModelOpt; the "
@@ -135,7 +141,10 @@ def build_engine(request: BuildRequest, log: Log = print) -> Path:
         log(f"{decision.reason}: kept")
         return decision.path
     log(f"building {decision.path.name}: {'--force' if decision.use else decision.reason}")
-    plan = build_plan(request.precision, trt.__version__, _modelopt_available())
+    plan = build_plan(request.precision, trt.__version__, _modelopt_available(),
+                      bundle_qdq=request.graph != "text" and gated_qdq_vision(manifest))
+    if plan.onnx_step == "bundle-qdq-int8" and request.calibration:
+        log("--calibration ignored: the bundle's int8 graph was calibrated and gated at export")
     log(f"plan: {plan.note}; profile batch {profile.min_batch}/{profile.opt_batch}/{profile.max_batch}")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="apclip-trt-") as tmp:
@@ -161,6 +170,16 @@ def build_engine(request: BuildRequest, log: Log = print) -> Path:
     return decision.path
 
 
+def gated_qdq_vision(manifest: Manifest) -> bool:
+    """The bundle ships a vision.int8.onnx made by the export's static QDQ quantizer (ORT's dynamic int8
+    uses ONNX Runtime's own operators, which TensorRT cannot parse)."""
+    from apclip.bundle import INT8_FILES, VISION_FILE
+
+    name = INT8_FILES[VISION_FILE]
+    record = (manifest.raw.get("precisions") or {}).get("int8") or {}
+    return manifest.has(name) and (record.get("methods") or {}).get(name) == "static"
+
+
 def _modelopt_available() -> bool:
     import importlib.util
 
@@ -172,6 +191,10 @@ def prepare_onnx(manifest: Manifest, request: BuildRequest, plan: BuildPlan, wor
     source = manifest.file(GRAPHS[request.graph.split("+")[0]])
     if plan.onnx_step is None:
         return source
+    if plan.onnx_step == "bundle-qdq-int8":
+        from apclip.bundle import INT8_FILES, VISION_FILE
+
+        return manifest.file(INT8_FILES[VISION_FILE])
     import onnx
 
     out = work / f"{source.stem}.{plan.onnx_step}.onnx"
