@@ -59,7 +59,8 @@ class BundleError(ApclipError):
 
 
 VISION_LEVELS = ("frame", "clip")  # frame: each frame alone; clip: a whole clip of T frames per graph input
-VISION_OUTPUTS = ("frames", "video")  # one embedding per frame, or one per clip
+# one embedding per frame, one per clip, or (X-CLIP) one per clip followed by its L visual tokens [B, 1 + L, E]
+VISION_OUTPUTS = ("frames", "video", "tokens")
 
 
 @dataclass(frozen=True)

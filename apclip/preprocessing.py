@@ -7,6 +7,8 @@ bundle sees the pixels the code that trained its checkpoint saw (apclip.engine.v
   vificlip  ViFi-CLIP / X-CLIP test pipeline (mmaction Resize + CenterCrop, or ThreeCrop when crops=3),
             ImageNet normalisation on 0-255 RGB; crops 1 or 3.
   clip      OpenAI CLIP's `_transform` (PIL bicubic short side R + CenterCrop R), CLIP normalisation; crops 1.
+  xclip     XCLIPProcessor's VideoMAEImageProcessor (PIL bilinear short side R, centre crop R with floor
+            offsets, ImageNet mean/std = imagenet255 on 0-255 values); crops 1.
   apclip    what bundles made before profiles did (short side R, INTER_AREA / INTER_CUBIC, crops along the
             long side), any normalisation; a manifest without a profile means this one.
 """
@@ -19,13 +21,13 @@ from typing import Any
 from apclip.config import (CROP_COUNTS, DEFAULT_CLIPS, DEFAULT_CROPS, DEFAULT_FRAMES, NORMALIZATIONS, ModelConfig,
                      Normalization, normalization)
 
-PROFILES = ("apclip", "vificlip", "clip")
+PROFILES = ("apclip", "vificlip", "clip", "xclip")
 LEGACY_PROFILE = "apclip"  # what a manifest or checkpoint without a profile means
 # The normalisation each profile implies (apclip: the default; it accepts any).
-PROFILE_NORMALIZATION = {"apclip": "clip", "vificlip": "imagenet255", "clip": "clip"}
+PROFILE_NORMALIZATION = {"apclip": "clip", "vificlip": "imagenet255", "clip": "clip", "xclip": "imagenet255"}
 # Spatial crops each profile can reproduce: ViFi-CLIP takes one centre crop, or mmaction's ThreeCrop
 # when TEST.NUM_CROP == 3; OpenAI's transform takes one centre crop.
-PROFILE_CROPS = {"apclip": CROP_COUNTS, "vificlip": (1, 3), "clip": (1,)}
+PROFILE_CROPS = {"apclip": CROP_COUNTS, "vificlip": (1, 3), "clip": (1,), "xclip": (1,)}
 
 
 def vificlip_crops(num_crop: int) -> int:

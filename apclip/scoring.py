@@ -109,11 +109,12 @@ def class_probabilities(scores: np.ndarray, protocol: str, logit_scale: float | 
     """[K] scores -> [K] probabilities over the label set: the model's own reading of its scores.
 
     maka: softmax(logit_scale x score), as CLIP turns cosines into class probabilities; vificlip: the
-    score already sums one softmax per view, so it is divided by that sum (the mean over views).
+    score already sums one softmax per view, so it is divided by that sum (the mean over views); xclip:
+    the score is already the mean of the views' probabilities (the division leaves it as it is).
     MAKA scores are similarities, not probabilities: 0.27 vs 0.25 can mean 60% vs 10%.
     """
     s = np.asarray(scores, dtype=np.float64)
-    if protocol == "vificlip":
+    if protocol in ("vificlip", "xclip"):  # xclip: already the mean of per-view probabilities
         total = s.sum()
         return s / total if total > 0 else np.full_like(s, 1.0 / max(len(s), 1))
     logits = float(logit_scale or DEFAULT_LOGIT_SCALE) * s

@@ -10,6 +10,9 @@
               prompt embeddings averaged and normalised, cosine with the mean of all (normalised) frame or
               video embeddings of all views, normalised (apclip.scoring.mean_pool_score). Within one view it
               ranks as Open-VCLIP's test does (logit_scale x mean over frames of per-frame cosines).
+    xclip     X-CLIP (transformers XCLIPModel.forward): per view, the prompt generator shifts each class's raw
+              text embedding by the view's visual tokens, then softmax(logit_scale x cosine with the video
+              embedding); probabilities averaged over views (apclip.engine.scoring.xclip_scorer).
 
 The template is the text of a class without prompt-bank descriptions: "{}" or "{label}" marks the label.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-PROTOCOLS = ("maka", "vificlip", "ensemble")
+PROTOCOLS = ("maka", "vificlip", "ensemble", "xclip")
 DEFAULT_PROTOCOL = "maka"
 DEFAULT_TEMPLATE = "a video of {label}."  # the paper's prefix, alone when a label has no descriptions
 _PLACEHOLDERS = ("{label}", "{}")
@@ -55,8 +58,8 @@ class Scoring:
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"unknown scoring protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-        if self.protocol == "vificlip" and not (self.logit_scale and self.logit_scale > 0):
-            raise ValueError("the vificlip scoring protocol needs the checkpoint's logit_scale (> 0)")
+        if self.protocol in ("vificlip", "xclip") and not (self.logit_scale and self.logit_scale > 0):
+            raise ValueError(f"the {self.protocol} scoring protocol needs the checkpoint's logit_scale (> 0)")
         check_template(self.template)
 
     def to_dict(self) -> dict[str, Any]:

@@ -170,6 +170,9 @@ class Recognizer:
 
         if self.scoring.protocol == "vificlip":
             return self._explain_views(emb, clip, list(classes))
+        if self.scoring.protocol == "xclip":  # rows are a video embedding + visual tokens, not frames to match
+            scores = self.score(emb)
+            return [Explanation(self.labels[k], float(scores[k]), []) for k in classes]
         if not self.manifest.vision_normalized:
             emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
         frames = clip.frame_indices.reshape(-1)  # [V, T] -> [V*T]

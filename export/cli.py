@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export an AP-CLIP / ViFi-CLIP / CLIP checkpoint to a verified ONNX bundle "
                     "(vision.onnx, text.onnx, classes.safetensors, manifest.json).")
     p.add_argument("--ckpt", required=True, help="checkpoint: best.pt (apclip), ViFi-CLIP, Open-VCLIP/FROSTER "
-                                                 "(swa_*.pth) or OpenAI CLIP")
+                                                 "(swa_*.pth), OpenAI CLIP, or an X-CLIP transformers folder "
+                                                 "(config.json + model.safetensors)")
     p.add_argument("--labels", help="labels file (one per line, or CSV id,name); default: the checkpoint's")
     p.add_argument("--prompts", help="prompt bank JSON from apclip-prompts; labels without an entry use "
                                      "'a video of {label}.'")
@@ -80,7 +81,10 @@ def check_paths(args: argparse.Namespace) -> None:
     from apclip.export.errors import ExportError
     from apclip.export.output_target import check_bundle_target
 
-    for flag, name, value in (("--ckpt", "checkpoint", args.ckpt), ("--labels", "labels file", args.labels),
+    from apclip.export.xclip import is_xclip_folder
+
+    ckpt = None if is_xclip_folder(args.ckpt) else args.ckpt  # X-CLIP: a transformers model folder
+    for flag, name, value in (("--ckpt", "checkpoint", ckpt), ("--labels", "labels file", args.labels),
                               ("--prompts", "prompt bank", args.prompts), ("--base", "base CLIP file", args.base),
                               ("--bpe-vocab", "BPE vocabulary", args.bpe_vocab)):
         if flag == "--labels" and value is not None:
@@ -124,11 +128,24 @@ def run(args: argparse.Namespace) -> int:
     if args.verify:
         require("onnxruntime", "cpu", "export verification (or pass --no-verify)")
     from apclip.export.api import export_bundle
+    from apclip.export.xclip import is_xclip_folder
 
     if args.bpe_vocab:
         from apclip.tokenizer import use_vocab
 
         use_vocab(args.bpe_vocab)
+    if is_xclip_folder(args.ckpt):
+        require("transformers", "test", "X-CLIP export")
+        from apclip.export.xclip_bundle import export_xclip_bundle
+
+        from apclip.labels import resolve_labels
+
+        labels = str(resolve_labels(args.labels)) if args.labels else None  # `--labels k400`: a shipped set
+        out = export_xclip_bundle(args.ckpt, out=args.out, labels=labels, frames=args.frames,
+                                  clips=args.clips, opset=args.opset, force=args.force, verify=args.verify,
+                                  log=_log)
+        print(f"wrote X-CLIP bundle {out} (scoring protocol xclip) in {time.perf_counter() - start:.1f}s")
+        return EXIT_OK
     result = export_bundle(
         args.ckpt, out=args.out, labels=args.labels, prompts=args.prompts, base=args.base,
         opset=args.opset, frames=args.frames, clips=args.clips, crops=args.crops,

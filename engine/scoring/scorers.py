@@ -152,6 +152,13 @@ def make_scorer(name: str, manifest: Manifest) -> Scorer:
         if name == "triton":
             raise BackendUnavailable(f"the triton scorer computes MAKA; bundle {manifest.path} scores with the "
                                      f"vificlip protocol: use --scorer numpy or onnx")
+    if scoring.protocol == "xclip":
+        if name in ("auto", "numpy"):
+            from apclip.engine.scoring.xclip_scorer import XclipScorer
+
+            return XclipScorer(manifest)
+        raise BackendUnavailable(f"bundle {manifest.path} scores with the xclip protocol (its prompt generator "
+                                 f"runs per video): use --scorer numpy")
     if scoring.protocol == "ensemble":
         if name in ("auto", "numpy"):
             return EnsembleScorer()

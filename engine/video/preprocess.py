@@ -90,7 +90,7 @@ def torchvision_resized_size(height: int, width: int, short_side: int) -> tuple[
     return short_side, int(short_side * width / height)
 
 
-def resize_pil_bicubic(image: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_pil_bicubic(image: np.ndarray, height: int, width: int, resample: str = "bicubic") -> np.ndarray:
     """[H, W, 3] uint8 -> [height, width, 3] uint8 with PIL's antialiased bicubic filter (CLIP's resize).
 
     Channels are resampled independently, so the BGR order can stay as it is."""
@@ -98,7 +98,8 @@ def resize_pil_bicubic(image: np.ndarray, height: int, width: int) -> np.ndarray
 
     if image.shape[:2] == (height, width):
         return image  # PIL returns an unchanged copy for the same size
-    resized = Image.fromarray(np.ascontiguousarray(image)).resize((width, height), Image.BICUBIC)
+    filter_ = Image.BILINEAR if resample == "bilinear" else Image.BICUBIC  # bilinear: X-CLIP's processor
+    resized = Image.fromarray(np.ascontiguousarray(image)).resize((width, height), filter_)
     return np.asarray(resized)
 
 
@@ -111,6 +112,8 @@ def resize_frame(image: np.ndarray, spec: Preprocessing) -> np.ndarray:
         return cv2.resize(image, (new_width, new_height), interpolation=cv2.INTER_LINEAR)  # mmcv's 'bilinear'
     if spec.profile == "clip":
         return resize_pil_bicubic(image, *torchvision_resized_size(height, width, r))
+    if spec.profile == "xclip":  # transformers' resize: shortest_edge, long side truncated, PIL bilinear
+        return resize_pil_bicubic(image, *torchvision_resized_size(height, width, r), resample="bilinear")
     return resize_short_side(image, r)
 
 
@@ -126,6 +129,8 @@ def crop_boxes(height: int, width: int, size: int, crops: int, profile: str = "a
                 return [(0, 0), (2 * step, 0), (step, 0)]
             raise ValueError(f"ThreeCrop needs a frame with one side {size}, got {height}x{width}")
         return [((height - size) // 2, (width - size) // 2)]  # mmaction CenterCrop
+    if profile == "xclip":  # transformers' center_crop: floor offsets
+        return [((height - size) // 2, (width - size) // 2)]
     if profile == "clip":
         return [(int(round((height - size) / 2.0)), int(round((width - size) / 2.0)))]  # torchvision CenterCrop
     return crop_offsets(height, width, size, crops)
