@@ -124,8 +124,10 @@ print(json.dumps({"apclip": apclip.__file__, "engine": apclip.engine.__file__}))
 # The torch side of the runtime packages: the reference model, checkpoint reading, the Triton kernel
 # itself and the torch-made kernel cases. Everything else in apclip, apclip.engine and apclip.kernels
 # must import without torch.
+# The torch side of the core: the reference model and what loads or patches checkpoints for it.
 TORCH_MODULES = {"apclip.model", "apclip.checkpoint", "apclip.safe_pickle", "apclip.kernels.maka",
-                 "apclip.kernels.maka_trt_plugin", "apclip.testing.kernel_cases"}
+                 "apclip.kernels.maka_trt_plugin", "apclip.testing.kernel_cases",
+                 "apclip.patching", "apclip.pyslowfast", "apclip.temporal_vit"}
 HEAVY = ("torch", "triton", "onnx", "onnxruntime")
 
 WALK_MODULES = BLOCK_TORCH + """
