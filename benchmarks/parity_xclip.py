@@ -108,8 +108,14 @@ def run_xclip_parity(manifest, bundle: str | Path, checkpoint: str | Path, video
                 setattr(row, key, value)
             row.ms_per_clip = float(np.median(ms_got))
             judge(row, thresholds["fp32"])
+    # Not refused on a different sha256 (a re-saved folder is the same model): the note says so, the rows judge.
+    from apclip.bundle import sha256_file
+
+    recorded = (manifest.raw.get("checkpoint") or {}).get("sha256")
+    differs = f"; its sha256 is not the {recorded[:12]}... the bundle records" if (
+        recorded and sha256_file(weights) != recorded) else ""
     reference_row = ParityRow("transformers:fp32", "reference", "fp32", "reference",
-                              f"the reference (XCLIPModel from {Path(checkpoint).name}/{weights.name})",
+                              f"the reference (XCLIPModel from {Path(checkpoint).name}/{weights.name}){differs}",
                               file_bytes=weights.stat().st_size, ms_per_clip=float(np.median(ms_ref)) if ms_ref else None)
     return ParityReport(str(bundle), str(checkpoint), reference_row.contender, [str(v) for v in videos],
                         [reference_row, *rows.values()], record(load_before))

@@ -252,6 +252,7 @@ def test_xclip_bench_parity_passes_against_xclipmodel(xclip_bundle, xclip_folder
     report = json.loads(out_json.read_text(encoding="utf-8"))
     rows = {r["contender"]: r for r in report["rows"]}
     assert report["passed"] and report["reference"] == "transformers:fp32"
+    assert "sha256" not in rows["transformers:fp32"]["reason"]  # the folder the bundle was exported from
     ort = rows["ort:fp32"]
     assert ort["status"] == "pass" and ort["top1_agreement"] == 1.0
     assert ort["score_diff_max"] <= 1e-4 and ort["cosine_min"] >= 0.99999
@@ -270,3 +271,4 @@ def test_xclip_bench_parity_fails_against_another_model(xclip_bundle, tmp_path):
     row = {r.contender: r for r in report.rows}["ort:fp32"]
     assert row.status == "fail" and report.failed == [row]
     assert row.cosine_min < 0.99999 and "cosine" in row.reason
+    assert "sha256 is not" in report.rows[0].reason  # the reference row says the folder is not the exported one
