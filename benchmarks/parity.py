@@ -189,6 +189,11 @@ def run_parity(bundle: str | Path, checkpoint: str | Path, videos: Sequence[Path
     load_before = list(os.getloadavg())
     thresholds = thresholds or DEFAULT_THRESHOLDS
     manifest = read_manifest(bundle)  # every file checked against its sha256
+    from apclip.benchmarks.parity_xclip import is_xclip_bundle, run_xclip_parity
+
+    if is_xclip_bundle(manifest):  # reference: transformers' XCLIPModel, contender: the ORT Recognizer
+        return run_xclip_parity(manifest, bundle, checkpoint, videos, backends=backends, thresholds=thresholds,
+                                log=log)
     chosen = select(backends)  # the reference itself only when named
     ctx = BuildContext(manifest, checkpoint, base, threads, batch_size)
     # The reference: the checkpoint's sha256 must be the one the bundle records (as --backend torch checks).

@@ -17,10 +17,10 @@ R, T = 32, 8
 LABELS = ["playing guitar", "riding a bike", "cooking pasta", "swimming"]
 
 
-def _tiny_model():
+def _tiny_model(seed: int = 0):
     from transformers import XCLIPConfig, XCLIPModel
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     text = dict(vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                 max_position_embeddings=77)
     vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=R,
@@ -220,3 +220,55 @@ def test_xclip_predicts_a_video_with_new_labels(xclip_bundle, tmp_path):
     assert set(scores) == {"dancing", "cooking pasta"} and sum(scores.values()) == pytest.approx(1.0, abs=1e-5)
     assert all(s.probability == pytest.approx(s.score, abs=1e-6) for s in pred.top)  # not softmaxed twice
     assert [e.label for e in pred.explanations] and all(e.frames == [] for e in pred.explanations)
+
+
+def _videos(folder: Path, count: int = 2) -> list[Path]:
+    cv2 = pytest.importorskip("cv2")
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for number in range(count):
+        video = folder / f"v{number}.mp4"
+        writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 25, (64, 48))
+        rng = np.random.default_rng(10 + number)
+        for _ in range(30):
+            writer.write(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+        writer.release()
+        out.append(video)
+    return out
+
+
+def test_xclip_bench_parity_passes_against_xclipmodel(xclip_bundle, xclip_folder, tmp_path, capsys):
+    """apclip-bench parity on an X-CLIP bundle: ort:fp32 against transformers' XCLIPModel, exit 0."""
+    from apclip.benchmarks.cli import main
+
+    videos = _videos(tmp_path / "videos")
+    listing = tmp_path / "videos.txt"
+    listing.write_text("\n".join(map(str, videos)) + "\n", encoding="utf-8")
+    out_json = tmp_path / "parity.json"
+    code = main(["parity", str(xclip_bundle), "--ckpt", str(xclip_folder), "--backends", "ort,trt",
+                 "--videos", str(listing), "--json", str(out_json), "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    report = json.loads(out_json.read_text(encoding="utf-8"))
+    rows = {r["contender"]: r for r in report["rows"]}
+    assert report["passed"] and report["reference"] == "transformers:fp32"
+    assert "sha256" not in rows["transformers:fp32"]["reason"]  # the folder the bundle was exported from
+    ort = rows["ort:fp32"]
+    assert ort["status"] == "pass" and ort["top1_agreement"] == 1.0
+    assert ort["score_diff_max"] <= 1e-4 and ort["cosine_min"] >= 0.99999
+    for name in ("ort:int8", "trt:fp16"):
+        assert rows[name]["status"] == "unavailable" and "not supported for X-CLIP" in rows[name]["reason"]
+    assert "ort:fp32" in printed and "PASS" in printed
+
+
+def test_xclip_bench_parity_fails_against_another_model(xclip_bundle, tmp_path):
+    """The same bundle against a different random XCLIPModel folder: the row fails (the check can fail)."""
+    from apclip.benchmarks.parity import run_parity
+
+    other = tmp_path / "other"
+    _tiny_model(seed=1).save_pretrained(other)
+    report = run_parity(xclip_bundle, other, _videos(tmp_path / "videos"), backends="ort:fp32")
+    row = {r.contender: r for r in report.rows}["ort:fp32"]
+    assert row.status == "fail" and report.failed == [row]
+    assert row.cosine_min < 0.99999 and "cosine" in row.reason
+    assert "sha256 is not" in report.rows[0].reason  # the reference row says the folder is not the exported one
