@@ -117,8 +117,11 @@ def check_output_paths(args: argparse.Namespace) -> None:
     outputs = [Output("--json", getattr(args, "json_out", None)), Output("--plot", getattr(args, "plot", None))]
     if getattr(args, "workdir", None) and not getattr(args, "videos", None) and not getattr(args, "video", None):
         outputs.append(Output("--workdir", args.workdir, "into"))  # generated videos are written there
-    inputs = [Input("BUNDLE", getattr(args, "bundle", None), "tree"), Input("--ckpt", getattr(args, "ckpt", None)),
-              Input("--base", getattr(args, "base", None)), Input("--video", getattr(args, "video", None))]
+    bundles = getattr(args, "bundle", None)
+    bundles = bundles if isinstance(bundles, list) else [bundles]  # `stream --bundle` repeats
+    inputs = [Input("BUNDLE", b, "tree") for b in bundles]
+    inputs += [Input("--ckpt", getattr(args, "ckpt", None)), Input("--base", getattr(args, "base", None)),
+               Input("--video", getattr(args, "video", None))]
     videos = getattr(args, "videos", None)
     if videos:
         inputs.append(Input("--videos", videos, "folder" if Path(videos).is_dir() else "file"))

@@ -133,12 +133,12 @@ def test_missing_openai_names_the_extra(monkeypatch, tmp_path, capsys):
 
     monkeypatch.setitem(sys.modules, "openai", None)  # as if not installed
     monkeypatch.setenv("OPENAI_API_KEY", "test-dummy-key")
-    with pytest.raises(MissingExtraError, match=r'pip install "apclip\[llm\]"'):
+    with pytest.raises(MissingExtraError, match=r'pip install -c constraints.txt -e "\.\[llm\]"'):
         ChatClient(LLMSettings(), "test-key")
     (tmp_path / "labels.txt").write_text("archery\n", encoding="utf-8")
     # exit 2: a missing optional package, like a usage error (the same for every command)
     assert main(["generate", "--labels", str(tmp_path / "labels.txt"), "--out", str(tmp_path / "b.json")]) == 2
-    assert 'apclip[llm]' in capsys.readouterr().err
+    assert '-e ".[llm]"' in capsys.readouterr().err
 
 
 def test_run_bounded_limits_concurrency_and_returns_every_result():
