@@ -11,16 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from apclip.train.config import TrainConfig, preset_values  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_intra_op_thread():
-    """The tiny model's matmuls are too small to share: one thread is as fast idle and many times faster
-    on a loaded machine (spinning OpenMP threads wait for descheduled ones)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from train_helpers import one_intra_op_thread  # noqa: E402,F401  (autouse: one torch thread)
 
 
 @pytest.fixture(scope="module")
