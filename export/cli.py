@@ -54,9 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", nargs="+", metavar="SOURCE", default=(),
                    help="int8: calibration videos, folders or @list files, as apclip-infer takes them (a few dozen "
                         "clips; every 4th is held out for the gate); default: the generated verification video")
-    p.add_argument("--int8-method", choices=("auto", "static", "dynamic"), default="auto",
-                   help="int8: static (explicit QDQ, activation ranges calibrated), dynamic (ranges per batch), or "
-                        "auto (default: static, else dynamic for an encoder whose static graph misses the gate)")
+    p.add_argument("--int8-method", choices=("auto", "static", "dynamic", "split"), default="auto",
+                   help="int8: static (explicit QDQ, activation ranges calibrated), dynamic (ranges per batch), split "
+                        "(outlier channels in float, SmoothQuant on the rest, dynamic int8), or auto (default: the "
+                        "first of static, dynamic, split that passes the gate all-int8, else float fallback)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                    help="check ONNX Runtime against PyTorch before keeping the bundle (default: on)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")

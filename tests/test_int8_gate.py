@@ -142,19 +142,20 @@ def _prompt_texts(manifest) -> list[str]:
 
 
 def test_gate_refuses_a_model_with_outliers_everywhere(demo_assets, calibration_videos, tmp_path):
-    """Outlier channels in every block of both towers: neither int8 method passes within the float budget,
-    so neither int8 file ships, the reason is recorded, and asking for int8 at run time says why."""
+    """Outlier channels in every block of both towers and plain dynamic int8 (per-tensor ranges, no outlier
+    handling): it cannot pass within the float budget, so neither int8 file ships, the reason is recorded,
+    and asking for int8 at run time says why."""
     from apclip.testing.outliers import add_outliers
 
     messages: list[str] = []
     result = export_bundle(_checkpoint(tmp_path / "best.pt", add_outliers), out=tmp_path / "bundle",
-                           prompts=demo_assets["bank"], precisions=("fp32", "int8"),
+                           prompts=demo_assets["bank"], precisions=("fp32", "int8"), int8_method="dynamic",
                            calibrate=(str(calibration_videos),), progress=False, log=messages.append)
     record = result.manifest["precisions"]["int8"]
     assert record["files"] == {} and set(record["refused"]) == {VISION_INT8, TEXT_INT8}
     assert all("misses the gate" in why for why in record["refused"].values())
     assert not (result.path / VISION_INT8).exists() and (result.path / VISION_FILE).exists()
-    assert any("static int8 cannot pass the gate; trying dynamic" in m for m in messages)
+    assert any("int8 vision (dynamic): fallback step 1" in m for m in messages)
     from apclip.engine.recognizer import Recognizer
     from apclip.engine.runners.precision import PrecisionUnavailable
 
@@ -191,3 +192,75 @@ def test_calibrate_refuses_missing_sources_in_one_line(demo_assets, tmp_path):
     with pytest.raises(Exception, match="add --precision fp32,int8"):
         export_bundle(demo_assets["checkpoint"], out=tmp_path / "c", calibrate=("x.mp4",), progress=False,
                       log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def outlier_bundle(demo_assets, calibration_videos, tmp_path_factory) -> tuple[Path, list[str]]:
+    from apclip.testing.outliers import add_outliers
+
+    tmp = tmp_path_factory.mktemp("outliers")
+    messages: list[str] = []
+    export_bundle(_checkpoint(tmp / "best.pt", add_outliers), out=tmp / "bundle", prompts=demo_assets["bank"],
+                  precisions=("fp32", "int8"), calibrate=(str(calibration_videos),), progress=False,
+                  log=messages.append)
+    return tmp / "bundle", messages
+
+
+def test_auto_keeps_outlier_channels_float_and_passes(outlier_bundle):
+    """The same outliers-everywhere model with --int8-method auto: static and plain dynamic miss all-int8, so
+    the split candidate (outlier channels in float, SmoothQuant on the rest) is measured and passes."""
+    bundle, messages = outlier_bundle
+    record = read_manifest(bundle).raw["precisions"]["int8"]
+    assert record["files"] == {"vision": VISION_INT8, "text": TEXT_INT8} and record["refused"] == {}
+    for name in (VISION_INT8, TEXT_INT8):
+        assert record["methods"][name] == "split"
+        tried = [c["method"] for c in record["candidates"][name]]
+        assert tried[0] == "static" and "dynamic" in tried and tried[-1] == "split"
+        assert all(not c["all_int8"]["ok"] for c in record["candidates"][name][:-1])
+        figures = record["gate"][f"{name} (split)"]["figures"]
+        assert figures["ok"] and figures["min_cosine"] >= 0.999 and figures["float_layers"] == []
+        assert record["outlier_channels"][name]["count"] > 0
+    assert any("outlier channels float passes the gate" in m for m in messages)
+
+
+def test_split_graph_is_exact_in_float_and_its_side_products_stay_float(demo_assets, tmp_path):
+    """split_outliers only rewrites: the float graph equals the original (to float rounding), the int8 part's
+    inputs lose their outlier channels (the range each int8 MatMul sees shrinks), smoothing never amplifies a
+    channel, and quantizing it leaves the side products float."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from apclip.export.api import export_bundle as export
+    from apclip.export.int8.quantize import quantize_encoder
+    from apclip.export.int8.smooth import activation_absmax
+    from apclip.export.int8.split import is_side_node, split_outliers
+    from apclip.export.int8.static import constant_weight_matmuls
+    from apclip.testing.outliers import add_outliers
+
+    bundle = export(_checkpoint(tmp_path / "best.pt", add_outliers), out=tmp_path / "b", prompts=demo_assets["bank"],
+                    progress=False, log=lambda m: None).path
+    src = bundle / VISION_FILE
+    rng = np.random.default_rng(3)
+    feeds = [{"pixels": rng.standard_normal((4, 3, 32, 32)).astype(np.float32)} for _ in range(3)]
+    channels = split_outliers(src, tmp_path / "split.onnx", feeds, alpha=0.5)
+    assert channels and sum(len(c) for c in channels.values()) > 0
+    x = {"pixels": rng.standard_normal((2, 3, 32, 32)).astype(np.float32)}
+    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    got = ort.InferenceSession(str(tmp_path / "split.onnx"), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    before = {n: a for n, a, _ in constant_weight_matmuls(src)}
+    after = {n: a for n, a, _ in constant_weight_matmuls(tmp_path / "split.onnx")}
+    assert set(after) == set(before)  # the side products are not fallback candidates
+    split = [n for n in channels if channels[n]]
+    wide = activation_absmax(src, [before[n] for n in split], feeds)
+    narrow = activation_absmax(tmp_path / "split.onnx", [after[n] for n in split], feeds)
+    assert all(narrow[after[n]].max() < 0.5 * wide[before[n]].max() for n in split)
+    model = onnx.load(str(tmp_path / "split.onnx"))
+    masks = [numpy_helper.to_array(i) for i in model.graph.initializer if i.name.endswith("/mask")]
+    assert masks and all(m.max() <= 1.0 and m.min() >= 0.0 for m in masks)
+    quantize_encoder(tmp_path / "split.onnx", tmp_path / "q.onnx")
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    side = [n for n in q.graph.node if is_side_node(n.name) and n.op_type == "MatMul"]
+    assert len(side) == sum(1 for c in channels.values() if c)
+    assert sum(n.op_type == "MatMulInteger" for n in q.graph.node) == len(before)

@@ -13,6 +13,7 @@ Returns the manifest's `precisions.int8` record.
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -26,8 +27,10 @@ from apclip.export.int8.static import EXACT_X64_SESSION_CONFIG, StaticSettings, 
 from apclip.export.verify import VerificationReport
 
 # static: calibrated QDQ (explicit, TensorRT takes it); dynamic: activation ranges measured per batch at run
-# time; auto (default): static, and dynamic for an encoder whose static graph cannot pass the gate.
-METHODS = ("auto", "static", "dynamic")
+# time; split: outlier channels computed in float, SmoothQuant on the rest, dynamic int8 (export/int8/split.py);
+# auto (default): the first of static, dynamic, split whose all-int8 graph passes the gate, else the float
+# fallback on the two best.
+METHODS = ("auto", "static", "dynamic", "split")
 TEXT_BATCH = 64  # prompts per calibration feed
 SENSITIVITY_FEEDS = 2  # calibration clips (or prompt batches) the per-layer sensitivity is measured on
 
@@ -38,43 +41,45 @@ def add_int8_encoders(model, work: Path, matrix, video_pixels: np.ndarray | None
     """graph: the bundle's apclip.bundle.VisionGraph (None: per-frame); clip-level graphs get whole clips."""
     from apclip.export.int8.verify import verify_int8_text, verify_int8_vision
 
-    settings = QuantizationSettings() if method == "dynamic" else StaticSettings()
+    settings = QuantizationSettings() if method in ("dynamic", "split") else StaticSettings()
     record: dict = {"method": method, "quantization": settings.to_dict(), "calibration": calibration.to_dict(),
                     "session_config": dict(EXACT_X64_SESSION_CONFIG), "files": {}, "methods": {},
-                    "quantized_nodes": {}, "gate": {}, "fallback_layers": {}, "verification": {}, "refused": {}}
+                    "quantized_nodes": {}, "gate": {}, "candidates": {}, "outlier_channels": {},
+                    "fallback_layers": {}, "verification": {}, "refused": {}}
     log(f"int8: {method} quantization; calibration: {calibration.describe()} (sha256 {calibration.sha256[:12]}...)")
     with tempfile.TemporaryDirectory(prefix="apclip-int8-cache-") as cache:
         for fp32_name in (VISION_FILE, TEXT_FILE):
             name = INT8_FILES[fp32_name]
             target = work / name
             encoder = fp32_name.split(".")[0]
-            tries = ("static", "dynamic") if method == "auto" else (method,)
-            failures = []
-            for used in tries:
-                try:
-                    gate, counts = _quantize_and_gate(work / fp32_name, target, encoder, matrix, calibration, used,
-                                                      Path(cache), log, graph)
-                except Exception as exc:  # the quantizer raises untyped errors; int8 is optional, fp32 ships
-                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                    failures.append(f"quantization failed: {first}")
-                    continue
-                record["gate"][f"{name} ({used})"] = gate.to_dict()
-                if gate.ok:
-                    break
-                failures.append(f"{used}: {gate.reason}")
-                if used != tries[-1]:
-                    log(f"int8 {encoder}: {used} int8 cannot pass the gate; trying {tries[tries.index(used) + 1]}")
-            else:
-                _refuse(record, name, target, "; ".join(failures), log)
+            try:
+                chosen, gate, counts, tried = _quantize_and_gate(work / fp32_name, target, encoder, matrix,
+                                                                 calibration, method, Path(cache) / encoder, log, graph)
+            except Exception as exc:  # the quantizer raises untyped errors; int8 is optional, fp32 ships
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                _refuse(record, name, target, f"quantization failed: {first}", log)
                 continue
-            record["methods"][name] = used
+            record["candidates"][name] = tried
+            if gate is None or not gate.ok:
+                _refuse(record, name, target, gate.reason if gate is not None else "no int8 candidate", log)
+                if gate is not None:
+                    record["gate"][f"{name} ({chosen.method})"] = gate.to_dict()
+                continue
+            record["gate"][f"{name} ({chosen.method})"] = gate.to_dict()
+            record["methods"][name] = chosen.method
             record["quantized_nodes"][name] = counts
             record["fallback_layers"][name] = gate.figures.float_layers
+            if chosen.channels:
+                record["outlier_channels"][name] = {"count": sum(len(c) for c in chosen.channels.values()),
+                                                    "inputs": len(chosen.channels), "alpha": chosen.alpha}
             speed = gate.fp32_seconds / max(gate.figures.seconds, 1e-9)
             all_int8 = gate.fp32_seconds / max(gate.first.seconds, 1e-9)
             kept = ", ".join(gate.figures.float_layers) or "none"
-            log(f"int8 {encoder}: passes the gate: {gate.figures.line()}; layers kept float: {kept}; "
-                f"{speed:.2f}x fp32's speed on this CPU (all layers int8: {all_int8:.2f}x)")
+            log(f"int8 {encoder}: {chosen.label()} passes the gate: {gate.figures.line()}; layers kept float: "
+                f"{kept}; {speed:.2f}x fp32's speed on this CPU (all layers int8: {all_int8:.2f}x)")
+            if speed < 1.0:
+                log(f"warning: int8 {encoder} ran slower than fp32 on the held-out item here ({speed:.2f}x): small "
+                    "models gain little from int8 on CPUs without VNNI; --precision fp32 may serve you better")
             if verify:
                 config = record["session_config"]
                 if fp32_name == VISION_FILE:
@@ -94,12 +99,47 @@ def add_int8_encoders(model, work: Path, matrix, video_pixels: np.ndarray | None
     return record
 
 
+@dataclass
+class Candidate:
+    """One way to quantize an encoder: a float graph (the original, a SmoothQuant-folded one, or one with its
+    outlier channels split off) and the quantizer that turns it into int8."""
+
+    method: str  # static (calibrated QDQ) | dynamic | split (outlier channels float, SmoothQuant, dynamic int8)
+    source: Path  # the float graph quantized
+    cache: Path | None = None  # static: the calibration cache of `source`
+    alpha: float | None = None  # SmoothQuant alpha (static: folded into LayerNorm; split: on the int8 part)
+    channels: dict = field(default_factory=dict)  # split: {MatMul: [channels computed in float]}
+    first: object = None  # GateFigures of the all-int8 graph
+
+    def label(self) -> str:
+        extra = f", SmoothQuant alpha {self.alpha}" if self.alpha is not None else ""
+        if self.method == "split":
+            extra += f", {sum(len(c) for c in self.channels.values())} outlier channels float"
+        return f"{self.method}{extra}"
+
+    def record(self) -> dict:
+        return {"method": self.method, "alpha": self.alpha, "label": self.label(),
+                "outlier_channels": sum(len(c) for c in self.channels.values()),
+                "all_int8": self.first.to_dict() if self.first is not None else None}
+
+
+def _candidates(method: str) -> tuple[str, ...]:
+    """In order of preference: static first (explicit QDQ: TensorRT takes it too), plain dynamic next (no
+    graph changes), then outlier channels in float (exact, but a few extra ops per MatMul)."""
+    return ("static", "dynamic", "split") if method == "auto" else (method,)
+
+
 def _quantize_and_gate(src: Path, dst: Path, encoder: str, matrix, calibration: CalibrationSet, method: str,
                        cache: Path, log, vision_graph=None):
-    """(GateResult, quantized node counts) of one encoder; `dst` holds the last graph built."""
+    """(chosen Candidate, its GateResult or None, quantized node counts, every candidate's record).
+
+    Every candidate is first measured with all layers int8; the first (in preference order) that passes the
+    gate ships. When none does, the float fallback runs on the two best (by held-out min cosine); the first
+    to pass ships, else the encoder is refused. `dst` holds the chosen graph when it passed."""
     from apclip.export.int8.gate import GateFigures, compare, layer_sensitivity, run_gate, run_held_out
     from apclip.export.verify import ort_session
 
+    cache.mkdir(parents=True, exist_ok=True)
     config = dict(EXACT_X64_SESSION_CONFIG)
     if encoder == "vision":
         from apclip.export.vision_graph import graph_input
@@ -128,15 +168,14 @@ def _quantize_and_gate(src: Path, dst: Path, encoder: str, matrix, calibration: 
     reference, fp32_seconds = run_held_out(ort_session(src), input_name, held_out)
     reference = per_item(reference)
     counts: dict = {}
-    graph = {"src": src, "cache": cache / f"{encoder}.calibration.json"}  # what build() quantizes
 
-    def build(float_layers: list[str]) -> Path:
+    def build(candidate: Candidate, float_layers: list[str]) -> Path:
         counts.clear()
-        if method == "static":
+        if candidate.method == "static":
             settings = StaticSettings(exclude_nodes=tuple(float_layers))
-            counts.update(quantize_qdq(graph["src"], dst, feeds, settings, graph["cache"]))
+            counts.update(quantize_qdq(candidate.source, dst, feeds, settings, candidate.cache))
         else:
-            counts.update(quantize_encoder(src, dst, QuantizationSettings(exclude_nodes=tuple(float_layers))))
+            counts.update(quantize_encoder(candidate.source, dst, QuantizationSettings(exclude_nodes=tuple(float_layers))))
         return dst
 
     def measure(path: Path, float_layers: list[str]) -> GateFigures:
@@ -144,54 +183,83 @@ def _quantize_and_gate(src: Path, dst: Path, encoder: str, matrix, calibration: 
         low, mean, agreement = compare(reference, per_item(outs), top1)
         return GateFigures(low, mean, agreement, len(reference), seconds, list(float_layers))
 
+    def tried(candidate: Candidate) -> Candidate:
+        candidate.first = measure(build(candidate, []), [])
+        log(f"int8 {encoder}: {candidate.label()}, all layers int8: {candidate.first.line()}")
+        return candidate
+
+    measured: list[Candidate] = []
+    passed = None
+    for kind in _candidates(method):
+        for candidate in _method_candidates(kind, src, cache, feeds, log, encoder, tried):
+            measured.append(candidate)
+            if candidate.first.ok:
+                passed = candidate
+                break
+        if passed is not None:
+            break
+    if not measured:
+        return None, None, {}, []
+    records = [c.record() for c in measured]
     nodes = [name for name, _, _ in constant_weight_matmuls(src)]
-    activations = StaticSettings().activations if method == "static" else "uint8"
+    activations = {"static": StaticSettings().activations}
 
-    def gate_of(source: Path, cache_file: Path, smoothing: dict):
-        graph["src"], graph["cache"] = source, cache_file
-        sensitivity = layer_sensitivity(source, nodes, feeds[:SENSITIVITY_FEEDS], activations=activations,
-                                        reduce_range=method == "static" and StaticSettings().reduce_range)
-        label = f"{encoder} ({method}{', SmoothQuant alpha ' + str(smoothing['alpha']) if smoothing['alpha'] else ''})"
-        result = run_gate(build, measure, sensitivity, fp32_seconds, log=log, what=label)
-        result.smoothing = smoothing
-        return result, dict(counts), (source, cache_file)
+    def gate_of(candidate: Candidate):
+        sensitivity = layer_sensitivity(candidate.source, nodes, feeds[:SENSITIVITY_FEEDS],
+                                        activations=activations.get(candidate.method, "uint8"),
+                                        reduce_range=candidate.method == "static" and StaticSettings().reduce_range)
+        result = run_gate(lambda layers: build(candidate, layers), measure, sensitivity, fp32_seconds, log=log,
+                          what=f"{encoder} ({candidate.label()})", first=candidate.first)
+        result.smoothing = {"alpha": candidate.alpha}
+        return result
 
-    # Unsmoothed first; with SmoothQuant (the alpha whose all-int8 graph does best on the held-out clips) as the
-    # second candidate when the first needs any float fallback. Fewest float layers wins; a pass beats a miss.
-    results = [gate_of(src, graph["cache"], {"alpha": None})]
-    if method == "static" and not (results[0][0].ok and not results[0][0].figures.float_layers):
-        choice = _choose_smoothing(src, build, measure, feeds, graph, cache / encoder, log, what=encoder)
-        if choice is not None:
-            results.append(gate_of(choice[1], choice[2], choice[0]))
-    gate, built, (graph["src"], graph["cache"]) = min(
-        results, key=lambda r: (not r[0].ok, len(r[0].figures.float_layers)))
-    if gate.ok and len(results) > 1 and results[-1][0] is not gate:  # dst holds the last graph built: redo
-        built = {}
-        build(gate.figures.float_layers)
-        built = dict(counts)
-    return gate, built
+    if passed is not None:
+        gate = gate_of(passed)  # passes at once (no fallback step); adds the sensitivity to the record
+        build(passed, [])
+        return passed, gate, dict(counts), records
+    if len(measured) > 1:
+        log(f"int8 {encoder}: no candidate passes with all layers int8; keeping the worst layers float in the best")
+    # The unchanged graph first (smoothing that cannot help all-int8 can also stand in the fallback's way: the
+    # one-outlier-layer test model passes plain with 2 float layers, smoothed not with 4), then the best other.
+    best = sorted(measured, key=lambda c: (-c.first.agreement, -c.first.min_cosine))
+    ranked = [c for c in best if c.alpha is None and not c.channels][:1]
+    ranked += [c for c in best if c not in ranked][:2 - len(ranked)]
+    gate = None
+    for candidate in ranked:
+        gate = gate_of(candidate)
+        if gate.ok:
+            build(candidate, gate.figures.float_layers)
+            return candidate, gate, dict(counts), records
+    return ranked[-1], gate, dict(counts), records
 
 
-def _choose_smoothing(source: Path, build, measure, feeds, graph: dict, folder: Path, log, what: str):
-    """(record, smoothed graph, its calibration cache) of the SmoothQuant alpha whose all-int8 graph does best
-    on the held-out clips (min cosine, then agreement), or None when no LayerNorm feeds a MatMul."""
+def _method_candidates(kind: str, src: Path, cache: Path, feeds, log, what: str, tried):
+    """Yield the measured candidates of one method, most plain first; stops being iterated once one passes."""
+    if kind == "dynamic":
+        yield tried(Candidate("dynamic", src))
+        return
+    if kind == "split":
+        from apclip.export.int8.split import ALPHAS, split_outliers
+
+        for alpha in ALPHAS:
+            path = cache / f"split-{alpha}.onnx"
+            channels = split_outliers(src, path, feeds[:8], alpha=alpha)
+            yield tried(Candidate("split", path, alpha=alpha, channels=channels))
+        return
+    plain = tried(Candidate("static", src, cache / "static.calibration.json"))
+    yield plain
     from apclip.export.int8.smooth import ALPHAS, smooth
 
-    folder.mkdir(parents=True, exist_ok=True)
-    scores, best = {}, None
-    for alpha in ALPHAS:
-        path = folder / f"smoothed-{alpha}.onnx"
-        if not smooth(source, path, feeds[:8], alpha):
-            return None  # nothing to migrate
-        graph["src"], graph["cache"] = path, folder / f"smoothed-{alpha}.calibration.json"
-        figures = measure(build([]), [])
-        scores[str(alpha)] = {"min_cosine": round(figures.min_cosine, 6), "top1_agreement": figures.agreement}
-        key = (figures.ok, figures.min_cosine, figures.agreement)
-        if best is None or key > best[0]:
-            best = (key, alpha, path, graph["cache"])
-    log(f"int8 {what}: SmoothQuant all-int8 held-out min cosine by alpha "
-        f"{ {k: v['min_cosine'] for k, v in scores.items()} }: trying alpha {best[1]}")
-    return {"alpha": best[1], "held_out_by_alpha": scores}, best[2], best[3]
+    scores = {}
+    for alpha in ALPHAS:  # SmoothQuant folded into the LayerNorms: the all-int8 graph of each alpha
+        path = cache / f"smoothed-{alpha}.onnx"
+        if not smooth(src, path, feeds[:8], alpha):
+            return  # nothing to migrate
+        candidate = tried(Candidate("static", path, cache / f"smoothed-{alpha}.calibration.json", alpha=alpha))
+        scores[str(alpha)] = round(candidate.first.min_cosine, 6)
+        if len(scores) == len(ALPHAS) or candidate.first.ok:
+            log(f"int8 {what}: SmoothQuant all-int8 held-out min cosine by alpha {scores}")
+        yield candidate
 
 
 def _refuse(record: dict, name: str, target: Path, reason: str, log) -> None:

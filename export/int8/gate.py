@@ -160,13 +160,17 @@ def fallback_groups(sensitivity: Sequence[tuple[str, float]], groups: int = GROU
 
 def run_gate(build: Callable[[list[str]], Path], measure: Callable[[Path, list[str]], GateFigures],
              sensitivity: list[tuple[str, float]], fp32_seconds: float, *, log: Callable[[str], None],
-             what: str, max_float_fraction: float = MAX_FLOAT_FRACTION) -> GateResult:
-    """Measure the all-int8 graph, then keep the worst groups float until it passes or too much is float.
+             what: str, max_float_fraction: float = MAX_FLOAT_FRACTION, first: GateFigures | None = None
+             ) -> GateResult:
+    """Measure the all-int8 graph (unless `first` has its figures), then keep the worst groups float until it
+    passes or too much is float.
 
     build(float_layers) -> int8 graph path; measure(path, float_layers) -> its held-out figures."""
     float_layers: list[str] = []
-    figures = first = measure(build(float_layers), float_layers)
-    log(f"int8 {what}: all layers int8: {first.line()}")
+    if first is None:
+        first = measure(build(float_layers), float_layers)
+        log(f"int8 {what}: all layers int8: {first.line()}")
+    figures = first
     steps = 0
     groups = fallback_groups(sensitivity)
     while not figures.ok:

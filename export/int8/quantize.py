@@ -57,11 +57,14 @@ def quantize_encoder(src: Path, dst: Path, settings: QuantizationSettings = Quan
     if settings.weight_type != "int8":
         raise ApclipError(f"weight type {settings.weight_type!r} is not supported; use int8")
     # The quantizer logs a pre-processing hint and prints per-node chatter; our own log says what matters.
+    from apclip.export.int8.static import side_nodes
+
+    exclude = list(settings.exclude_nodes) + side_nodes(src)  # split.py's float side products stay float
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():
         warnings.simplefilter("ignore")
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(settings.op_types),
                          per_channel=settings.per_channel, reduce_range=settings.reduce_range,
-                         weight_type=QuantType.QInt8, nodes_to_exclude=list(settings.exclude_nodes),
+                         weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                          extra_options={"MatMulConstBOnly": settings.const_weights_only})
     model = onnx.load(str(dst))
     counts: dict[str, int] = {}

@@ -72,13 +72,14 @@ def quantize_qdq(src: Path, dst: Path, feeds: Iterable[dict[str, np.ndarray]] | 
     activation = QuantType.QInt8 if settings.activations == "int8" else QuantType.QUInt8
     from apclip.export.int8.quantize import _quiet_root_logger
 
+    exclude = list(settings.exclude_nodes) + side_nodes(src)  # split.py's float side products stay float
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():
         warnings.simplefilter("ignore")
         quantize_static(str(src), str(dst), None if cache.is_file() else Reader(feeds),
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=list(settings.op_types),
                         per_channel=settings.per_channel, reduce_range=settings.reduce_range,
                         activation_type=activation, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=list(settings.exclude_nodes),
+                        nodes_to_exclude=exclude,
                         calibrate_method=getattr(CalibrationMethod, settings.calibrate_method),
                         calibration_cache_path=str(cache),
                         extra_options={"MatMulConstBOnly": settings.const_weights_only,
@@ -97,15 +98,29 @@ def qdq_compute_nodes(model) -> dict[str, int]:
     return counts
 
 
+def side_nodes(path: Path) -> list[str]:
+    """The float side products of outlier channels (export/int8/split.py) in the graph at `path`."""
+    import onnx
+
+    from apclip.export.int8.split import is_side_node
+
+    model = onnx.load(str(path), load_external_data=False)
+    return [n.name for n in model.graph.node if n.op_type in OP_TYPES and is_side_node(n.name)]
+
+
 def constant_weight_matmuls(path: Path) -> list[tuple[str, str, str]]:
     """(node name, activation input, weight initializer) of every MatMul/Gemm with a constant weight,
     in graph order: the nodes static int8 quantizes, and what the fallback can keep float."""
     import onnx
 
+    from apclip.export.int8.split import is_side_node
+
     model = onnx.load(str(path), load_external_data=False)
     constants = {init.name for init in model.graph.initializer}
     out = []
     for n in model.graph.node:
+        if is_side_node(n.name):
+            continue  # an outlier-channel side product: float by design, not a fallback candidate
         if n.op_type in OP_TYPES and len(n.input) > 1 and n.input[1] in constants and n.input[0] not in constants:
             if not n.name:
                 raise ApclipError(f"{path.name} has an unnamed {n.op_type} node; re-export it")
