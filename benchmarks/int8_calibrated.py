@@ -1,6 +1,6 @@
 """Calibrated, gated int8 vs today's dynamic int8, fp32 ORT and eager fp32, on random, outlier and demo models.
 
-    python -m apclip.benchmarks.int8_calibrated [--models tiny,tiny-outliers,vit-b-16-outliers,vit-b-16]
+    python -m apclip.benchmarks.int8_calibrated [--models tiny,tiny-trained,tiny-outliers,vit-b-16-outliers,vit-b-16]
            [--clips 200] [--calibration-clips 24] [--work DIR] [--json bench_int8_calibrated.json]
 
 For each model: a checkpoint is written, `apclip-export --precision fp32,int8 --calibrate` runs on
@@ -38,25 +38,48 @@ def make_bundle(name: str, work: Path, calibration: list[Path], log) -> tuple[Pa
     from apclip.benchmarks.cpu_precision import synthetic_prompts
     from apclip.export.api import export_bundle
 
-    preset = "ViT-B-16" if name.startswith("vit-b-16") else "tiny"
-    model = build_preset(preset, seed=0).eval()
-    changed = add_outliers(model) if name.endswith("outliers") else {}
-    frames = 2 if preset == "ViT-B-16" else 8
-    labels, texts = synthetic_prompts(30, 4, seed=7)
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
-    ckpt = save_checkpoint(folder / "best.pt", model, labels=labels,
-                           preprocessing={"normalize": "clip", "frames": frames, "clips": 1, "crops": 1})
-    bank = PromptBank.from_dict({
-        "format": "apclip-prompt-bank", "format_version": 1, "strategy": "synthetic", "model": None,
-        "settings": {}, "graph": None, "review": None,
-        "classes": [{"label": label, "prompts": [{"aspect": None, "attribute": None, "llm_prompt": 0, "text": t}
-                                                 for t in rows]} for label, rows in zip(labels, texts)]}, "bench")
-    bank_path = save_prompt_bank(bank, folder / "bank.json")
+    if name == "tiny-trained":
+        ckpt, bank_path, model = trained_tiny(folder, log)
+        changed = {}
+    else:
+        preset = "ViT-B-16" if name.startswith("vit-b-16") else "tiny"
+        model = build_preset(preset, seed=0).eval()
+        changed = add_outliers(model) if name.endswith("outliers") else {}
+        frames = 2 if preset == "ViT-B-16" else 8
+        labels, texts = synthetic_prompts(30, 4, seed=7)
+        ckpt = save_checkpoint(folder / "best.pt", model, labels=labels,
+                               preprocessing={"normalize": "clip", "frames": frames, "clips": 1, "crops": 1})
+        bank = PromptBank.from_dict({
+            "format": "apclip-prompt-bank", "format_version": 1, "strategy": "synthetic", "model": None,
+            "settings": {}, "graph": None, "review": None,
+            "classes": [{"label": label, "prompts": [{"aspect": None, "attribute": None, "llm_prompt": 0, "text": t}
+                                                     for t in rows]} for label, rows in zip(labels, texts)]}, "bench")
+        bank_path = save_prompt_bank(bank, folder / "bank.json")
     started = time.perf_counter()
     export_bundle(ckpt, out=folder / "bundle", prompts=bank_path, precisions=("fp32", "int8"), force=True,
                   calibrate=tuple(str(p) for p in calibration), progress=False, log=log)
     return folder / "bundle", model, {"outliers": changed, "export_seconds": time.perf_counter() - started}
+
+
+def trained_tiny(folder: Path, log) -> tuple[Path, Path, object]:
+    """The demo's trained tiny model (scripts/demo.sh): the generated action dataset, apclip-train (about a
+    minute); returns (checkpoint, prompt bank, the model loaded back)."""
+    import subprocess
+    import sys
+
+    from apclip.checkpoint import load_checkpoint
+
+    data, run = folder / "data", folder / "run"
+    if not (run / "best.pt").exists():
+        subprocess.run([sys.executable, "-m", "apclip.train.synthetic", "--out", str(data)], check=True,
+                       stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-m", "apclip.train.cli", "--output", str(run), "--preset", "tiny",
+                        "--train", str(data / "train.txt"), "--val", str(data / "val.txt"), "--root", str(data),
+                        "--labels", str(data / "labels.txt"), "--prompts", str(data / "bank.json"), "--workers", "1"],
+                       check=True, stdout=subprocess.DEVNULL)
+    return run / "best.pt", data / "bank.json", load_checkpoint(run / "best.pt").model.eval()
 
 
 def contenders(bundle: Path, model) -> dict:
@@ -81,13 +104,14 @@ def contenders(bundle: Path, model) -> dict:
             return eager(torch.from_numpy(x)).numpy()
 
     out["eager fp32"] = run_eager
+    calibrated_config = (record.get("session_configs") or {}).get("vision.int8.onnx", record.get("session_config"))
     for name, path, config in (("ORT fp32", bundle / "vision.onnx", None),
                                ("dynamic int8 (today)", dynamic, None),
-                               ("calibrated int8", bundle / "vision.int8.onnx", record.get("session_config"))):
+                               ("calibrated int8", bundle / "vision.int8.onnx", calibrated_config)):
         if not path.exists():
             continue
         s = session(path, threads)
-        if config:
+        if config is not None:
             import onnxruntime as ort
 
             options = ort.SessionOptions()
@@ -132,7 +156,7 @@ def measure(runs: dict, clips: list[np.ndarray], matrix) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", default="tiny,tiny-outliers,vit-b-16-outliers")
+    p.add_argument("--models", default="tiny,tiny-trained,tiny-outliers,vit-b-16-outliers")
     p.add_argument("--clips", type=int, default=200)
     p.add_argument("--calibration-clips", type=int, default=24)
     p.add_argument("--work", default="bench-int8-calibrated")
@@ -177,7 +201,11 @@ def main(argv: list[str] | None = None) -> int:
             int8 = manifest.raw["precisions"]["int8"]
             result["models"][name] = {"contenders": figures, "export_seconds": info["export_seconds"],
                                       "int8_record": {k: int8.get(k) for k in
-                                                      ("method", "files", "refused", "fallback_layers", "gate")}}
+                                                      ("method", "methods", "files", "refused", "fallback_layers",
+                                                       "outlier_channels", "candidates", "gate")}}
+            print(f"  shipped int8: {int8.get('methods')}; refused: {list(int8.get('refused') or {})}; "
+                  f"float layers: {int8.get('fallback_layers')}; outlier channels: {int8.get('outlier_channels')}",
+                  flush=True)
             for contender, row in figures.items():
                 print(f"  {contender:22s} {row['ms_per_clip']:9.1f} ms/clip  x{row['speed_vs_ort_fp32']:.2f}  "
                       f"min cos {row['min_cosine']:.5f}  mean cos {row['mean_cosine']:.5f}  "

@@ -170,17 +170,16 @@ def ort_runners(manifest: Manifest, *, cuda: bool, threads: int | None, batch_si
     threads = _default_threads(threads)
     batch_size = graph_batch_max(manifest, "vision", clip_batch(manifest, batch_size))
     device = "ort-cuda" if cuda else "ort-cpu"
-    config = session_config(manifest, precision)  # int8: the options the export gated it with
     vision = OrtRunner(manifest.file(vision_file), VISION_INPUT, cuda=cuda, threads=threads, batch_size=batch_size,
                        identity=file_identity(manifest, vision_file, device, precision),
-                       session_config=config)
+                       session_config=session_config(manifest, precision, vision_file))  # as the export gated it
     if precision != "fp32":
         vision.name = f"{vision.name}-{precision}"
     vision = frame_interface(manifest, vision)  # clip-level graphs: whole clips of T frames per input
     # text.int8.onnx may have been refused at export: the text identity is that of the file it runs
     identity = file_identity(manifest, text_file, device, file_precision(text_file))
     text = LazyRunner(lambda: text_runner(manifest, text_file, cuda=cuda, threads=threads, identity=identity,
-                                          session_config=config),
+                                          session_config=session_config(manifest, precision, text_file)),
                       vision.name, TEXT_BATCH, identity)
     return vision, text
 

@@ -43,13 +43,16 @@ def encoder_files(manifest: Manifest, precision: str) -> tuple[str, str]:
     return INT8_FILES[VISION_FILE], text
 
 
-def session_config(manifest: Manifest, precision: str) -> dict[str, str]:
-    """ONNX Runtime session options the export gated the int8 files with (`precisions.int8.session_config`,
-    e.g. exact integer sums on CPUs without VNNI); the int8 files must run with them to give its figures."""
-    if precision == "fp32":
+def session_config(manifest: Manifest, precision: str, file: str | None = None) -> dict[str, str]:
+    """ONNX Runtime session options the export gated an int8 file with (`precisions.int8.session_configs`
+    per file, else `session_config`: e.g. exact integer sums on CPUs without VNNI, none for 7-bit weights);
+    the int8 files must run with them to give its figures. fp32 files take none."""
+    if precision == "fp32" or (file is not None and file_precision(file) == "fp32"):
         return {}
     record = ((manifest.raw.get("precisions") or {}).get(precision) or {})
-    return {str(k): str(v) for k, v in (record.get("session_config") or {}).items()}
+    per_file = record.get("session_configs") or {}
+    config = per_file[file] if file in per_file else record.get("session_config")
+    return {str(k): str(v) for k, v in (config or {}).items()}
 
 
 def file_precision(file: str) -> str:

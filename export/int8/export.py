@@ -43,7 +43,7 @@ def add_int8_encoders(model, work: Path, matrix, video_pixels: np.ndarray | None
 
     settings = QuantizationSettings() if method in ("dynamic", "split") else StaticSettings()
     record: dict = {"method": method, "quantization": settings.to_dict(), "calibration": calibration.to_dict(),
-                    "session_config": dict(EXACT_X64_SESSION_CONFIG), "files": {}, "methods": {},
+                    "session_config": dict(EXACT_X64_SESSION_CONFIG), "session_configs": {}, "files": {}, "methods": {},
                     "quantized_nodes": {}, "gate": {}, "candidates": {}, "outlier_channels": {},
                     "fallback_layers": {}, "verification": {}, "refused": {}}
     log(f"int8: {method} quantization; calibration: {calibration.describe()} (sha256 {calibration.sha256[:12]}...)")
@@ -52,21 +52,48 @@ def add_int8_encoders(model, work: Path, matrix, video_pixels: np.ndarray | None
             name = INT8_FILES[fp32_name]
             target = work / name
             encoder = fp32_name.split(".")[0]
+            verified: dict = {}
+
+            def accept(candidate, path=target, fp32_name=fp32_name) -> bool:
+                """The PyTorch check of a graph that passed the gate (a miss sends the search on)."""
+                if not verify:
+                    return True
+                config = candidate.session_config()
+                if fp32_name == VISION_FILE:
+                    report = verify_int8_vision(model, path, matrix, video_pixels, min_cosine=min_cosine,
+                                                session_config=config, graph=graph)
+                else:
+                    report = verify_int8_text(model, path, matrix, trim=True, min_cosine=min_cosine,
+                                              session_config=config)
+                verified["report"] = report
+                if not report.ok:
+                    log(f"int8 {encoder}: {candidate.label()} passed the gate but not the check against PyTorch:\n"
+                        f"{report.table()}\ntrying the next candidate")
+                return report.ok
+
             try:
                 chosen, gate, counts, tried = _quantize_and_gate(work / fp32_name, target, encoder, matrix,
-                                                                 calibration, method, Path(cache) / encoder, log, graph)
+                                                                 calibration, method, Path(cache) / encoder, log, graph,
+                                                                 accept=accept)
             except Exception as exc:  # the quantizer raises untyped errors; int8 is optional, fp32 ships
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 _refuse(record, name, target, f"quantization failed: {first}", log)
                 continue
+            if chosen is None:
+                _refuse(record, name, target, "no int8 candidate", log)
+                continue
             record["candidates"][name] = tried
-            if gate is None or not gate.ok:
-                _refuse(record, name, target, gate.reason if gate is not None else "no int8 candidate", log)
-                if gate is not None:
-                    record["gate"][f"{name} ({chosen.method})"] = gate.to_dict()
+            if "report" in verified:
+                record["verification"][name] = verified["report"].to_dict()
+            if not gate.ok or (verify and not verified["report"].ok):
+                record["gate"][f"{name} ({chosen.method})"] = gate.to_dict()
+                why = "failed the int8 parity thresholds:\n" + verified["report"].table() if gate.ok else gate.reason
+                _refuse(record, name, target, why, log)
                 continue
             record["gate"][f"{name} ({chosen.method})"] = gate.to_dict()
             record["methods"][name] = chosen.method
+            record["session_configs"][name] = chosen.session_config()
+            record["weight_bits"] = {**record.get("weight_bits", {}), name: 7 if chosen.reduce_range else 8}
             record["quantized_nodes"][name] = counts
             record["fallback_layers"][name] = gate.figures.float_layers
             if chosen.channels:
@@ -80,18 +107,6 @@ def add_int8_encoders(model, work: Path, matrix, video_pixels: np.ndarray | None
             if speed < 1.0:
                 log(f"warning: int8 {encoder} ran slower than fp32 on the held-out item here ({speed:.2f}x): small "
                     "models gain little from int8 on CPUs without VNNI; --precision fp32 may serve you better")
-            if verify:
-                config = record["session_config"]
-                if fp32_name == VISION_FILE:
-                    report = verify_int8_vision(model, target, matrix, video_pixels, min_cosine=min_cosine,
-                                                session_config=config, graph=graph)
-                else:
-                    report = verify_int8_text(model, target, matrix, trim=True, min_cosine=min_cosine,
-                                              session_config=config)
-                record["verification"][name] = report.to_dict()
-                if not report.ok:
-                    _refuse(record, name, target, "failed the int8 parity thresholds:\n" + report.table(), log)
-                    continue
             record["files"][encoder] = name
     if not verify:
         record["verification"] = None
@@ -109,18 +124,27 @@ class Candidate:
     cache: Path | None = None  # static: the calibration cache of `source`
     alpha: float | None = None  # SmoothQuant alpha (static: folded into LayerNorm; split: on the int8 part)
     channels: dict = field(default_factory=dict)  # split: {MatMul: [channels computed in float]}
+    reduce_range: bool = False  # 7-bit weights, run without the exact-sum option (see seven_bit_is_faster)
     first: object = None  # GateFigures of the all-int8 graph
+    error: str = ""  # why quantizing it failed (then `first` is None)
+    rejected: bool = False  # passed the gate, failed the check against PyTorch
+
+    def session_config(self) -> dict:
+        return {} if self.reduce_range else dict(EXACT_X64_SESSION_CONFIG)
 
     def label(self) -> str:
         extra = f", SmoothQuant alpha {self.alpha}" if self.alpha is not None else ""
+        if self.reduce_range:
+            extra += ", 7-bit weights"
         if self.method == "split":
             extra += f", {sum(len(c) for c in self.channels.values())} outlier channels float"
         return f"{self.method}{extra}"
 
     def record(self) -> dict:
-        return {"method": self.method, "alpha": self.alpha, "label": self.label(),
+        return {"method": self.method, "alpha": self.alpha, "label": self.label(), "weight_bits": 7 if self.reduce_range else 8,
                 "outlier_channels": sum(len(c) for c in self.channels.values()),
-                "all_int8": self.first.to_dict() if self.first is not None else None}
+                "all_int8": self.first.to_dict() if self.first is not None else None, "error": self.error or None,
+                "rejected_by_pytorch_check": self.rejected}
 
 
 def _candidates(method: str) -> tuple[str, ...]:
@@ -130,7 +154,7 @@ def _candidates(method: str) -> tuple[str, ...]:
 
 
 def _quantize_and_gate(src: Path, dst: Path, encoder: str, matrix, calibration: CalibrationSet, method: str,
-                       cache: Path, log, vision_graph=None):
+                       cache: Path, log, vision_graph=None, accept: Callable[["Candidate"], bool] = lambda c: True):
     """(chosen Candidate, its GateResult or None, quantized node counts, every candidate's record).
 
     Every candidate is first measured with all layers int8; the first (in preference order) that passes the
@@ -175,68 +199,104 @@ def _quantize_and_gate(src: Path, dst: Path, encoder: str, matrix, calibration: 
             settings = StaticSettings(exclude_nodes=tuple(float_layers))
             counts.update(quantize_qdq(candidate.source, dst, feeds, settings, candidate.cache))
         else:
-            counts.update(quantize_encoder(candidate.source, dst, QuantizationSettings(exclude_nodes=tuple(float_layers))))
+            settings = QuantizationSettings(exclude_nodes=tuple(float_layers), reduce_range=candidate.reduce_range)
+            counts.update(quantize_encoder(candidate.source, dst, settings))
+        current["config"] = candidate.session_config()
         return dst
 
+    current = {"config": config}
+
     def measure(path: Path, float_layers: list[str]) -> GateFigures:
-        outs, seconds = run_held_out(ort_session(path, config), input_name, held_out)
+        outs, seconds = run_held_out(ort_session(path, current["config"]), input_name, held_out)
         low, mean, agreement = compare(reference, per_item(outs), top1)
         return GateFigures(low, mean, agreement, len(reference), seconds, list(float_layers))
 
     def tried(candidate: Candidate) -> Candidate:
-        candidate.first = measure(build(candidate, []), [])
+        try:
+            candidate.first = measure(build(candidate, []), [])
+        except Exception as exc:  # the quantizer raises untyped errors: the next candidate may still work
+            text = str(exc).strip()
+            candidate.error = text.splitlines()[0] if text else type(exc).__name__
+            log(f"int8 {encoder}: {candidate.label()}: quantization failed: {candidate.error}")
+            return candidate
         log(f"int8 {encoder}: {candidate.label()}, all layers int8: {candidate.first.line()}")
         return candidate
 
     measured: list[Candidate] = []
-    passed = None
-    for kind in _candidates(method):
-        for candidate in _method_candidates(kind, src, cache, feeds, log, encoder, tried):
-            measured.append(candidate)
-            if candidate.first.ok:
-                passed = candidate
-                break
-        if passed is not None:
-            break
-    if not measured:
-        return None, None, {}, []
-    records = [c.record() for c in measured]
     nodes = [name for name, _, _ in constant_weight_matmuls(src)]
-    activations = {"static": StaticSettings().activations}
 
     def gate_of(candidate: Candidate):
         sensitivity = layer_sensitivity(candidate.source, nodes, feeds[:SENSITIVITY_FEEDS],
-                                        activations=activations.get(candidate.method, "uint8"),
-                                        reduce_range=candidate.method == "static" and StaticSettings().reduce_range)
+                                        activations="int8" if candidate.method == "static" else "uint8",
+                                        reduce_range=(StaticSettings().reduce_range if candidate.method == "static"
+                                                      else candidate.reduce_range))
         result = run_gate(lambda layers: build(candidate, layers), measure, sensitivity, fp32_seconds, log=log,
                           what=f"{encoder} ({candidate.label()})", first=candidate.first)
         result.smoothing = {"alpha": candidate.alpha}
         return result
 
-    if passed is not None:
-        gate = gate_of(passed)  # passes at once (no fallback step); adds the sensitivity to the record
-        build(passed, [])
-        return passed, gate, dict(counts), records
-    if len(measured) > 1:
+    rejected = None  # the last candidate that passed the gate but not `accept`
+    for kind in _candidates(method):
+        for candidate in _method_candidates(kind, src, cache, feeds, log, encoder, tried):
+            measured.append(candidate)
+            if candidate.first is not None and candidate.first.ok:
+                gate = gate_of(candidate)  # passes at once (no fallback step); adds the sensitivity to the record
+                build(candidate, [])
+                if accept(candidate):
+                    return candidate, gate, dict(counts), [c.record() for c in measured]
+                candidate.rejected = True
+                rejected = (candidate, gate)
+    usable = [c for c in measured if c.first is not None]
+    if not usable:
+        failures: dict[str, list[str]] = {}
+        for c in measured:
+            failures.setdefault(c.error, []).append(c.method)
+        raise QuantizationFailed("; ".join(f"{error} ({', '.join(dict.fromkeys(methods))})"
+                                           for error, methods in failures.items()) or "no int8 candidate")
+    if len(usable) > 1:
         log(f"int8 {encoder}: no candidate passes with all layers int8; keeping the worst layers float in the best")
     # The unchanged graph first (smoothing that cannot help all-int8 can also stand in the fallback's way: the
     # one-outlier-layer test model passes plain with 2 float layers, smoothed not with 4), then the best other.
-    best = sorted(measured, key=lambda c: (-c.first.agreement, -c.first.min_cosine))
+    best = sorted([c for c in usable if not c.first.ok], key=lambda c: (-c.first.agreement, -c.first.min_cosine))
     ranked = [c for c in best if c.alpha is None and not c.channels][:1]
     ranked += [c for c in best if c not in ranked][:2 - len(ranked)]
-    gate = None
+    missed = None
     for candidate in ranked:
         gate = gate_of(candidate)
         if gate.ok:
             build(candidate, gate.figures.float_layers)
-            return candidate, gate, dict(counts), records
-    return ranked[-1], gate, dict(counts), records
+            if accept(candidate):
+                return candidate, gate, dict(counts), [c.record() for c in measured]
+            candidate.rejected = True
+            rejected = (candidate, gate)
+        else:
+            missed = (candidate, gate)
+    return (*(rejected or missed), dict(counts), [c.record() for c in measured])
+
+
+class QuantizationFailed(Exception):
+    """Every candidate's quantizer raised: the message says what each one said."""
+
+
+def seven_bit_is_faster() -> bool:
+    """True on x86 CPUs without VNNI (AVX2 only): there ONNX Runtime's u8s8 kernels add pairs of products in
+    int16 and saturate with full int8 weights, so 8-bit files run on the exact but slower u8u8 kernels
+    (session.x64quantprecision=1); with 7-bit weights (reduce_range) no pair sum can saturate
+    (2 x 255 x 64 < 32768) and the fast u8s8 kernels are exact. Measured on this project's AMD EPYC (AVX2):
+    one [394, 768] x [768, 3072] MatMul ran u8s8 2.12x fp32, u8u8 1.65x. VNNI sums in int32: 8 bits there."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx2" in flags and "vnni" not in flags
 
 
 def _method_candidates(kind: str, src: Path, cache: Path, feeds, log, what: str, tried):
     """Yield the measured candidates of one method, most plain first; stops being iterated once one passes."""
+    widths = (True, False) if seven_bit_is_faster() else (False,)  # 7-bit weights first where they are faster
     if kind == "dynamic":
-        yield tried(Candidate("dynamic", src))
+        for reduce_range in widths:
+            yield tried(Candidate("dynamic", src, reduce_range=reduce_range))
         return
     if kind == "split":
         from apclip.export.int8.split import ALPHAS, split_outliers
@@ -244,7 +304,8 @@ def _method_candidates(kind: str, src: Path, cache: Path, feeds, log, what: str,
         for alpha in ALPHAS:
             path = cache / f"split-{alpha}.onnx"
             channels = split_outliers(src, path, feeds[:8], alpha=alpha)
-            yield tried(Candidate("split", path, alpha=alpha, channels=channels))
+            for reduce_range in widths:
+                yield tried(Candidate("split", path, alpha=alpha, channels=channels, reduce_range=reduce_range))
         return
     plain = tried(Candidate("static", src, cache / "static.calibration.json"))
     yield plain
@@ -256,8 +317,8 @@ def _method_candidates(kind: str, src: Path, cache: Path, feeds, log, what: str,
         if not smooth(src, path, feeds[:8], alpha):
             return  # nothing to migrate
         candidate = tried(Candidate("static", path, cache / f"smoothed-{alpha}.calibration.json", alpha=alpha))
-        scores[str(alpha)] = round(candidate.first.min_cosine, 6)
-        if len(scores) == len(ALPHAS) or candidate.first.ok:
+        scores[str(alpha)] = round(candidate.first.min_cosine, 6) if candidate.first is not None else None
+        if len(scores) == len(ALPHAS) or (candidate.first is not None and candidate.first.ok):
             log(f"int8 {what}: SmoothQuant all-int8 held-out min cosine by alpha {scores}")
         yield candidate
 
