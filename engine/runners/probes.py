@@ -63,17 +63,18 @@ def torch_cuda_reason(precision: str | None = None) -> str | None:
 def ort_reason(manifest: Manifest | None, precision: str = "fp32") -> str | None:
     if not _importable("onnxruntime"):
         return f"onnxruntime is not installed ({install_hint('cpu')})"
-    if precision == "int8" and manifest is not None:
-        from apclip.engine.runners.precision import int8_missing
-
-        return int8_missing(manifest)
-    return None
+    return _int8_reason(manifest, precision)
 
 
 def openvino_reason(manifest: Manifest | None, precision: str = "fp32") -> str | None:
     """OpenVINO (engine/runners/openvino.py) runs the bundle's ONNX files on the CPU: fp32, or its int8 graph."""
     if not _importable("openvino"):
         return f"OpenVINO is not installed ({install_hint('openvino')})"
+    return _int8_reason(manifest, precision)
+
+
+def _int8_reason(manifest: Manifest | None, precision: str) -> str | None:
+    """Why the bundle cannot run int8 (no int8 files, or the export refused them); None otherwise."""
     if precision == "int8" and manifest is not None:
         from apclip.engine.runners.precision import int8_missing
 

@@ -29,7 +29,7 @@ from apclip.export.verify import VerificationReport
 # static: calibrated QDQ (explicit, TensorRT takes it); dynamic: activation ranges measured per batch at run
 # time; split: outlier channels computed in float, SmoothQuant on the rest, dynamic int8 (export/int8/split.py);
 # auto (default): the first of static, dynamic, split whose all-int8 graph passes the gate, else the float
-# fallback on the two best.
+# fallback on the best unchanged graph and the best other.
 METHODS = ("auto", "static", "dynamic", "split")
 TEXT_BATCH = 64  # prompts per calibration feed
 SENSITIVITY_FEEDS = 2  # calibration clips (or prompt batches) the per-layer sensitivity is measured on
@@ -43,7 +43,8 @@ def add_int8_encoders(model, work: Path, matrix, video_pixels: np.ndarray | None
 
     settings = QuantizationSettings() if method in ("dynamic", "split") else StaticSettings()
     record: dict = {"method": method, "quantization": settings.to_dict(), "calibration": calibration.to_dict(),
-                    "session_config": dict(EXACT_X64_SESSION_CONFIG), "session_configs": {}, "files": {}, "methods": {},
+                    "session_config": dict(EXACT_X64_SESSION_CONFIG), "session_configs": {}, "weight_bits": {}, "files": {},
+                    "methods": {},
                     "quantized_nodes": {}, "gate": {}, "candidates": {}, "outlier_channels": {},
                     "fallback_layers": {}, "verification": {}, "refused": {}}
     log(f"int8: {method} quantization; calibration: {calibration.describe()} (sha256 {calibration.sha256[:12]}...)")
@@ -93,11 +94,11 @@ def add_int8_encoders(model, work: Path, matrix, video_pixels: np.ndarray | None
             record["gate"][f"{name} ({chosen.method})"] = gate.to_dict()
             record["methods"][name] = chosen.method
             record["session_configs"][name] = chosen.session_config()
-            record["weight_bits"] = {**record.get("weight_bits", {}), name: 7 if chosen.reduce_range else 8}
+            record["weight_bits"][name] = chosen.weight_bits
             record["quantized_nodes"][name] = counts
             record["fallback_layers"][name] = gate.figures.float_layers
             if chosen.channels:
-                record["outlier_channels"][name] = {"count": sum(len(c) for c in chosen.channels.values()),
+                record["outlier_channels"][name] = {"count": chosen.outlier_count,
                                                     "inputs": len(chosen.channels), "alpha": chosen.alpha}
             speed = gate.fp32_seconds / max(gate.figures.seconds, 1e-9)
             all_int8 = gate.fp32_seconds / max(gate.first.seconds, 1e-9)
@@ -129,6 +130,14 @@ class Candidate:
     error: str = ""  # why quantizing it failed (then `first` is None)
     rejected: bool = False  # passed the gate, failed the check against PyTorch
 
+    @property
+    def outlier_count(self) -> int:
+        return sum(len(c) for c in self.channels.values())
+
+    @property
+    def weight_bits(self) -> int:
+        return 7 if self.reduce_range else 8
+
     def session_config(self) -> dict:
         return {} if self.reduce_range else dict(EXACT_X64_SESSION_CONFIG)
 
@@ -137,12 +146,12 @@ class Candidate:
         if self.reduce_range:
             extra += ", 7-bit weights"
         if self.method == "split":
-            extra += f", {sum(len(c) for c in self.channels.values())} outlier channels float"
+            extra += f", {self.outlier_count} outlier channels float"
         return f"{self.method}{extra}"
 
     def record(self) -> dict:
-        return {"method": self.method, "alpha": self.alpha, "label": self.label(), "weight_bits": 7 if self.reduce_range else 8,
-                "outlier_channels": sum(len(c) for c in self.channels.values()),
+        return {"method": self.method, "alpha": self.alpha, "label": self.label(), "weight_bits": self.weight_bits,
+                "outlier_channels": self.outlier_count,
                 "all_int8": self.first.to_dict() if self.first is not None else None, "error": self.error or None,
                 "rejected_by_pytorch_check": self.rejected}
 
@@ -158,13 +167,14 @@ def _quantize_and_gate(src: Path, dst: Path, encoder: str, matrix, calibration: 
     """(chosen Candidate, its GateResult or None, quantized node counts, every candidate's record).
 
     Every candidate is first measured with all layers int8; the first (in preference order) that passes the
-    gate ships. When none does, the float fallback runs on the two best (by held-out min cosine); the first
-    to pass ships, else the encoder is refused. `dst` holds the chosen graph when it passed."""
+    gate and `accept` (the check against PyTorch) ships. When none does, the float fallback runs on the best
+    unchanged graph, then on the best other (by held-out agreement, then min cosine); the first to pass both
+    ships. Otherwise the last rejected (or missed) one is returned for the refusal. `dst` holds the chosen
+    graph when it passed. Raises QuantizationFailed when every candidate's quantizer raised."""
     from apclip.export.int8.gate import GateFigures, compare, layer_sensitivity, run_gate, run_held_out
     from apclip.export.verify import ort_session
 
     cache.mkdir(parents=True, exist_ok=True)
-    config = dict(EXACT_X64_SESSION_CONFIG)
     if encoder == "vision":
         from apclip.export.vision_graph import graph_input
 
@@ -201,19 +211,16 @@ def _quantize_and_gate(src: Path, dst: Path, encoder: str, matrix, calibration: 
         else:
             settings = QuantizationSettings(exclude_nodes=tuple(float_layers), reduce_range=candidate.reduce_range)
             counts.update(quantize_encoder(candidate.source, dst, settings))
-        current["config"] = candidate.session_config()
         return dst
 
-    current = {"config": config}
-
-    def measure(path: Path, float_layers: list[str]) -> GateFigures:
-        outs, seconds = run_held_out(ort_session(path, current["config"]), input_name, held_out)
+    def measure(candidate: Candidate, path: Path, float_layers: list[str]) -> GateFigures:
+        outs, seconds = run_held_out(ort_session(path, candidate.session_config()), input_name, held_out)
         low, mean, agreement = compare(reference, per_item(outs), top1)
         return GateFigures(low, mean, agreement, len(reference), seconds, list(float_layers))
 
     def tried(candidate: Candidate) -> Candidate:
         try:
-            candidate.first = measure(build(candidate, []), [])
+            candidate.first = measure(candidate, build(candidate, []), [])
         except Exception as exc:  # the quantizer raises untyped errors: the next candidate may still work
             text = str(exc).strip()
             candidate.error = text.splitlines()[0] if text else type(exc).__name__
@@ -230,7 +237,8 @@ def _quantize_and_gate(src: Path, dst: Path, encoder: str, matrix, calibration: 
                                         activations="int8" if candidate.method == "static" else "uint8",
                                         reduce_range=(StaticSettings().reduce_range if candidate.method == "static"
                                                       else candidate.reduce_range))
-        result = run_gate(lambda layers: build(candidate, layers), measure, sensitivity, fp32_seconds, log=log,
+        result = run_gate(lambda layers: build(candidate, layers),
+                          lambda path, layers: measure(candidate, path, layers), sensitivity, fp32_seconds, log=log,
                           what=f"{encoder} ({candidate.label()})", first=candidate.first)
         result.smoothing = {"alpha": candidate.alpha}
         return result
@@ -280,8 +288,8 @@ class QuantizationFailed(Exception):
 
 def seven_bit_is_faster() -> bool:
     """Whether 7-bit weight candidates are worth measuring (after the 8-bit ones): x86 CPUs without VNNI
-    (AVX2 only), where ONNX Runtime's u8s8 kernels add pairs of products in int16 and saturate with full int8 weights, so 8-bit files run on the exact but slower u8u8 kernels
-    (session.x64quantprecision=1); with 7-bit weights (reduce_range) no pair sum can saturate
+    (AVX2 only), where ONNX Runtime's u8s8 kernels add pairs of products in int16 and saturate with full
+    int8 weights, so 8-bit files run on the exact but slower u8u8 kernels (session.x64quantprecision=1); with 7-bit weights (reduce_range) no pair sum can saturate
     (2 x 255 x 64 < 32768) and the fast u8s8 kernels are exact. Measured on this project's AMD EPYC (AVX2):
     one [394, 768] x [768, 3072] MatMul ran u8s8 2.12x fp32, u8u8 1.65x. VNNI sums in int32: 8 bits there."""
     try:

@@ -7,6 +7,9 @@ other channel keeps a few levels at most. For each quantized MatMul input X, the
 max |x_j| exceeds RATIO x the median channel's are taken out of the int8 product (X * m, m_j = 0 for j in O)
 and computed exactly in float by a MatMul of K = |O| (Gather(X, O) @ W[O, :]); the two are added. The float
 function is unchanged (the decomposition is exact); the int8 input's range shrinks to the ordinary channels.
+With `alpha`, the same per-channel Mul also carries SmoothQuant for the ordinary channels (x_j / s_j, W's row j
+times s_j, s_j >= 1), on every MatMul input (GELU and attention outputs included, where no LayerNorm can
+absorb a scale).
 
 Cost: per split input one Mul and one Gather over [tokens, K], a [tokens, |O|] x [|O|, N] float product and one
 Add over [tokens, N]: a few percent of the int8 MatMul it relieves (|O| <= MAX_CHANNELS). The side MatMuls are
@@ -62,7 +65,7 @@ def split_outliers(fp32_path: Path, dst: Path, feeds: Sequence[dict], *, ratio: 
     position = {n.name: i for i, n in enumerate(model.graph.node)}
     by_name = {n.name: n for n in model.graph.node}
     inserted: dict[int, list] = {}  # insert new nodes before graph position i (keeps topological order)
-    masked: dict[str, tuple[str, str, np.ndarray]] = {}  # input -> (masked name, gathered name, channels)
+    masked: dict[str, tuple] = {}  # input -> (masked name, gathered name, channels, per-channel multiplier)
     done: dict[str, list[int]] = {}
     for name, x, w_name in nodes:
         node = by_name[name]
